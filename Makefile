@@ -1,0 +1,32 @@
+# The project's verbs. Each target creates .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint check clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)  ## start the demo cluster and serve http://127.0.0.1:8080/inference-cluster/v1
+	$(BIN)/python -m bench.cluster --spec bench/clusters/demo.toml
+
+test: $(STAMP)  ## lint, type-check and run the test suite
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+check: test
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

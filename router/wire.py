@@ -1,0 +1,231 @@
+"""The agent <-> router wire contract: registration and the load report.
+
+Defined once here as frozen dataclasses; the node agent imports them. ``to_json`` returns plain
+JSON-ready dicts (camelCase keys, as the Octopus server-group API uses), ``from_json`` validates
+a decoded body and raises :class:`WireError` with a message naming the bad field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+BACKEND_KINDS = ("ollama", "vllm", "tgi", "triton", "lmstudio", "openai")
+HEALTH_VALUES = ("ok", "degraded", "unhealthy")
+
+
+class WireError(ValueError):
+    """A registration or report body that does not follow the contract."""
+
+
+def _field(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if key not in obj:
+        raise WireError(f"{where}: missing field '{key}'")
+    value = obj[key]
+    if isinstance(value, bool) and kind in (int, float, (int, float)):
+        raise WireError(f"{where}: field '{key}' must be a number")
+    if not isinstance(value, kind):
+        raise WireError(f"{where}: field '{key}' has the wrong type")
+    return value
+
+
+def _opt(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if obj.get(key) is None:
+        return None
+    return _field(obj, key, kind, where)
+
+
+def _obj(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise WireError(f"{where}: expected a JSON object")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """``POST /api/server-groups/{group}/nodes`` body (the Octopus contract)."""
+
+    name: str
+    base_url: str
+    health_url: str | None = None
+    weight: float = 1.0
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "baseUrl": self.base_url,
+            "healthUrl": self.health_url,
+            "weight": self.weight,
+            "metadata": dict(self.metadata),
+        }
+
+    @classmethod
+    def from_json(cls, raw: Any) -> Registration:
+        obj = _obj(raw, "registration")
+        name = _field(obj, "name", str, "registration").strip()
+        if not name or len(name) > 128:
+            raise WireError("registration: 'name' must be 1-128 characters")
+        base_url = _field(obj, "baseUrl", str, "registration").rstrip("/")
+        if not base_url.startswith(("http://", "https://")):
+            raise WireError("registration: 'baseUrl' must be an http(s) URL")
+        health_url = _opt(obj, "healthUrl", str, "registration")
+        weight = float(_opt(obj, "weight", (int, float), "registration") or 1.0)
+        if not 0 < weight <= 1000:
+            raise WireError("registration: 'weight' must be in (0, 1000]")
+        metadata = _obj(obj.get("metadata") or {}, "registration.metadata")
+        return cls(
+            name=name,
+            base_url=base_url,
+            health_url=health_url,
+            weight=weight,
+            metadata={str(k): str(v) for k, v in metadata.items()},
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class GpuReport:
+    """One GPU as NVML (or a fallback source) sees it."""
+
+    index: int
+    name: str
+    memory_total_bytes: int
+    memory_used_bytes: int
+    utilization_pct: float | None = None
+
+    @property
+    def memory_free_bytes(self) -> int:
+        return max(0, self.memory_total_bytes - self.memory_used_bytes)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "name": self.name,
+            "memoryTotalBytes": self.memory_total_bytes,
+            "memoryUsedBytes": self.memory_used_bytes,
+            "memoryFreeBytes": self.memory_free_bytes,
+            "utilizationPct": self.utilization_pct,
+        }
+
+    @classmethod
+    def from_json(cls, raw: Any) -> GpuReport:
+        obj = _obj(raw, "gpu")
+        return cls(
+            index=_field(obj, "index", int, "gpu"),
+            name=_field(obj, "name", str, "gpu"),
+            memory_total_bytes=_field(obj, "memoryTotalBytes", int, "gpu"),
+            memory_used_bytes=_field(obj, "memoryUsedBytes", int, "gpu"),
+            utilization_pct=_opt(obj, "utilizationPct", (int, float), "gpu"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ModelReport:
+    """One model the backend can serve, loaded or not."""
+
+    id: str
+    loaded: bool
+    aliases: tuple[str, ...] = ()
+    vram_bytes: int = 0
+    size_bytes: int | None = None
+    max_parallel: int | None = None
+    context_length: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "aliases": list(self.aliases),
+            "loaded": self.loaded,
+            "vramBytes": self.vram_bytes,
+            "sizeBytes": self.size_bytes,
+            "maxParallel": self.max_parallel,
+            "contextLength": self.context_length,
+        }
+
+    @classmethod
+    def from_json(cls, raw: Any) -> ModelReport:
+        obj = _obj(raw, "model")
+        aliases = obj.get("aliases") or []
+        if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
+            raise WireError("model: 'aliases' must be a list of strings")
+        max_parallel = _opt(obj, "maxParallel", int, "model")
+        if max_parallel is not None and max_parallel < 1:
+            raise WireError("model: 'maxParallel' must be at least 1")
+        return cls(
+            id=_field(obj, "id", str, "model"),
+            loaded=_field(obj, "loaded", bool, "model"),
+            aliases=tuple(aliases),
+            vram_bytes=_opt(obj, "vramBytes", int, "model") or 0,
+            size_bytes=_opt(obj, "sizeBytes", int, "model"),
+            max_parallel=max_parallel,
+            context_length=_opt(obj, "contextLength", int, "model"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LoadReport:
+    """``PUT /api/server-groups/{group}/nodes/{nodeId}/report``: the agent's view of its node.
+
+    ``queue_waiting`` / ``queue_running`` / ``kv_cache_usage`` are None when the backend does
+    not expose them (None means unknown, never zero).
+    """
+
+    seq: int
+    sent_at: float
+    backend_kind: str
+    backend_health: str
+    in_flight: int
+    models: tuple[ModelReport, ...] = ()
+    gpus: tuple[GpuReport, ...] = ()
+    backend_version: str | None = None
+    queue_waiting: int | None = None
+    queue_running: int | None = None
+    kv_cache_usage: float | None = None
+    output_tokens_per_s: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "sentAt": self.sent_at,
+            "backendKind": self.backend_kind,
+            "backendVersion": self.backend_version,
+            "backendHealth": self.backend_health,
+            "inFlight": self.in_flight,
+            "queueWaiting": self.queue_waiting,
+            "queueRunning": self.queue_running,
+            "kvCacheUsage": self.kv_cache_usage,
+            "outputTokensPerS": self.output_tokens_per_s,
+            "gpus": [g.to_json() for g in self.gpus],
+            "models": [m.to_json() for m in self.models],
+        }
+
+    @classmethod
+    def from_json(cls, raw: Any) -> LoadReport:
+        obj = _obj(raw, "report")
+        kind = _field(obj, "backendKind", str, "report")
+        if kind not in BACKEND_KINDS:
+            raise WireError(f"report: 'backendKind' must be one of {', '.join(BACKEND_KINDS)}")
+        health = _field(obj, "backendHealth", str, "report")
+        if health not in HEALTH_VALUES:
+            raise WireError(f"report: 'backendHealth' must be one of {', '.join(HEALTH_VALUES)}")
+        gpus = obj.get("gpus") or []
+        models = obj.get("models") or []
+        if not isinstance(gpus, list) or not isinstance(models, list):
+            raise WireError("report: 'gpus' and 'models' must be lists")
+        in_flight = _field(obj, "inFlight", int, "report")
+        if in_flight < 0:
+            raise WireError("report: 'inFlight' must not be negative")
+        return cls(
+            seq=_field(obj, "seq", int, "report"),
+            sent_at=float(_field(obj, "sentAt", (int, float), "report")),
+            backend_kind=kind,
+            backend_version=_opt(obj, "backendVersion", str, "report"),
+            backend_health=health,
+            in_flight=in_flight,
+            queue_waiting=_opt(obj, "queueWaiting", int, "report"),
+            queue_running=_opt(obj, "queueRunning", int, "report"),
+            kv_cache_usage=_opt(obj, "kvCacheUsage", (int, float), "report"),
+            output_tokens_per_s=_opt(obj, "outputTokensPerS", (int, float), "report"),
+            gpus=tuple(GpuReport.from_json(g) for g in gpus),
+            models=tuple(ModelReport.from_json(m) for m in models),
+        )
