@@ -1,0 +1,121 @@
+"""Assembles the router: ``make_app(settings)`` and ``serve(settings)``.
+
+Long-lived resources (the pooled client session, the health monitor) live in ``cleanup_ctx``
+under typed ``web.AppKey`` s; nothing is global.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+
+from router.errors import error_middleware
+from router.groups_api import GroupsApi
+from router.monitor import Monitor
+from router.openai_api import OpenAIApi
+from router.proxy import FORWARDER, Forwarder
+from router.registry import Registry
+from router.scheduling import Scheduler
+from router.settings import RouterSettings
+from router.wire import Registration
+
+SETTINGS = web.AppKey("settings", RouterSettings)
+REGISTRY = web.AppKey("registry", Registry)
+SCHEDULER = web.AppKey("scheduler", Scheduler)
+SESSION = web.AppKey("session", aiohttp.ClientSession)
+MONITOR_TASK = web.AppKey("monitor_task", asyncio.Task[None])
+
+
+def _registry_from(settings: RouterSettings) -> Registry:
+    registry = Registry(settings.default_policy, settings.failure_threshold)
+    registry.ensure_group(settings.default_group)
+    now = time.monotonic()
+    for group in settings.groups:
+        registry.ensure_group(group.name, group.policy).policy = group.policy
+        for static in group.nodes:
+            reg = Registration(
+                name=static.name,
+                base_url=static.base_url,
+                health_url=static.health_url,
+                weight=static.weight,
+            )
+            registry.register(group.name, reg, now, static=True)
+    return registry
+
+
+async def _client_session(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30)
+    app[SESSION] = aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(
+            total=settings.timeouts.total_s,
+            sock_connect=settings.timeouts.connect_s,
+            sock_read=settings.timeouts.idle_s,
+        ),
+        auto_decompress=False,
+        skip_auto_headers=("User-Agent",),
+    )
+    app[FORWARDER] = Forwarder(app[SESSION], app[REGISTRY], settings)
+    yield
+    await app[SESSION].close()
+
+
+async def _monitor(app: web.Application) -> AsyncIterator[None]:
+    monitor = Monitor(app[REGISTRY], app[SESSION], app[SETTINGS])
+    app[MONITOR_TASK] = asyncio.create_task(monitor.run(), name="router-monitor")
+    yield
+    app[MONITOR_TASK].cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await app[MONITOR_TASK]
+
+
+async def _health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+def make_app(settings: RouterSettings) -> web.Application:
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[error_middleware])
+    app[SETTINGS] = settings
+    app[REGISTRY] = _registry_from(settings)
+    app[SCHEDULER] = Scheduler()
+    app.router.add_get("/health", _health)
+    app.router.add_get("/ready", _health)
+    app.router.add_routes(GroupsApi(app[REGISTRY], time.monotonic).routes())
+    app.router.add_routes(OpenAIApi(settings, app[REGISTRY], app[SCHEDULER]).routes())
+    app.cleanup_ctx.append(_client_session)
+    app.cleanup_ctx.append(_monitor)
+    return app
+
+
+@dataclass(frozen=True, slots=True)
+class RunningRouter:
+    url: str
+    app: web.Application
+
+
+@contextlib.asynccontextmanager
+async def serve(settings: RouterSettings) -> AsyncIterator[RunningRouter]:
+    """Run the router on ``settings.host:port`` (0 picks a free port) until the block exits."""
+    app = make_app(settings)
+    runner = web.AppRunner(
+        app,
+        handler_cancellation=True,
+        shutdown_timeout=settings.shutdown_grace_s,
+        access_log=None,
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        host = "127.0.0.1" if settings.host in ("0.0.0.0", "") else settings.host
+        yield RunningRouter(url=f"http://{host}:{port}", app=app)
+    finally:
+        await runner.cleanup()

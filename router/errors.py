@@ -1,0 +1,168 @@
+"""The router's one error tree, and the single place that turns it into HTTP.
+
+::
+
+    RouterError                      500 internal_error
+    ├── InvalidRequest               400 invalid_request_error
+    ├── Unauthorized                 401 authentication_error
+    ├── NotFound                     404 not_found_error
+    │   └── ModelNotFound            404 not_found_error / model_not_found
+    ├── PayloadTooLarge              413 invalid_request_error
+    ├── RateLimited                  429 rate_limit_error (Retry-After)
+    ├── UpstreamError                502 upstream_error
+    ├── NoCapacity                   503 service_unavailable (Retry-After)
+    └── UpstreamTimeout              504 upstream_timeout
+
+Every error a client sees is the OpenAI envelope
+``{"error": {"message", "type", "param", "code"}}``. :func:`error_middleware` maps our errors,
+aiohttp's own ``HTTPException`` s (unknown path, wrong method, body too large) and anything
+unexpected (logged, answered 500) onto it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar
+
+import orjson
+from aiohttp import web
+
+log = logging.getLogger("router.errors")
+
+
+class RouterError(Exception):
+    """Base of every error the router answers a client with."""
+
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "internal_error"
+    default_code: ClassVar[str | None] = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after_s: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code if code is not None else self.default_code
+        self.retry_after_s = retry_after_s
+
+    def envelope(self) -> dict[str, Any]:
+        return envelope(self.message, self.type, self.param, self.code)
+
+
+class InvalidRequest(RouterError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class Unauthorized(RouterError):
+    status = 401
+    type = "authentication_error"
+
+
+class NotFound(RouterError):
+    status = 404
+    type = "not_found_error"
+
+
+class ModelNotFound(NotFound):
+    default_code = "model_not_found"
+
+
+class PayloadTooLarge(RouterError):
+    status = 413
+    type = "invalid_request_error"
+    default_code = "payload_too_large"
+
+
+class RateLimited(RouterError):
+    status = 429
+    type = "rate_limit_error"
+
+
+class UpstreamError(RouterError):
+    status = 502
+    type = "upstream_error"
+
+
+class NoCapacity(RouterError):
+    status = 503
+    type = "service_unavailable"
+
+
+class UpstreamTimeout(RouterError):
+    status = 504
+    type = "upstream_timeout"
+
+
+def envelope(
+    message: str, type_: str, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def error_response(err: RouterError) -> web.Response:
+    headers = {}
+    if err.retry_after_s is not None:
+        headers["Retry-After"] = str(err.retry_after_s)
+    return web.Response(
+        status=err.status,
+        body=orjson.dumps(err.envelope()),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+_HTTP_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def _from_http_exception(exc: web.HTTPException) -> web.Response:
+    status = exc.status
+    if status == 413:
+        message = "request body is too large"
+    elif status == 404:
+        message = "no such path: see /{group}/v1/chat/completions, /{group}/v1/models"
+    elif status == 405:
+        message = f"method not allowed here: {exc.reason}"
+    else:
+        message = exc.reason
+    body = envelope(message, _HTTP_TYPES.get(status, "internal_error"), None, None)
+    headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+    return web.Response(
+        status=status, body=orjson.dumps(body), content_type="application/json", headers=headers
+    )
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer every failure with the OpenAI envelope and the right status."""
+    try:
+        return await handler(request)
+    except RouterError as err:
+        return error_response(err)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _from_http_exception(exc)
+    except (ConnectionResetError, web.HTTPClientError):
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(RouterError("internal router error"))

@@ -1,0 +1,169 @@
+"""The Octopus server-group API: registration, load reports, drain, deregistration, views."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from router.errors import InvalidRequest, NotFound
+from router.registry import Group, Node, Registry
+from router.settings import SettingsError, check_group_name
+from router.wire import LoadReport, Registration, WireError
+
+log = logging.getLogger("router.groups")
+MAX_CONTROL_BODY = 1024 * 1024
+
+
+def node_view(node: Node, threshold: int, now: float) -> dict[str, Any]:
+    reg = node.registration
+    age = None if node.report_received_at is None else round(now - node.report_received_at, 3)
+    return {
+        "nodeId": node.node_id,
+        "name": reg.name,
+        "groupName": node.group,
+        "baseUrl": reg.base_url,
+        "healthUrl": reg.health_url,
+        "weight": reg.weight,
+        "metadata": reg.metadata,
+        "status": node.state(threshold).value,
+        "failedChecks": node.failed_checks,
+        "static": node.static,
+        "inFlight": node.in_flight,
+        "served": node.served,
+        "failures": node.failures,
+        "reportAgeS": age,
+        "report": node.report.to_json() if node.report is not None else None,
+    }
+
+
+def _json(obj: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(obj), content_type="application/json")
+
+
+async def _read_json(request: web.Request) -> Any:
+    if (request.content_length or 0) > MAX_CONTROL_BODY:
+        raise InvalidRequest("control request body is too large")
+    body = await request.read()
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from exc
+
+
+class GroupsApi:
+    def __init__(self, registry: Registry, clock: Callable[[], float]) -> None:
+        self._registry = registry
+        self._clock = clock
+
+    def routes(self) -> list[web.RouteDef]:
+        base = "/api/server-groups"
+        return [
+            web.get(base, self.list_groups),
+            web.get(f"{base}/{{group}}/nodes", self.list_nodes),
+            web.post(f"{base}/{{group}}/nodes", self.register),
+            web.get(f"{base}/{{group}}/nodes/{{node_id}}", self.get_node),
+            web.put(f"{base}/{{group}}/nodes/{{node_id}}/report", self.report),
+            web.delete(f"{base}/{{group}}/nodes/{{node_id}}", self.deregister),
+            web.post(f"{base}/{{group}}/nodes/{{node_id}}/drain", self.drain),
+            web.post(f"{base}/{{group}}/nodes/{{node_id}}/resume", self.resume),
+        ]
+
+    def _group(self, request: web.Request) -> Group:
+        name = request.match_info["group"]
+        group = self._registry.groups.get(name)
+        if group is None:
+            raise NotFound(f"no server group named '{name}'", code="group_not_found")
+        return group
+
+    def _node(self, request: web.Request) -> Node:
+        group = self._group(request)
+        node = group.nodes.get(request.match_info["node_id"])
+        if node is None:
+            raise NotFound("no such node in this group", code="node_not_found")
+        return node
+
+    async def list_groups(self, request: web.Request) -> web.Response:
+        threshold = self._registry.threshold
+        groups = [
+            {
+                "name": g.name,
+                "policy": g.policy,
+                "nodes": len(g.nodes),
+                "routableNodes": sum(
+                    1
+                    for n in g.nodes.values()
+                    if n.state(threshold).value in ("healthy", "degraded")
+                ),
+                "models": sorted(g.model_index),
+            }
+            for g in self._registry.groups.values()
+        ]
+        return _json({"groups": groups})
+
+    async def list_nodes(self, request: web.Request) -> web.Response:
+        group = self._group(request)
+        now = self._clock()
+        nodes = [node_view(n, self._registry.threshold, now) for n in group.nodes.values()]
+        return _json({"groupName": group.name, "policy": group.policy, "nodes": nodes})
+
+    async def get_node(self, request: web.Request) -> web.Response:
+        return _json(node_view(self._node(request), self._registry.threshold, self._clock()))
+
+    async def register(self, request: web.Request) -> web.Response:
+        group_name = request.match_info["group"]
+        try:
+            check_group_name(group_name)
+        except SettingsError as exc:
+            raise InvalidRequest(str(exc), param="group") from exc
+        raw = await _read_json(request)
+        try:
+            reg = Registration.from_json(raw)
+            report = LoadReport.from_json(raw["report"]) if raw.get("report") else None
+        except WireError as exc:
+            raise InvalidRequest(str(exc)) from exc
+        now = self._clock()
+        node, created = self._registry.register(group_name, reg, now)
+        if report is not None:
+            self._registry.apply_report(node, report, now)
+        log.info(
+            "node %s %s in group %s",
+            reg.name,
+            "registered" if created else "re-registered",
+            group_name,
+        )
+        body = {
+            "nodeId": node.node_id,
+            "groupName": group_name,
+            "status": node.state(self._registry.threshold).value,
+        }
+        return _json(body, status=201 if created else 200)
+
+    async def report(self, request: web.Request) -> web.Response:
+        node = self._node(request)
+        raw = await _read_json(request)
+        try:
+            report = LoadReport.from_json(raw)
+        except WireError as exc:
+            raise InvalidRequest(str(exc)) from exc
+        self._registry.apply_report(node, report, self._clock())
+        return _json({"nodeId": node.node_id, "status": node.state(self._registry.threshold).value})
+
+    async def deregister(self, request: web.Request) -> web.Response:
+        node = self._node(request)
+        self._registry.remove(node.group, node.node_id)
+        log.info("node %s deregistered from group %s", node.name, node.group)
+        return _json({"nodeId": node.node_id, "removed": True})
+
+    async def drain(self, request: web.Request) -> web.Response:
+        node = self._node(request)
+        node.draining = True
+        return _json({"nodeId": node.node_id, "status": node.state(self._registry.threshold).value})
+
+    async def resume(self, request: web.Request) -> web.Response:
+        node = self._node(request)
+        node.draining = False
+        return _json({"nodeId": node.node_id, "status": node.state(self._registry.threshold).value})

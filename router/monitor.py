@@ -1,0 +1,106 @@
+"""Node health over time: missed agent reports, and polls of nodes that have no agent.
+
+Every ``report_interval_s`` each agent node whose last report is older than two intervals gets
+one failed check, so a silent agent goes degraded, then unhealthy after ``failure_threshold``
+intervals. Nodes with no agent (static in config, or registered by hand without a report) are
+polled every ``health_interval_s``: ``healthUrl`` (2xx passes) and ``/v1/models`` (the models
+they serve, all taken as loaded), turned into a synthetic load report so the rest of the router
+treats every node alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+import aiohttp
+import orjson
+
+from router.registry import Node, Registry
+from router.settings import RouterSettings
+from router.wire import LoadReport, ModelReport
+
+log = logging.getLogger("router.monitor")
+
+
+class Monitor:
+    def __init__(
+        self,
+        registry: Registry,
+        session: aiohttp.ClientSession,
+        settings: RouterSettings,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._registry = registry
+        self._session = session
+        self._settings = settings
+        self._clock = clock
+        self._last_poll = -1e18
+        self._timeout = aiohttp.ClientTimeout(total=min(5.0, settings.health_interval_s))
+        self._seq = 0
+
+    def check_reports(self, now: float) -> None:
+        """Count a failed check on every agent node whose reports stopped."""
+        stale_after = 2 * self._settings.report_interval_s
+        for group in self._registry.groups.values():
+            for node in group.nodes.values():
+                if node.static or node.report_received_at is None:
+                    continue
+                if now - node.report_received_at > stale_after:
+                    node.check_failed(self._registry.threshold)
+
+    def _polled_nodes(self) -> list[Node]:
+        return [
+            node
+            for group in self._registry.groups.values()
+            for node in group.nodes.values()
+            if node.static or node.report_received_at is None
+        ]
+
+    async def poll(self, node: Node) -> None:
+        """One health check of an agentless node."""
+        health_url = node.registration.health_url or f"{node.base_url}/health"
+        try:
+            async with self._session.get(health_url, timeout=self._timeout) as resp:
+                healthy = 200 <= resp.status < 300
+                await resp.read()
+            models: tuple[ModelReport, ...] = node.models()
+            async with self._session.get(
+                f"{node.base_url}/v1/models", timeout=self._timeout
+            ) as resp:
+                if resp.status == 200:
+                    cards = orjson.loads(await resp.read()).get("data", [])
+                    models = tuple(
+                        ModelReport(id=str(c["id"]), loaded=True)
+                        for c in cards
+                        if isinstance(c, dict) and "id" in c
+                    )
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError, AttributeError) as exc:
+            log.info("health poll of %s failed: %r", node.name, exc)
+            node.check_failed(self._registry.threshold)
+            return
+        self._seq += 1
+        report = LoadReport(
+            seq=self._seq,
+            sent_at=time.time(),
+            backend_kind="openai",
+            backend_health="ok" if healthy else "degraded",
+            in_flight=node.in_flight,
+            models=models,
+        )
+        self._registry.apply_report(node, report, self._clock())
+        node.report_received_at = None  # still agentless: keep polling it
+
+    async def run(self) -> None:
+        interval = self._settings.report_interval_s
+        while True:
+            now = self._clock()
+            self.check_reports(now)
+            if now - self._last_poll >= self._settings.health_interval_s:
+                self._last_poll = now
+                nodes = self._polled_nodes()
+                if nodes:
+                    await asyncio.gather(*(self.poll(n) for n in nodes))
+            await asyncio.sleep(interval)

@@ -1,0 +1,237 @@
+"""Forwarding one request to the nodes the scheduler chose.
+
+The body goes upstream as it was read (no re-encoding). A connection error, a timeout before the
+headers, or a 5xx answer **before the first byte** moves on to the next candidate (bounded by
+``max_attempts``); after the first byte has been relayed, a broken upstream ends the client's
+stream with an SSE error event and ``[DONE]``. Streams are relayed chunk by chunk as they arrive.
+A client that leaves cancels the handler (``handler_cancellation``), which closes the upstream
+connection so the backend stops generating. The node's slot is reserved before the upstream call
+and released exactly once when the response ends, whatever way it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from router.errors import NoCapacity, UpstreamError, UpstreamTimeout, envelope
+from router.registry import Group, Node, Registry, Reservation
+from router.settings import RouterSettings
+
+log = logging.getLogger("router.proxy")
+
+STREAM_TYPES = ("text/event-stream", "application/x-ndjson")
+MAX_ERROR_BODY = 64 * 1024
+NODE_FAILURE_STATUSES = frozenset({500, 502, 504})
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    """One client request as it will be sent upstream."""
+
+    path: str
+    body: bytes
+    model: str
+    correlation_id: str
+    tenant_id: str | None
+    session_id: str | None
+
+
+class _Failed(Exception):
+    """An attempt that failed before the first byte; the next candidate may be tried."""
+
+    def __init__(self, reason: str, *, node_fault: bool, overloaded: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.node_fault = node_fault
+        self.overloaded = overloaded
+
+
+def stream_error_event(message: str) -> bytes:
+    event = envelope(message, "upstream_error", None, "stream_interrupted")
+    return b"data: " + orjson.dumps(event) + b"\n\ndata: [DONE]\n\n"
+
+
+def _upstream_headers(node: Node, out: Outbound) -> dict[str, str]:
+    headers = {
+        "Content-Type": "application/json",
+        "X-Octopus-Correlation-Id": out.correlation_id,
+    }
+    if out.tenant_id is not None:
+        headers["X-Octopus-Tenant-Id"] = out.tenant_id
+    if out.session_id is not None:
+        headers["X-Octopus-Session-Id"] = out.session_id
+    if node.static:  # no agent beside the backend: rename as the agent would
+        headers["X-Tenant-Id"] = out.tenant_id or ""
+        headers["X-Correlation-Id"] = out.correlation_id
+    return headers
+
+
+def _response_headers(
+    upstream: Mapping[str, str], node: Node, out: Outbound, attempts: int
+) -> dict[str, str]:
+    headers = {
+        "Content-Type": upstream.get("Content-Type", "application/json"),
+        "X-Correlation-Id": out.correlation_id,
+        "X-Inference-Node": node.name,
+        "X-Router-Attempts": str(attempts),
+    }
+    if headers["Content-Type"].startswith("text/event-stream"):
+        headers["Cache-Control"] = "no-cache"
+        headers["X-Accel-Buffering"] = "no"
+    return headers
+
+
+def _has_envelope(body: bytes) -> bool:
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(parsed, dict) and isinstance(parsed.get("error"), dict)
+
+
+class Forwarder:
+    """Sends requests to nodes over one pooled client session."""
+
+    def __init__(
+        self, session: aiohttp.ClientSession, registry: Registry, settings: RouterSettings
+    ) -> None:
+        self._session = session
+        self._registry = registry
+        self._settings = settings
+        t = settings.timeouts
+        self._timeout = aiohttp.ClientTimeout(
+            total=t.total_s, sock_connect=t.connect_s, sock_read=t.idle_s
+        )
+
+    async def forward(
+        self, request: web.Request, group: Group, order: Sequence[str], out: Outbound
+    ) -> web.StreamResponse:
+        failures: list[_Failed] = []
+        attempts = 0
+        for node_id in order:
+            if attempts >= self._settings.max_attempts:
+                break
+            node = group.nodes.get(node_id)
+            if node is None:
+                continue
+            attempts += 1
+            reservation = Reservation(node, out.model)
+            try:
+                upstream = await self._open(node, out)
+            except _Failed as failed:
+                reservation.release()
+                self._note_failure(node, failed)
+                failures.append(failed)
+                continue
+            try:
+                return await self._relay(request, upstream, node, out, attempts)
+            finally:
+                upstream.close()
+                reservation.release()
+        raise self._final_error(out.model, failures)
+
+    def _note_failure(self, node: Node, failed: _Failed) -> None:
+        log.warning("node %s failed before first byte: %s", node.name, failed.reason)
+        if failed.node_fault:
+            self._registry.connection_failed(node)
+
+    def _final_error(self, model: str, failures: list[_Failed]) -> Exception:
+        retry = self._settings.retry_after_s
+        if not failures:
+            return NoCapacity(f"no node can take a request for '{model}' now", retry_after_s=retry)
+        reasons = "; ".join(f.reason for f in failures)
+        if all(f.overloaded for f in failures):
+            return NoCapacity(f"every node for '{model}' is busy: {reasons}", retry_after_s=retry)
+        if all(f.reason.startswith("timeout") for f in failures):
+            return UpstreamTimeout(f"no node answered in time for '{model}': {reasons}")
+        return UpstreamError(f"no node could serve '{model}': {reasons}")
+
+    async def _open(self, node: Node, out: Outbound) -> aiohttp.ClientResponse:
+        url = node.base_url + out.path
+        try:
+            async with asyncio.timeout(self._settings.timeouts.first_byte_s):
+                resp = await self._session.post(
+                    url, data=out.body, headers=_upstream_headers(node, out), timeout=self._timeout
+                )
+        except TimeoutError as exc:
+            raise _Failed(f"timeout waiting for {node.name}", node_fault=True) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise _Failed(f"{node.name}: {exc.__class__.__name__}", node_fault=True) from exc
+        if resp.status >= 500:
+            try:
+                detail = (await resp.content.read(MAX_ERROR_BODY)).decode("utf-8", "replace")
+            except (aiohttp.ClientError, TimeoutError):
+                detail = ""
+            resp.close()
+            raise _Failed(
+                f"{node.name} answered {resp.status} {detail[:200]}".rstrip(),
+                node_fault=resp.status in NODE_FAILURE_STATUSES,
+                overloaded=resp.status in (429, 503),
+            )
+        return resp
+
+    async def _relay(
+        self,
+        request: web.Request,
+        upstream: aiohttp.ClientResponse,
+        node: Node,
+        out: Outbound,
+        attempts: int,
+    ) -> web.StreamResponse:
+        headers = _response_headers(upstream.headers, node, out, attempts)
+        ctype = headers["Content-Type"]
+        if upstream.status < 400 and ctype.startswith(STREAM_TYPES):
+            return await self._relay_stream(request, upstream, node, headers)
+        try:
+            body = await upstream.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self._registry.connection_failed(node)
+            raise UpstreamError(f"{node.name} broke off its answer: {exc!r}") from exc
+        if upstream.status >= 400 and not _has_envelope(body):
+            text = body.decode("utf-8", "replace")[:500]
+            body = orjson.dumps(envelope(text or upstream.reason or "error", "upstream_error"))
+            headers["Content-Type"] = "application/json"
+        node.served += 1
+        return web.Response(status=upstream.status, body=body, headers=headers)
+
+    async def _relay_stream(
+        self,
+        request: web.Request,
+        upstream: aiohttp.ClientResponse,
+        node: Node,
+        headers: dict[str, str],
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(status=upstream.status, headers=headers)
+        await response.prepare(request)
+        content = upstream.content
+        while True:
+            try:
+                chunk = await content.readany()
+            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
+                log.warning("stream from %s cut after first byte: %r", node.name, exc)
+                self._registry.connection_failed(node)
+                await response.write(self._cut_notice(headers["Content-Type"], node))
+                break
+            if not chunk:
+                break
+            await response.write(chunk)  # a client that left raises here and ends the handler
+        node.served += 1
+        await response.write_eof()
+        return response
+
+    @staticmethod
+    def _cut_notice(content_type: str, node: Node) -> bytes:
+        message = f"the stream from node {node.name} was cut before it finished"
+        if content_type.startswith("text/event-stream"):
+            return stream_error_event(message)
+        return orjson.dumps({"error": message}) + b"\n"
+
+
+FORWARDER = web.AppKey("forwarder", Forwarder)

@@ -1,0 +1,190 @@
+"""Server groups and their nodes: the router's soft state.
+
+A node's state follows Octopus: *healthy*; *degraded* after 1-2 failed checks (still routed);
+*unhealthy* from ``failure_threshold`` failed checks, and before its first passing check (not
+routed); *draining* on operator request (no new requests, in-flight ones finish). A load report
+with a healthy backend, or a passing health poll, is a passing check; a missed report, a failed
+poll, a backend the agent reports as down and a failed connection to the node are failed checks.
+
+The router's own reservations are the exact part of each node's load: a slot is reserved when
+the scheduler picks the node and released exactly once when the response ends or the client
+leaves (:class:`Reservation`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from router.wire import LoadReport, ModelReport, Registration
+
+
+class NodeState(StrEnum):
+    HEALTHY = "healthy"
+    DEGRADED = "degraded"
+    UNHEALTHY = "unhealthy"
+    DRAINING = "draining"
+
+
+ROUTABLE = frozenset({NodeState.HEALTHY, NodeState.DEGRADED})
+
+
+def node_id_for(group: str, name: str) -> str:
+    """Stable id from group and name, so every router replica names a node the same way."""
+    digest = hashlib.sha256(f"{group}/{name}".encode()).hexdigest()
+    return f"node-{digest[:12]}"
+
+
+@dataclass(slots=True)
+class Node:
+    node_id: str
+    group: str
+    registration: Registration
+    registered_at: float
+    static: bool = False
+    report: LoadReport | None = None
+    report_received_at: float | None = None
+    own_at_report: int = 0
+    failed_checks: int = 0
+    ever_passed: bool = False
+    draining: bool = False
+    in_flight: int = 0
+    in_flight_by_model: dict[str, int] = field(default_factory=dict)
+    served: int = 0
+    failures: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.registration.name
+
+    @property
+    def base_url(self) -> str:
+        return self.registration.base_url
+
+    def state(self, threshold: int) -> NodeState:
+        if self.draining:
+            return NodeState.DRAINING
+        if not self.ever_passed or self.failed_checks >= threshold:
+            return NodeState.UNHEALTHY
+        if self.failed_checks > 0:
+            return NodeState.DEGRADED
+        return NodeState.HEALTHY
+
+    def models(self) -> tuple[ModelReport, ...]:
+        return self.report.models if self.report is not None else ()
+
+    def check_passed(self) -> None:
+        self.failed_checks = 0
+        self.ever_passed = True
+
+    def check_failed(self, threshold: int, *, definitive: bool = False) -> None:
+        self.failed_checks = threshold if definitive else self.failed_checks + 1
+
+
+class Reservation:
+    """One request's slot on one node; :meth:`release` is idempotent."""
+
+    __slots__ = ("_released", "model", "node")
+
+    def __init__(self, node: Node, model: str) -> None:
+        self.node = node
+        self.model = model
+        self._released = False
+        node.in_flight += 1
+        node.in_flight_by_model[model] = node.in_flight_by_model.get(model, 0) + 1
+
+    def release(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        node = self.node
+        node.in_flight -= 1
+        left = node.in_flight_by_model[self.model] - 1
+        if left:
+            node.in_flight_by_model[self.model] = left
+        else:
+            del node.in_flight_by_model[self.model]
+
+
+@dataclass(slots=True)
+class Group:
+    name: str
+    policy: str
+    nodes: dict[str, Node] = field(default_factory=dict)
+    # model id or alias -> ids of nodes that list it (loaded or not)
+    model_index: dict[str, set[str]] = field(default_factory=dict)
+
+    def reindex(self) -> None:
+        index: dict[str, set[str]] = {}
+        for node in self.nodes.values():
+            for model in node.models():
+                for key in (model.id, *model.aliases):
+                    index.setdefault(key, set()).add(node.node_id)
+        self.model_index = index
+
+    def nodes_serving(self, model: str) -> Iterator[Node]:
+        for node_id in self.model_index.get(model, ()):
+            yield self.nodes[node_id]
+
+
+class Registry:
+    """All groups of this router. Owned by the event loop: no locks, no I/O."""
+
+    def __init__(self, default_policy: str, failure_threshold: int) -> None:
+        self.groups: dict[str, Group] = {}
+        self.default_policy = default_policy
+        self.threshold = failure_threshold
+
+    def ensure_group(self, name: str, policy: str | None = None) -> Group:
+        group = self.groups.get(name)
+        if group is None:
+            group = Group(name=name, policy=policy or self.default_policy)
+            self.groups[name] = group
+        return group
+
+    def register(
+        self, group_name: str, reg: Registration, now: float, *, static: bool = False
+    ) -> tuple[Node, bool]:
+        """Add or refresh a node; registration is idempotent by name. Returns (node, created)."""
+        group = self.ensure_group(group_name)
+        node_id = node_id_for(group_name, reg.name)
+        node = group.nodes.get(node_id)
+        if node is not None:
+            node.registration = reg
+            return node, False
+        node = Node(node_id=node_id, group=group_name, registration=reg, registered_at=now)
+        node.static = static
+        group.nodes[node_id] = node
+        return node, True
+
+    def find(self, group_name: str, node_id: str) -> Node | None:
+        group = self.groups.get(group_name)
+        return group.nodes.get(node_id) if group is not None else None
+
+    def remove(self, group_name: str, node_id: str) -> Node | None:
+        group = self.groups.get(group_name)
+        if group is None:
+            return None
+        node = group.nodes.pop(node_id, None)
+        if node is not None:
+            group.reindex()
+        return node
+
+    def apply_report(self, node: Node, report: LoadReport, now: float) -> None:
+        """Take a load report: it is a health check and the node's new view of its models."""
+        old_models = node.models()
+        node.report = report
+        node.report_received_at = now
+        node.own_at_report = node.in_flight
+        if report.backend_health == "ok":
+            node.check_passed()
+        else:
+            node.check_failed(self.threshold, definitive=report.backend_health == "unhealthy")
+        if report.models != old_models:
+            self.groups[node.group].reindex()
+
+    def connection_failed(self, node: Node) -> None:
+        node.failures += 1
+        node.check_failed(self.threshold)

@@ -1,0 +1,209 @@
+"""Router settings: frozen dataclasses loaded once at start.
+
+Precedence: TOML file (``--config`` or ``ROUTER_CONFIG``) < environment (``ROUTER_*``) < CLI
+flags. Invalid values fail at start with a message naming the setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+POLICIES = ("least_loaded", "least_connections", "round_robin", "random")
+RESERVED_GROUP_NAMES = frozenset({"api", "v1", "health", "ready", "metrics", "dashboard"})
+
+
+class SettingsError(ValueError):
+    """A setting with a value the router cannot run with."""
+
+
+def _positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise SettingsError(f"{name} must be > 0, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Bounds on every call to a node. ``idle_s`` applies between chunks and while waiting for
+    headers, so the effective first-byte bound is ``min(first_byte_s, idle_s)``."""
+
+    connect_s: float = 3.0
+    first_byte_s: float = 120.0
+    idle_s: float = 120.0
+    total_s: float = 900.0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            _positive(f"timeouts.{f.name}", getattr(self, f.name))
+
+
+@dataclass(frozen=True, slots=True)
+class StaticNode:
+    """A node declared in config, with no agent: the router polls its health and models."""
+
+    name: str
+    base_url: str
+    health_url: str | None = None
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.base_url.startswith(("http://", "https://")):
+            raise SettingsError(f"node {self.name!r}: base_url must be an http(s) URL")
+        _positive(f"node {self.name!r} weight", self.weight)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupSettings:
+    name: str
+    policy: str = "least_loaded"
+    nodes: tuple[StaticNode, ...] = ()
+
+    def __post_init__(self) -> None:
+        check_group_name(self.name)
+        if self.policy not in POLICIES:
+            raise SettingsError(f"group {self.name!r}: policy must be one of {', '.join(POLICIES)}")
+
+
+def check_group_name(name: str) -> None:
+    if not name or len(name) > 64 or name in RESERVED_GROUP_NAMES:
+        raise SettingsError(f"invalid group name {name!r}")
+    if not all(c.isalnum() or c in "-_." for c in name):
+        raise SettingsError(f"group name {name!r} may hold only letters, digits, '-', '_', '.'")
+
+
+@dataclass(frozen=True, slots=True)
+class RouterSettings:
+    host: str = "0.0.0.0"
+    port: int = 8080
+    default_group: str = "inference-cluster"
+    default_policy: str = "least_loaded"
+    groups: tuple[GroupSettings, ...] = ()
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_attempts: int = 3
+    report_interval_s: float = 1.0
+    failure_threshold: int = 3
+    health_interval_s: float = 5.0
+    shutdown_grace_s: float = 30.0
+    retry_after_s: int = 2
+    log_format: str = "auto"
+
+    def __post_init__(self) -> None:
+        check_group_name(self.default_group)
+        if self.default_policy not in POLICIES:
+            raise SettingsError(f"default_policy must be one of {', '.join(POLICIES)}")
+        if not 0 <= self.port <= 65535:
+            raise SettingsError(f"port must be 0-65535, got {self.port}")
+        if self.max_attempts < 1:
+            raise SettingsError("max_attempts must be at least 1")
+        if self.failure_threshold < 1:
+            raise SettingsError("failure_threshold must be at least 1")
+        if self.max_body_bytes < 1024:
+            raise SettingsError("max_body_bytes must be at least 1024")
+        for name in ("report_interval_s", "health_interval_s", "shutdown_grace_s"):
+            _positive(name, getattr(self, name))
+        if self.log_format not in ("auto", "json", "text"):
+            raise SettingsError("log_format must be auto, json or text")
+
+    def group(self, name: str) -> GroupSettings | None:
+        for g in self.groups:
+            if g.name == name:
+                return g
+        return None
+
+
+_SCALARS: dict[str, type] = {
+    "host": str,
+    "port": int,
+    "default_group": str,
+    "default_policy": str,
+    "max_body_bytes": int,
+    "max_attempts": int,
+    "report_interval_s": float,
+    "failure_threshold": int,
+    "health_interval_s": float,
+    "shutdown_grace_s": float,
+    "retry_after_s": int,
+    "log_format": str,
+}
+
+
+def _coerce(name: str, kind: type, raw: Any) -> Any:
+    try:
+        return kind(raw)
+    except (TypeError, ValueError) as exc:
+        raise SettingsError(f"{name}: cannot read {raw!r} as {kind.__name__}") from exc
+
+
+def _from_toml(data: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, kind in _SCALARS.items():
+        if key in data:
+            out[key] = _coerce(key, kind, data[key])
+    if "timeouts" in data:
+        t = data["timeouts"]
+        out["timeouts"] = Timeouts(**{k: float(v) for k, v in t.items()})
+    groups = []
+    for g in data.get("groups", []):
+        nodes = tuple(
+            StaticNode(
+                name=str(n["name"]),
+                base_url=str(n["base_url"]).rstrip("/"),
+                health_url=n.get("health_url"),
+                weight=float(n.get("weight", 1.0)),
+            )
+            for n in g.get("nodes", [])
+        )
+        groups.append(
+            GroupSettings(
+                name=str(g["name"]), policy=str(g.get("policy", "least_loaded")), nodes=nodes
+            )
+        )
+    if groups:
+        out["groups"] = tuple(groups)
+    unknown = set(data) - set(_SCALARS) - {"timeouts", "groups"}
+    if unknown:
+        raise SettingsError(f"unknown settings in config file: {', '.join(sorted(unknown))}")
+    return out
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m router", description="The inference router.")
+    p.add_argument("--config", help="TOML settings file (also ROUTER_CONFIG)")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--default-group")
+    p.add_argument("--default-policy", choices=POLICIES)
+    p.add_argument("--max-body-bytes", type=int)
+    p.add_argument("--max-attempts", type=int)
+    p.add_argument("--report-interval-s", type=float)
+    p.add_argument("--health-interval-s", type=float)
+    p.add_argument("--shutdown-grace-s", type=float)
+    p.add_argument("--log-format", choices=("auto", "json", "text"))
+    return p
+
+
+def load_settings(argv: Sequence[str], environ: Mapping[str, str]) -> RouterSettings:
+    """Settings from a TOML file, then ``ROUTER_*`` variables, then CLI flags (last wins)."""
+    args = _parser().parse_args(list(argv))
+    values: dict[str, Any] = {}
+    config_path = args.config or environ.get("ROUTER_CONFIG")
+    if config_path:
+        try:
+            data = tomllib.loads(Path(config_path).read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise SettingsError(f"cannot read config file {config_path}: {exc}") from exc
+        values.update(_from_toml(data))
+    for key, kind in _SCALARS.items():
+        env_value = environ.get(f"ROUTER_{key.upper()}")
+        if env_value is not None:
+            values[key] = _coerce(f"ROUTER_{key.upper()}", kind, env_value)
+    for key in _SCALARS:
+        cli_value = getattr(args, key, None)
+        if cli_value is not None:
+            values[key] = cli_value
+    return replace(RouterSettings(), **values)
