@@ -6,6 +6,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from multidict import CIMultiDictProxy
 
 from router.app import RunningRouter
 from tests.fakes import FakeNode, register, running
@@ -15,7 +16,7 @@ CHAT = "/inference-cluster/v1/chat/completions"
 
 async def _post(
     session: aiohttp.ClientSession, url: str, data: bytes | str
-) -> tuple[int, dict[str, Any], aiohttp.typedefs.LooseHeaders]:
+) -> tuple[int, dict[str, Any], CIMultiDictProxy[str]]:
     async with session.post(url, data=data, headers={"Content-Type": "application/json"}) as resp:
         return resp.status, await resp.json(), resp.headers
 
