@@ -14,9 +14,11 @@ from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from router.errors import error_middleware
 from router.groups_api import GroupsApi
+from router.metrics import METRICS, FleetCollector, RouterMetrics, metrics_handler
 from router.monitor import Monitor
 from router.openai_api import OpenAIApi
 from router.proxy import FORWARDER, Forwarder
@@ -62,7 +64,7 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
         auto_decompress=False,
         skip_auto_headers=("User-Agent",),
     )
-    app[FORWARDER] = Forwarder(app[SESSION], app[REGISTRY], settings)
+    app[FORWARDER] = Forwarder(app[SESSION], app[REGISTRY], settings, app[METRICS])
     yield
     await app[SESSION].close()
 
@@ -85,6 +87,10 @@ def make_app(settings: RouterSettings) -> web.Application:
     app[SETTINGS] = settings
     app[REGISTRY] = _registry_from(settings)
     app[SCHEDULER] = Scheduler()
+    prometheus = CollectorRegistry()
+    app[METRICS] = RouterMetrics(prometheus)
+    prometheus.register(FleetCollector(app[REGISTRY]))
+    app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/health", _health)
     app.router.add_get("/ready", _health)
     app.router.add_routes(GroupsApi(app[REGISTRY], time.monotonic).routes())

@@ -6,6 +6,7 @@ request fail here with a clear 400 rather than at a node); the bytes go upstream
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from dataclasses import dataclass
@@ -14,8 +15,17 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from router.errors import InvalidRequest, ModelNotFound, NoCapacity, NotFound, PayloadTooLarge
+from router.errors import (
+    InvalidRequest,
+    ModelNotFound,
+    NoCapacity,
+    NotFound,
+    PayloadTooLarge,
+    RouterError,
+)
+from router.metrics import METRICS
 from router.proxy import FORWARDER, Outbound
+from router.records import RequestRecord
 from router.registry import ROUTABLE, Group, Registry
 from router.scheduling import Scheduler, candidate_for
 from router.settings import RouterSettings
@@ -112,6 +122,37 @@ class OpenAIApi:
 
     async def _route(self, request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
         group = self.group_of(request)
+        headers = request.headers
+        record = RequestRecord(
+            group=group.name,
+            model="-",
+            endpoint=endpoint.path,
+            tenant=headers.get("X-Octopus-Tenant-Id"),
+            correlation_id=headers.get("X-Octopus-Correlation-Id") or uuid.uuid4().hex,
+        )
+        metrics = request.config_dict[METRICS]
+        in_progress = metrics.in_progress.labels(group.name)
+        in_progress.inc()
+        try:
+            return await self._dispatch(request, endpoint, group, record)
+        except RouterError as err:
+            record.status = err.status
+            record.error = err.code or err.type
+            metrics.rejections.labels(group.name, record.error).inc()
+            raise
+        except (asyncio.CancelledError, ConnectionResetError):
+            record.status = 499
+            record.error = "client_gone"
+            raise
+        finally:
+            record.t_end = time.perf_counter()
+            in_progress.dec()
+            metrics.observe(record)
+            record.log()
+
+    async def _dispatch(
+        self, request: web.Request, endpoint: Endpoint, group: Group, record: RequestRecord
+    ) -> web.StreamResponse:
         if (request.content_length or 0) > self._settings.max_body_bytes:
             raise PayloadTooLarge(
                 f"request body is over the limit of {self._settings.max_body_bytes} bytes"
@@ -119,9 +160,11 @@ class OpenAIApi:
         body = await request.read()
         model: str = parse_body(body, endpoint)["model"]
         if model not in group.model_index:
+            record.model = "other"
             raise ModelNotFound(
                 f"model '{model}' is not served by group '{group.name}'", param="model"
             )
+        record.model = model
         now = self._clock()
         threshold = self._registry.threshold
         stale_after = 3 * self._settings.report_interval_s
@@ -141,11 +184,11 @@ class OpenAIApi:
             path=endpoint.path,
             body=body,
             model=model,
-            correlation_id=headers.get("X-Octopus-Correlation-Id") or uuid.uuid4().hex,
-            tenant_id=headers.get("X-Octopus-Tenant-Id"),
+            correlation_id=record.correlation_id,
+            tenant_id=record.tenant,
             session_id=headers.get("X-Octopus-Session-Id"),
         )
-        return await request.config_dict[FORWARDER].forward(request, group, order, out)
+        return await request.config_dict[FORWARDER].forward(request, group, order, out, record)
 
     def _served_models(self, group: Group) -> dict[str, dict[str, Any]]:
         threshold = self._registry.threshold

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -21,6 +22,8 @@ import orjson
 from aiohttp import web
 
 from router.errors import NoCapacity, UpstreamError, UpstreamTimeout, envelope
+from router.metrics import RouterMetrics
+from router.records import RequestRecord
 from router.registry import Group, Node, Registry, Reservation
 from router.settings import RouterSettings
 
@@ -74,13 +77,16 @@ def _upstream_headers(node: Node, out: Outbound) -> dict[str, str]:
 
 
 def _response_headers(
-    upstream: Mapping[str, str], node: Node, out: Outbound, attempts: int
+    upstream: Mapping[str, str], node: Node, out: Outbound, record: RequestRecord
 ) -> dict[str, str]:
+    record.t_headers_out = time.perf_counter()
+    overhead = record.overhead_s or 0.0
     headers = {
         "Content-Type": upstream.get("Content-Type", "application/json"),
         "X-Correlation-Id": out.correlation_id,
         "X-Inference-Node": node.name,
-        "X-Router-Attempts": str(attempts),
+        "X-Router-Attempts": str(record.attempts),
+        "X-Router-Overhead-Ms": f"{overhead * 1000:.3f}",
     }
     if headers["Content-Type"].startswith("text/event-stream"):
         headers["Cache-Control"] = "no-cache"
@@ -100,45 +106,59 @@ class Forwarder:
     """Sends requests to nodes over one pooled client session."""
 
     def __init__(
-        self, session: aiohttp.ClientSession, registry: Registry, settings: RouterSettings
+        self,
+        session: aiohttp.ClientSession,
+        registry: Registry,
+        settings: RouterSettings,
+        metrics: RouterMetrics,
     ) -> None:
         self._session = session
         self._registry = registry
         self._settings = settings
+        self._metrics = metrics
         t = settings.timeouts
         self._timeout = aiohttp.ClientTimeout(
             total=t.total_s, sock_connect=t.connect_s, sock_read=t.idle_s
         )
 
     async def forward(
-        self, request: web.Request, group: Group, order: Sequence[str], out: Outbound
+        self,
+        request: web.Request,
+        group: Group,
+        order: Sequence[str],
+        out: Outbound,
+        record: RequestRecord,
     ) -> web.StreamResponse:
         failures: list[_Failed] = []
-        attempts = 0
         for node_id in order:
-            if attempts >= self._settings.max_attempts:
+            if record.attempts >= self._settings.max_attempts:
                 break
             node = group.nodes.get(node_id)
             if node is None:
                 continue
-            attempts += 1
+            record.attempts += 1
+            record.node = node.name
             reservation = Reservation(node, out.model)
+            record.t_upstream_sent = time.perf_counter()
             try:
                 upstream = await self._open(node, out)
             except _Failed as failed:
                 reservation.release()
-                self._note_failure(node, failed)
+                self._note_failure(group, node, failed)
                 failures.append(failed)
                 continue
+            record.t_upstream_headers = time.perf_counter()
             try:
-                return await self._relay(request, upstream, node, out, attempts)
+                return await self._relay(request, upstream, node, out, record)
             finally:
                 upstream.close()
                 reservation.release()
+        record.node = None
         raise self._final_error(out.model, failures)
 
-    def _note_failure(self, node: Node, failed: _Failed) -> None:
+    def _note_failure(self, group: Group, node: Node, failed: _Failed) -> None:
         log.warning("node %s failed before first byte: %s", node.name, failed.reason)
+        self._metrics.retries.labels(group.name, node.name).inc()
         if failed.node_fault:
             self._registry.connection_failed(node)
 
@@ -183,17 +203,20 @@ class Forwarder:
         upstream: aiohttp.ClientResponse,
         node: Node,
         out: Outbound,
-        attempts: int,
+        record: RequestRecord,
     ) -> web.StreamResponse:
-        headers = _response_headers(upstream.headers, node, out, attempts)
-        ctype = headers["Content-Type"]
+        record.status = upstream.status
+        ctype = upstream.headers.get("Content-Type", "")
         if upstream.status < 400 and ctype.startswith(STREAM_TYPES):
-            return await self._relay_stream(request, upstream, node, headers)
+            headers = _response_headers(upstream.headers, node, out, record)
+            return await self._relay_stream(request, upstream, node, headers, record)
         try:
             body = await upstream.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
             self._registry.connection_failed(node)
             raise UpstreamError(f"{node.name} broke off its answer: {exc!r}") from exc
+        record.take_body(body, time.perf_counter())
+        headers = _response_headers(upstream.headers, node, out, record)
         if upstream.status >= 400 and not _has_envelope(body):
             text = body.decode("utf-8", "replace")[:500]
             body = orjson.dumps(envelope(text or upstream.reason or "error", "upstream_error"))
@@ -207,20 +230,26 @@ class Forwarder:
         upstream: aiohttp.ClientResponse,
         node: Node,
         headers: dict[str, str],
+        record: RequestRecord,
     ) -> web.StreamResponse:
+        record.stream = True
         response = web.StreamResponse(status=upstream.status, headers=headers)
         await response.prepare(request)
         content = upstream.content
+        clock = time.perf_counter
         while True:
             try:
                 chunk = await content.readany()
             except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
                 log.warning("stream from %s cut after first byte: %r", node.name, exc)
                 self._registry.connection_failed(node)
+                self._metrics.cut_streams.labels(node.group, node.name).inc()
+                record.error = "stream_interrupted"
                 await response.write(self._cut_notice(headers["Content-Type"], node))
                 break
             if not chunk:
                 break
+            record.watch(chunk, clock())
             await response.write(chunk)  # a client that left raises here and ends the handler
         node.served += 1
         await response.write_eof()

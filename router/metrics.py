@@ -1,0 +1,226 @@
+"""The router's Prometheus metrics, on a registry passed in (never the global one).
+
+Request metrics are observed once per request from its :class:`RequestRecord`. Node and GPU
+gauges are not kept up to date on the hot path: :class:`FleetCollector` reads them from the
+:class:`Registry` when Prometheus scrapes. Label values are bounded: models are those nodes
+report (unknown ones are ``other``), tenants are capped (the rest are ``other``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from router.records import RequestRecord
+from router.registry import NodeState, Registry
+
+# LLM latencies run from milliseconds (a cached answer) to minutes (a long generation).
+LATENCY_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+)  # fmt: skip
+TPOT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.08, 0.15, 0.3, 0.6, 1.2, 2.5)
+OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1)
+MAX_TENANTS = 100
+OTHER = "other"
+
+
+class RouterMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.requests = Counter(
+            "router_requests_total",
+            "Requests answered, by group, model, serving node and HTTP status.",
+            ["group", "model", "node", "status"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "router_request_duration_seconds",
+            "Time from request arrival to the end of the answer.",
+            ["group", "model"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.ttft = Histogram(
+            "router_ttft_seconds",
+            "Time from request arrival (admission wait included) to the first token.",
+            ["group", "model"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.tpot = Histogram(
+            "router_tpot_seconds",
+            "Time per output token after the first.",
+            ["group", "model"],
+            buckets=TPOT_BUCKETS,
+            registry=registry,
+        )
+        self.output_tokens = Counter(
+            "router_output_tokens_total",
+            "Output tokens relayed.",
+            ["group", "model", "node"],
+            registry=registry,
+        )
+        self.overhead = Histogram(
+            "router_overhead_seconds",
+            "Time the router added before the client got headers (upstream wait excluded).",
+            ["group"],
+            buckets=OVERHEAD_BUCKETS,
+            registry=registry,
+        )
+        self.retries = Counter(
+            "router_retries_total",
+            "Attempts that failed before the first byte and moved to another node.",
+            ["group", "node"],
+            registry=registry,
+        )
+        self.cut_streams = Counter(
+            "router_streams_cut_total",
+            "Streams cut after the first byte (the client got an error event).",
+            ["group", "node"],
+            registry=registry,
+        )
+        self.rejections = Counter(
+            "router_rejections_total",
+            "Requests answered with an error by the router itself, by reason.",
+            ["group", "reason"],
+            registry=registry,
+        )
+        self.tenant_requests = Counter(
+            "router_tenant_requests_total",
+            "Requests per tenant (at most 100 tenants named; the rest are 'other').",
+            ["tenant"],
+            registry=registry,
+        )
+        self.tenant_tokens = Counter(
+            "router_tenant_output_tokens_total",
+            "Output tokens per tenant (capped as router_tenant_requests_total).",
+            ["tenant"],
+            registry=registry,
+        )
+        self.in_progress = Gauge(
+            "router_requests_in_progress",
+            "Requests being handled now.",
+            ["group"],
+            registry=registry,
+        )
+        self._tenants: set[str] = set()
+
+    def tenant_label(self, tenant: str | None) -> str:
+        if not tenant:
+            return "none"
+        if tenant in self._tenants:
+            return tenant
+        if len(self._tenants) < MAX_TENANTS:
+            self._tenants.add(tenant)
+            return tenant
+        return OTHER
+
+    def observe(self, record: RequestRecord) -> None:
+        group, model = record.group, record.model
+        node = record.node or "none"
+        self.requests.labels(group, model, node, str(record.status)).inc()
+        if record.t_end is not None:
+            self.duration.labels(group, model).observe(record.t_end - record.t_start)
+        ttft = record.ttft_s
+        if ttft is not None and record.status < 400:
+            self.ttft.labels(group, model).observe(ttft)
+        tpot = record.tpot_s
+        if tpot is not None:
+            self.tpot.labels(group, model).observe(tpot)
+        tokens = record.output_tokens
+        if tokens:
+            self.output_tokens.labels(group, model, node).inc(tokens)
+        overhead = record.overhead_s
+        if overhead is not None:
+            self.overhead.labels(group).observe(overhead)
+        tenant = self.tenant_label(record.tenant)
+        self.tenant_requests.labels(tenant).inc()
+        if tokens:
+            self.tenant_tokens.labels(tenant).inc(tokens)
+
+
+class FleetCollector(Collector):
+    """Node, GPU and model gauges read from the registry at scrape time."""
+
+    def __init__(self, registry: Registry, clock: Callable[[], float] = time.monotonic) -> None:
+        self._registry = registry
+        self._clock = clock
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        labels = ["group", "node"]
+        state = GaugeMetricFamily(
+            "router_node_state", "1 for the node's current state.", labels=[*labels, "state"]
+        )
+        slots = GaugeMetricFamily(
+            "router_node_slots_in_use",
+            "Requests this router has in flight on the node.",
+            labels=labels,
+        )
+        reported = GaugeMetricFamily(
+            "router_node_reported_in_flight",
+            "Requests in flight the agent last reported.",
+            labels=labels,
+        )
+        queue = GaugeMetricFamily(
+            "router_node_queue_waiting", "Requests waiting in the backend's queue.", labels=labels
+        )
+        age = GaugeMetricFamily(
+            "router_node_report_age_seconds", "Age of the node's last load report.", labels=labels
+        )
+        vram_total = GaugeMetricFamily(
+            "router_gpu_memory_total_bytes", "GPU memory.", labels=[*labels, "gpu", "gpu_name"]
+        )
+        vram_used = GaugeMetricFamily(
+            "router_gpu_memory_used_bytes",
+            "GPU memory in use.",
+            labels=[*labels, "gpu", "gpu_name"],
+        )
+        models = GaugeMetricFamily(
+            "router_node_model_loaded", "1 if the model is loaded on the node, else 0.",
+            labels=[*labels, "model"],
+        )  # fmt: skip
+        threshold = self._registry.threshold
+        now = self._clock()
+        for group in self._registry.groups.values():
+            for node in group.nodes.values():
+                ids = [group.name, node.name]
+                current = node.state(threshold)
+                for s in NodeState:
+                    state.add_metric([*ids, s.value], 1.0 if s is current else 0.0)
+                slots.add_metric(ids, node.in_flight)
+                if node.report_received_at is not None:
+                    age.add_metric(ids, now - node.report_received_at)
+                report = node.report
+                if report is None:
+                    continue
+                reported.add_metric(ids, report.in_flight)
+                if report.queue_waiting is not None:
+                    queue.add_metric(ids, report.queue_waiting)
+                for gpu in report.gpus:
+                    gpu_ids = [*ids, str(gpu.index), gpu.name]
+                    vram_total.add_metric(gpu_ids, gpu.memory_total_bytes)
+                    vram_used.add_metric(gpu_ids, gpu.memory_used_bytes)
+                for m in report.models:
+                    models.add_metric([*ids, m.id], 1.0 if m.loaded else 0.0)
+        yield from (state, slots, reported, queue, age, vram_total, vram_used, models)
+
+
+METRICS = web.AppKey("metrics", RouterMetrics)
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    """``GET /metrics`` in the Prometheus text format."""
+    body = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

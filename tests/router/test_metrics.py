@@ -1,0 +1,84 @@
+"""The router's /metrics: request, token, latency and fleet metrics, parsed by the library."""
+
+from __future__ import annotations
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from router.app import RunningRouter
+from tests.fakes import FakeNode, register, running
+
+CHAT = "/inference-cluster/v1/chat/completions"
+
+
+async def _samples(
+    session: aiohttp.ClientSession, url: str
+) -> dict[str, list[tuple[dict[str, str], float]]]:
+    async with session.get(url + "/metrics") as resp:
+        assert resp.status == 200
+        text = await resp.text()
+    out: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out.setdefault(s.name, []).append((s.labels, s.value))
+    return out
+
+
+class TestRequestMetrics:
+    """Each answered request shows in the counters and histograms with bounded labels."""
+
+    async def test_requests_tokens_and_ttft(
+        self, router: RunningRouter, session: aiohttp.ClientSession
+    ) -> None:
+        """Three streamed requests count as 200s on the node, with tokens and TTFT observed;
+        an unknown model counts as a rejection labelled 'other'."""
+        async with running(FakeNode("n1", chunks=5)) as node:
+            await register(session, router.url, node)
+            body = {
+                "model": "m-small",
+                "stream": True,
+                "messages": [{"role": "user", "content": "x"}],
+            }
+            for _ in range(3):
+                async with session.post(
+                    router.url + CHAT, json=body, headers={"X-Octopus-Tenant-Id": "acme"}
+                ) as resp:
+                    assert float(resp.headers["X-Router-Overhead-Ms"]) >= 0
+                    await resp.read()
+            bad = {"model": "nope", "messages": [{"role": "user", "content": "x"}]}
+            async with session.post(router.url + CHAT, json=bad) as resp:
+                assert resp.status == 404
+            samples = await _samples(session, router.url)
+        ok = {"group": "inference-cluster", "model": "m-small", "node": "n1", "status": "200"}
+        assert (ok, 3.0) in samples["router_requests_total"]
+        assert ({"group": "inference-cluster", "model": "m-small", "node": "n1"}, 15.0) in samples[
+            "router_output_tokens_total"
+        ]
+        ttft_count = [v for labels, v in samples["router_ttft_seconds_count"]]
+        assert ttft_count == [3.0]
+        assert ({"tenant": "acme"}, 3.0) in samples["router_tenant_requests_total"]
+        assert (
+            {"group": "inference-cluster", "model": "other", "node": "none", "status": "404"},
+            1.0,
+        ) in samples["router_requests_total"]
+
+
+class TestFleetMetrics:
+    """Node state and load gauges come from the registry at scrape time."""
+
+    async def test_node_state_gauge(
+        self, router: RunningRouter, session: aiohttp.ClientSession
+    ) -> None:
+        """A registered healthy node shows state=healthy 1 and the others 0."""
+        async with running(FakeNode("n1")) as node:
+            await register(session, router.url, node, in_flight=2)
+            samples = await _samples(session, router.url)
+        states = {
+            labels["state"]: v
+            for labels, v in samples["router_node_state"]
+            if labels["node"] == "n1"
+        }
+        assert states == {"healthy": 1.0, "degraded": 0.0, "unhealthy": 0.0, "draining": 0.0}
+        assert ({"group": "inference-cluster", "node": "n1"}, 2.0) in samples[
+            "router_node_reported_in_flight"
+        ]
