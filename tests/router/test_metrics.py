@@ -11,9 +11,10 @@ from tests.fakes import FakeNode, register, running
 CHAT = "/inference-cluster/v1/chat/completions"
 
 
-async def _samples(
-    session: aiohttp.ClientSession, url: str
-) -> dict[str, list[tuple[dict[str, str], float]]]:
+Samples = dict[str, list[tuple[dict[str, str], float]]]
+
+
+async def _samples(session: aiohttp.ClientSession, url: str) -> Samples:
     async with session.get(url + "/metrics") as resp:
         assert resp.status == 200
         text = await resp.text()
