@@ -16,6 +16,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from router.dashboard import ACTIVITY, Activity, DashboardApi
 from router.errors import error_middleware
 from router.groups_api import GroupsApi
 from router.metrics import METRICS, FleetCollector, RouterMetrics, metrics_handler
@@ -91,6 +92,8 @@ def make_app(settings: RouterSettings) -> web.Application:
     app[METRICS] = RouterMetrics(prometheus)
     prometheus.register(FleetCollector(app[REGISTRY]))
     app.router.add_get("/metrics", metrics_handler)
+    app[ACTIVITY] = Activity()
+    app.router.add_routes(DashboardApi(app[REGISTRY]).routes())
     app.router.add_get("/health", _health)
     app.router.add_get("/ready", _health)
     app.router.add_routes(GroupsApi(app[REGISTRY], time.monotonic).routes())

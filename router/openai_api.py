@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from router.dashboard import ACTIVITY
 from router.errors import (
     InvalidRequest,
     ModelNotFound,
@@ -148,6 +149,7 @@ class OpenAIApi:
             record.t_end = time.perf_counter()
             in_progress.dec()
             metrics.observe(record)
+            request.config_dict[ACTIVITY].note(record)
             record.log()
 
     async def _dispatch(
