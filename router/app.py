@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ REGISTRY = web.AppKey("registry", Registry)
 SCHEDULER = web.AppKey("scheduler", Scheduler)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 MONITOR_TASK = web.AppKey("monitor_task", asyncio.Task[None])
+STOPPING = web.AppKey("stopping", asyncio.Event)
+log = logging.getLogger("router")
 
 
 def _registry_from(settings: RouterSettings) -> Registry:
@@ -83,6 +86,22 @@ async def _health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+async def _ready(request: web.Request) -> web.Response:
+    if request.app[STOPPING].is_set():
+        return web.json_response({"status": "stopping"}, status=503)
+    return web.json_response({"status": "ok"})
+
+
+async def _drain_streams(app: web.Application) -> None:
+    """SIGTERM: the listener is already closed; let streams finish within the grace period,
+    then end the rest with an SSE error event."""
+    app[STOPPING].set()
+    if FORWARDER in app:
+        cut = await app[FORWARDER].drain(app[SETTINGS].shutdown_grace_s)
+        if cut:
+            log.warning("shutdown grace over: ended %d streams with an error event", cut)
+
+
 def make_app(settings: RouterSettings) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[error_middleware])
     app[SETTINGS] = settings
@@ -95,7 +114,9 @@ def make_app(settings: RouterSettings) -> web.Application:
     app[ACTIVITY] = Activity()
     app.router.add_routes(DashboardApi(app[REGISTRY]).routes())
     app.router.add_get("/health", _health)
-    app.router.add_get("/ready", _health)
+    app.router.add_get("/ready", _ready)
+    app[STOPPING] = asyncio.Event()
+    app.on_shutdown.append(_drain_streams)
     app.router.add_routes(GroupsApi(app[REGISTRY], time.monotonic).routes())
     app.router.add_routes(OpenAIApi(settings, app[REGISTRY], app[SCHEDULER]).routes())
     app.cleanup_ctx.append(_client_session)

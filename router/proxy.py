@@ -61,6 +61,12 @@ def stream_error_event(message: str) -> bytes:
     return b"data: " + orjson.dumps(event) + b"\n\ndata: [DONE]\n\n"
 
 
+def _cut_notice(content_type: str, message: str) -> bytes:
+    if content_type.startswith("text/event-stream"):
+        return stream_error_event(message)
+    return orjson.dumps({"error": message}) + b"\n"
+
+
 def _upstream_headers(node: Node, out: Outbound) -> dict[str, str]:
     headers = {
         "Content-Type": "application/json",
@@ -120,6 +126,25 @@ class Forwarder:
         self._timeout = aiohttp.ClientTimeout(
             total=t.total_s, sock_connect=t.connect_s, sock_read=t.idle_s
         )
+        self._live: set[aiohttp.ClientResponse] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._stopping = False
+
+    async def drain(self, grace_s: float) -> int:
+        """Let streams in flight finish for up to ``grace_s``, then cut the rest (their clients
+        get an SSE error event). Returns how many were cut."""
+        self._stopping = True
+        try:
+            async with asyncio.timeout(grace_s):
+                await self._idle.wait()
+            return 0
+        except TimeoutError:
+            pass
+        cut = list(self._live)
+        for upstream in cut:
+            upstream.close()
+        return len(cut)
 
     async def forward(
         self,
@@ -235,32 +260,47 @@ class Forwarder:
         record.stream = True
         response = web.StreamResponse(status=upstream.status, headers=headers)
         await response.prepare(request)
+        self._live.add(upstream)
+        self._idle.clear()
+        try:
+            await self._pump(upstream, response, node, headers, record)
+        finally:
+            self._live.discard(upstream)
+            if not self._live:
+                self._idle.set()
+        node.served += 1
+        await response.write_eof()
+        return response
+
+    async def _pump(
+        self,
+        upstream: aiohttp.ClientResponse,
+        response: web.StreamResponse,
+        node: Node,
+        headers: dict[str, str],
+        record: RequestRecord,
+    ) -> None:
         content = upstream.content
         clock = time.perf_counter
         while True:
             try:
                 chunk = await content.readany()
             except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
-                log.warning("stream from %s cut after first byte: %r", node.name, exc)
-                self._registry.connection_failed(node)
-                self._metrics.cut_streams.labels(node.group, node.name).inc()
-                record.error = "stream_interrupted"
-                await response.write(self._cut_notice(headers["Content-Type"], node))
-                break
+                if self._stopping:
+                    message = "the router is shutting down: the stream was ended"
+                    record.error = "router_shutdown"
+                else:
+                    log.warning("stream from %s cut after first byte: %r", node.name, exc)
+                    self._registry.connection_failed(node)
+                    self._metrics.cut_streams.labels(node.group, node.name).inc()
+                    message = f"the stream from node {node.name} was cut before it finished"
+                    record.error = "stream_interrupted"
+                await response.write(_cut_notice(headers["Content-Type"], message))
+                return
             if not chunk:
-                break
+                return
             record.watch(chunk, clock())
             await response.write(chunk)  # a client that left raises here and ends the handler
-        node.served += 1
-        await response.write_eof()
-        return response
-
-    @staticmethod
-    def _cut_notice(content_type: str, node: Node) -> bytes:
-        message = f"the stream from node {node.name} was cut before it finished"
-        if content_type.startswith("text/event-stream"):
-            return stream_error_event(message)
-        return orjson.dumps({"error": message}) + b"\n"
 
 
 FORWARDER = web.AppKey("forwarder", Forwarder)
