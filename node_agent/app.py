@@ -1,0 +1,204 @@
+"""The agent's aiohttp application and :func:`serve`, which runs it on a socket.
+
+Routes: ``GET /health`` (the seed's semantics), ``GET /status`` (the current load report), and
+the proxied OpenAI paths plus the seed's ``POST /infer``. Long-lived resources (client sessions,
+backend adapter, GPU source, reporter) live in ``cleanup_ctx`` under typed keys.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+
+from .backends.base import Backend
+from .backends.detect import make_backend
+from .errors import error_middleware
+from .gpu import GpuSource, open_gpu_source
+from .proxy import BackendProxy
+from .reporter import Reporter
+from .settings import AgentSettings
+from .traffic import TrafficStats
+
+log = logging.getLogger("node_agent.app")
+
+SETTINGS = web.AppKey("settings", AgentSettings)
+STATS = web.AppKey("stats", TrafficStats)
+CONTROL_SESSION = web.AppKey("control_session", aiohttp.ClientSession)
+PROXY = web.AppKey("proxy", BackendProxy)
+BACKEND = web.AppKey("backend", Backend)
+GPUS = web.AppKey("gpus", GpuSource)
+REPORTER = web.AppKey("reporter", Reporter)
+
+# (method, agent path, backend path)
+PROXY_ROUTES = (
+    ("POST", "/v1/chat/completions", "/v1/chat/completions"),
+    ("POST", "/v1/completions", "/v1/completions"),
+    ("POST", "/v1/embeddings", "/v1/embeddings"),
+    ("GET", "/v1/models", "/v1/models"),
+    ("POST", "/infer", "/v1/chat/completions"),
+)
+_WILDCARD_HOSTS = ("", "0.0.0.0", "::", "[::]")
+
+
+def advertise_url_for(settings: AgentSettings, port: int) -> str:
+    """The URL routers use: ``advertise_url``, else ``http://{host or 127.0.0.1}:{port}``."""
+    if settings.advertise_url:
+        return settings.advertise_url
+    host = "127.0.0.1" if settings.host in _WILDCARD_HOSTS else settings.host
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+async def _sessions(app: web.Application) -> AsyncIterator[None]:
+    s = app[SETTINGS]
+    # Data path: a large keep-alive pool to the one backend; bytes passed through undecoded.
+    proxy_session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=1024, limit_per_host=0, keepalive_timeout=30),
+        auto_decompress=False,
+    )
+    # Control path (health, collection, routers): its own small pool, short timeouts, so it
+    # never waits behind proxied streams.
+    control_session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=32),
+        timeout=aiohttp.ClientTimeout(total=s.control_timeout_s, connect=s.connect_timeout_s),
+    )
+    app[CONTROL_SESSION] = control_session
+    app[PROXY] = BackendProxy(
+        proxy_session,
+        s.backend_url,
+        app[STATS],
+        api_key=s.backend_api_key,
+        first_byte_timeout_s=s.first_byte_timeout_s,
+        idle_timeout_s=s.idle_timeout_s,
+        total_timeout_s=s.total_timeout_s,
+        connect_timeout_s=s.connect_timeout_s,
+    )
+    try:
+        yield
+    finally:
+        await proxy_session.close()
+        await control_session.close()
+
+
+async def _backend_and_gpus(app: web.Application) -> AsyncIterator[None]:
+    s = app[SETTINGS]
+    session = app[CONTROL_SESSION]
+    app[BACKEND] = make_backend(
+        s.backend_kind,
+        session,
+        s.backend_url,
+        api_key=s.backend_api_key,
+        timeout_s=s.control_timeout_s,
+        max_parallel=s.max_parallel,
+    )
+    gpus = await open_gpu_source(s.gpu_source, session, s.backend_url, s.control_timeout_s)
+    app[GPUS] = gpus
+    try:
+        yield
+    finally:
+        await gpus.close()
+
+
+async def _reporter(app: web.Application) -> AsyncIterator[None]:
+    s = app[SETTINGS]
+    reporter = Reporter(s, app[CONTROL_SESSION], app[BACKEND], app[GPUS], app[STATS])
+    app[REPORTER] = reporter
+    # Reports are built from now on (for /status); registration waits for reporter.advertise(),
+    # which serve() calls once the socket is bound and the port known.
+    reporter.start()
+    try:
+        yield
+    finally:
+        await reporter.stop()
+
+
+async def health(request: web.Request) -> web.Response:
+    """200 ok when the backend answers 2xx, 503 degraded on another status, 503 unhealthy."""
+    state = await request.app[BACKEND].health()
+    return web.json_response({"status": state}, status=200 if state == "ok" else 503)
+
+
+async def status(request: web.Request) -> web.Response:
+    report = await request.app[REPORTER].current()
+    return web.json_response(report.to_json())
+
+
+def _forward_to(path: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def forward(request: web.Request) -> web.StreamResponse:
+        return await request.app[PROXY].forward(request, path)
+
+    return forward
+
+
+def make_app(settings: AgentSettings) -> web.Application:
+    """The agent application; nothing starts until it is run (resources live in cleanup_ctx)."""
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[error_middleware])
+    app[SETTINGS] = settings
+    app[STATS] = TrafficStats()
+    app.cleanup_ctx.extend([_sessions, _backend_and_gpus, _reporter])
+    app.router.add_get("/health", health, allow_head=False)
+    app.router.add_get("/status", status, allow_head=False)
+    for method, path, upstream in PROXY_ROUTES:
+        app.router.add_route(method, path, _forward_to(upstream))
+    return app
+
+
+@dataclass(frozen=True, slots=True)
+class RunningAgent:
+    """A started agent: ``url`` is what routers are told, ``local_url`` what it is bound to."""
+
+    url: str
+    local_url: str
+    port: int
+    app: web.Application
+
+    @property
+    def reporter(self) -> Reporter:
+        return self.app[REPORTER]
+
+    @property
+    def stats(self) -> TrafficStats:
+        return self.app[STATS]
+
+
+@asynccontextmanager
+async def serve(settings: AgentSettings) -> AsyncIterator[RunningAgent]:
+    """Run the agent on ``settings.host``/``port`` (0 picks a free port) until the block exits.
+
+    On exit it deregisters from every router first (so no new requests are sent), then stops
+    accepting, lets in-flight requests finish within ``shutdown_timeout_s`` and cleans up.
+    """
+    app = make_app(settings)
+    runner = web.AppRunner(
+        app,
+        handler_cancellation=True,
+        shutdown_timeout=settings.shutdown_timeout_s,
+        access_log=None,
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, settings.host, settings.port)
+        await site.start()
+        port = int(runner.addresses[0][1])
+        url = advertise_url_for(settings, port)
+        local_host = "127.0.0.1" if settings.host in _WILDCARD_HOSTS else settings.host
+        if ":" in local_host and not local_host.startswith("["):
+            local_host = f"[{local_host}]"
+        app[REPORTER].advertise(url)
+        log.info(
+            "node agent for %s listening on port %d, advertised as %s",
+            settings.backend_url,
+            port,
+            url,
+        )
+        yield RunningAgent(url=url, local_url=f"http://{local_host}:{port}", port=port, app=app)
+    finally:
+        if REPORTER in app:
+            await app[REPORTER].stop()
+        await runner.cleanup()

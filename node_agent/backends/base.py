@@ -1,0 +1,140 @@
+"""What every backend adapter offers, and the HTTP helpers they share.
+
+An adapter answers two questions about the backend beside the agent: is it healthy
+(:meth:`Backend.health`, the seed's semantics) and what does it hold and how busy is it
+(:meth:`Backend.collect`). A fact the backend does not expose is None (unknown), never 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import aiohttp
+import orjson
+
+from router.wire import ModelReport
+
+Health = Literal["ok", "degraded", "unhealthy"]
+
+log = logging.getLogger("node_agent.backends")
+
+# Errors that mean "the backend did not give a usable answer" on a control call.
+FETCH_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ValueError, UnicodeDecodeError)
+
+
+@dataclass(frozen=True, slots=True)
+class BackendFacts:
+    """The per-backend part of a load report."""
+
+    models: tuple[ModelReport, ...] = ()
+    version: str | None = None
+    queue_waiting: int | None = None
+    queue_running: int | None = None
+    kv_cache_usage: float | None = None
+
+
+def control_headers(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+class Backend(ABC):
+    """One backend kind's adapter, bound to a backend URL and a control session."""
+
+    KIND: ClassVar[str] = "openai"
+    health_path: ClassVar[str] = "/health"
+    # True when a request can change which models are loaded (Ollama, LM Studio JIT): the
+    # reporter then re-checks the loaded set as requests finish, not only at its next tick.
+    LOADS_ON_DEMAND: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        timeout_s: float = 2.0,
+        max_parallel: int | None = None,
+    ) -> None:
+        self.session = session
+        self.base_url = base_url.rstrip("/")
+        self.max_parallel = max_parallel
+        self._headers = control_headers(api_key)
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+
+    @property
+    def kind(self) -> str:
+        """The wire name of the backend kind (``router.wire.BACKEND_KINDS``)."""
+        return self.KIND
+
+    @property
+    def loads_on_demand(self) -> bool:
+        return self.LOADS_ON_DEMAND
+
+    async def health(self) -> Health:
+        """200-299 → ok, any other status → degraded, no answer → unhealthy (the seed)."""
+        return await self.probe(self.health_path)
+
+    async def probe(self, path: str) -> Health:
+        try:
+            async with self.session.get(
+                self.base_url + path, headers=self._headers, timeout=self._timeout
+            ) as resp:
+                await resp.read()
+                return "ok" if 200 <= resp.status < 300 else "degraded"
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            log.debug("backend %s%s unreachable: %r", self.base_url, path, exc)
+            return "unhealthy"
+
+    @abstractmethod
+    async def collect(self) -> BackendFacts:
+        """Models, queue and cache signals; parts that fail are left unknown."""
+
+    async def get_text(self, path: str) -> str | None:
+        """GET a path and return its body, or None on any failure or non-2xx status."""
+        try:
+            async with self.session.get(
+                self.base_url + path, headers=self._headers, timeout=self._timeout
+            ) as resp:
+                if resp.status // 100 != 2:
+                    log.debug("backend %s%s answered %s", self.base_url, path, resp.status)
+                    return None
+                return await resp.text()
+        except FETCH_ERRORS as exc:
+            log.debug("backend %s%s failed: %r", self.base_url, path, exc)
+            return None
+
+    async def get_json(self, path: str) -> dict[str, Any] | None:
+        """GET a path and decode a JSON object, or None on any failure."""
+        text = await self.get_text(path)
+        if text is None:
+            return None
+        try:
+            value = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            log.debug("backend %s%s sent invalid JSON", self.base_url, path)
+            return None
+        return value if isinstance(value, dict) else None
+
+
+def str_field(obj: dict[str, Any], key: str) -> str | None:
+    value = obj.get(key)
+    return value if isinstance(value, str) and value else None
+
+
+def int_field(obj: dict[str, Any], key: str) -> int | None:
+    value = obj.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def list_field(obj: dict[str, Any] | None, key: str) -> list[dict[str, Any]]:
+    """The dict entries of a JSON list field, ignoring anything malformed."""
+    if obj is None:
+        return []
+    value = obj.get(key)
+    if not isinstance(value, list):
+        return []
+    return [item for item in value if isinstance(item, dict)]

@@ -1,0 +1,134 @@
+"""vLLM: ``/health``, ``/v1/models`` (everything listed is loaded), ``/metrics``, ``/version``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from router.wire import ModelReport
+
+from .base import Backend, BackendFacts, int_field, list_field, str_field
+
+log = logging.getLogger("node_agent.backends.vllm")
+
+WAITING = "vllm:num_requests_waiting"
+RUNNING = "vllm:num_requests_running"
+KV_USAGE = "vllm:kv_cache_usage_perc"
+KV_USAGE_OLD = "vllm:gpu_cache_usage_perc"  # deprecated name, vLLM <= 0.11
+_GAUGES = (WAITING, RUNNING, KV_USAGE, KV_USAGE_OLD)
+# A sample, HELP or TYPE line of exactly one of those gauges.
+_GAUGE_LINE = re.compile(
+    r"^(?:# (?:HELP|TYPE) )?(?:" + "|".join(re.escape(g) for g in _GAUGES) + r")[{ ].*$",
+    re.MULTILINE,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStats:
+    """The queue and cache gauges of one ``/metrics`` scrape (summed / averaged over engines)."""
+
+    waiting: int | None = None
+    running: int | None = None
+    kv_cache_usage: float | None = None
+
+    @classmethod
+    def from_scrape(cls, text: str) -> EngineStats:
+        # vLLM's scrape is large (histograms per model and engine); parse only the lines of the
+        # gauges we read, so a scrape costs little time on the loop that also relays streams.
+        wanted = "\n".join(m.group(0) for m in _GAUGE_LINE.finditer(text))
+        values: dict[str, list[float]] = {}
+        try:
+            for family in text_string_to_metric_families(wanted):
+                for sample in family.samples:
+                    if sample.name in _GAUGES:
+                        values.setdefault(sample.name, []).append(float(sample.value))
+        except ValueError as exc:
+            log.warning("cannot parse vLLM /metrics: %s", exc)
+            return cls()
+        kv = values.get(KV_USAGE) or values.get(KV_USAGE_OLD)
+        waiting = values.get(WAITING)
+        running = values.get(RUNNING)
+        return cls(
+            waiting=None if waiting is None else round(sum(waiting)),
+            running=None if running is None else round(sum(running)),
+            kv_cache_usage=None if not kv else min(1.0, max(0.0, sum(kv) / len(kv))),
+        )
+
+
+def models_from_cards(
+    body: dict[str, Any] | None, max_parallel: int | None
+) -> tuple[ModelReport, ...]:
+    """One report per base model: cards sharing a ``root`` are aliases of the same weights
+    (``--served-model-name a b``); LoRA cards (``parent`` set) are models of their own that
+    inherit the base's context length."""
+    cards = list_field(body, "data")
+    bases: dict[str, list[dict[str, Any]]] = {}
+    loras: list[dict[str, Any]] = []
+    for card in cards:
+        if str_field(card, "id") is None:
+            continue
+        if str_field(card, "parent"):
+            loras.append(card)
+        else:
+            root = str_field(card, "root") or str(card["id"])
+            bases.setdefault(root, []).append(card)
+    reports: list[ModelReport] = []
+    context_by_name: dict[str, int | None] = {}
+    for group in bases.values():
+        first = group[0]
+        context = int_field(first, "max_model_len")
+        for card in group:
+            context_by_name[str(card["id"])] = context
+        reports.append(
+            ModelReport(
+                id=str(first["id"]),
+                loaded=True,
+                aliases=tuple(str(c["id"]) for c in group[1:]),
+                max_parallel=max_parallel,
+                context_length=context,
+            )
+        )
+    for card in loras:
+        reports.append(
+            ModelReport(
+                id=str(card["id"]),
+                loaded=True,
+                max_parallel=max_parallel,
+                context_length=int_field(card, "max_model_len")
+                or context_by_name.get(str(card["parent"])),
+            )
+        )
+    return tuple(reports)
+
+
+class VllmBackend(Backend):
+    """vLLM's OpenAI server: one base model per process, Prometheus gauges on the same port."""
+
+    KIND = "vllm"
+    health_path = "/health"
+    _version: str | None = None
+
+    async def collect(self) -> BackendFacts:
+        models_body, metrics_text, version = await asyncio.gather(
+            self.get_json("/v1/models"), self.get_text("/metrics"), self._get_version()
+        )
+        stats = EngineStats() if metrics_text is None else EngineStats.from_scrape(metrics_text)
+        return BackendFacts(
+            models=models_from_cards(models_body, self.max_parallel),
+            version=version,
+            queue_waiting=stats.waiting,
+            queue_running=stats.running,
+            kv_cache_usage=stats.kv_cache_usage,
+        )
+
+    async def _get_version(self) -> str | None:
+        if self._version is None:
+            body = await self.get_json("/version")
+            if body is not None:
+                self._version = str_field(body, "version")
+        return self._version

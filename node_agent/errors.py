@@ -1,0 +1,100 @@
+"""Errors a client of the agent can see, all in the OpenAI envelope, mapped to HTTP here.
+
+::
+
+    AgentError                    (status, type, code)
+    ├── BackendUnreachable        502 api_error   backend_unreachable
+    ├── BackendTimeout            504 api_error   backend_timeout
+    └── BadRequest                400 invalid_request_error
+
+aiohttp's own ``HTTPException`` s (404 unknown route, 405, 413 body too large) are rewritten
+into the same envelope by :func:`error_middleware`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import orjson
+from aiohttp import web
+
+log = logging.getLogger("node_agent.errors")
+
+
+class AgentError(Exception):
+    """An error with an HTTP status and an OpenAI error type and code."""
+
+    status = 500
+    type = "api_error"
+    code: str | None = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BackendUnreachable(AgentError):
+    """The backend refused or dropped the connection before answering."""
+
+    status = 502
+    code = "backend_unreachable"
+
+
+class BackendTimeout(AgentError):
+    """The backend did not answer within the first-byte timeout."""
+
+    status = 504
+    code = "backend_timeout"
+
+
+class BadRequest(AgentError):
+    """The request cannot be forwarded as sent."""
+
+    status = 400
+    type = "invalid_request_error"
+    code = "bad_request"
+
+
+def envelope(message: str, type_: str, code: str | None, param: str | None = None) -> bytes:
+    """The OpenAI error body: ``{"error": {"message", "type", "param", "code"}}``."""
+    return orjson.dumps(
+        {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    )
+
+
+def error_response(status: int, message: str, type_: str, code: str | None) -> web.Response:
+    return web.Response(
+        status=status,
+        body=envelope(message, type_, code),
+        content_type="application/json",
+    )
+
+
+_HTTP_CODES = {
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Write every error as an OpenAI envelope with the right status."""
+    try:
+        return await handler(request)
+    except AgentError as exc:
+        return error_response(exc.status, exc.message, exc.type, exc.code)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        type_ = "invalid_request_error" if exc.status < 500 else "api_error"
+        code = _HTTP_CODES.get(exc.status, f"http_{exc.status}")
+        message = exc.text if exc.status == 413 and exc.text else exc.reason
+        resp = error_response(exc.status, message, type_, code)
+        for name in ("Allow", "Retry-After"):
+            if name in exc.headers:
+                resp.headers[name] = exc.headers[name]
+        return resp

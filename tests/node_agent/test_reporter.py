@@ -1,0 +1,216 @@
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import AsyncExitStack
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from node_agent.app import serve
+from node_agent.reporter import changed
+from node_agent.traffic import TokenRate
+from router.wire import LoadReport
+
+from .conftest import (
+    OLLAMA_TAG_DETAILS,
+    FakeBackend,
+    FakeRouter,
+    agent_settings,
+    free_port,
+    wait_until,
+)
+
+
+class TestRegistration:
+    """The agent registers with its report included, then keeps reporting."""
+
+    async def test_register_then_report(
+        self, vllm: tuple[FakeBackend, str], router: tuple[FakeRouter, str]
+    ) -> None:
+        _, backend = vllm
+        fake, router_url = router
+        settings = agent_settings(
+            backend, router_urls=(router_url,), group="gpu-pool", metadata={"gpu": "A100"}
+        )
+        async with serve(settings) as agent:
+            await fake.wait_for(lambda: len(fake.reports) >= 3)
+        (reg,) = fake.registrations
+        assert reg["group"] == "gpu-pool"
+        assert reg["name"] == "node-a"
+        assert reg["baseUrl"] == agent.url
+        assert reg["healthUrl"] == f"{agent.url}/health"
+        assert reg["metadata"] == {"gpu": "A100"}
+        assert reg["report"]["backendKind"] == "vllm"
+        seqs = [r.seq for _, r in fake.reports]
+        assert seqs == sorted(seqs)
+        assert len(set(seqs)) == len(seqs)
+        assert seqs[0] > reg["report"]["seq"]
+        assert all(node == "node-node-a" for node, _ in fake.reports)
+
+    async def test_deregisters_on_shutdown(
+        self, vllm: tuple[FakeBackend, str], router: tuple[FakeRouter, str]
+    ) -> None:
+        _, backend = vllm
+        fake, router_url = router
+        async with serve(agent_settings(backend, router_urls=(router_url,))):
+            await fake.wait_for(lambda: len(fake.registrations) == 1)
+        assert fake.deletes == ["node-node-a"]
+
+    async def test_reregisters_after_404(
+        self, vllm: tuple[FakeBackend, str], router: tuple[FakeRouter, str]
+    ) -> None:
+        _, backend = vllm
+        fake, router_url = router
+        async with serve(agent_settings(backend, router_urls=(router_url,))):
+            await fake.wait_for(lambda: len(fake.reports) >= 1)
+            fake.forget()
+            await fake.wait_for(lambda: len(fake.registrations) == 2)
+            await fake.wait_for(lambda: "node-node-a" in fake.nodes and len(fake.reports) >= 3)
+
+    async def test_no_routers_no_registration(self, vllm: tuple[FakeBackend, str]) -> None:
+        _, backend = vllm
+        async with serve(agent_settings(backend)) as agent:
+            assert agent.reporter.links == []
+            await wait_until(lambda: agent.reporter.latest is not None)
+
+
+class TestRouterOutages:
+    """A router that is down is retried quietly and never holds up the others."""
+
+    async def test_router_down_then_up(
+        self,
+        vllm: tuple[FakeBackend, str],
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        _, backend = vllm
+        port = free_port()
+        fake = FakeRouter()
+        settings = agent_settings(backend, router_urls=(f"http://127.0.0.1:{port}",))
+        caplog.set_level(logging.INFO, logger="node_agent.reporter")
+        server = TestServer(fake.make_app(), host="127.0.0.1", port=port)
+        try:
+            async with serve(settings) as agent:
+                link = agent.reporter.links[0]
+                await wait_until(lambda: link.failures >= 2)
+                await server.start_server()
+                await fake.wait_for(lambda: len(fake.reports) >= 1, within=10)
+                warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+                assert len(warnings) == 1  # once per outage, not once per retry
+                assert "reachable again" in caplog.text
+            assert fake.deletes == ["node-node-a"]
+        finally:
+            await server.close()
+
+    async def test_dead_router_does_not_block_live_one(
+        self, vllm: tuple[FakeBackend, str], router: tuple[FakeRouter, str]
+    ) -> None:
+        _, backend = vllm
+        fake, router_url = router
+        dead = f"http://127.0.0.1:{free_port()}"
+        async with serve(agent_settings(backend, router_urls=(dead, router_url))):
+            await fake.wait_for(lambda: len(fake.reports) >= 3)
+
+
+class TestChanges:
+    """A change in the loaded models is reported at once, not at the next tick."""
+
+    async def test_model_load_reported_early(
+        self, ollama: tuple[FakeBackend, str], router: tuple[FakeRouter, str]
+    ) -> None:
+        fake_backend, backend = ollama
+        fake, router_url = router
+        settings = agent_settings(backend, router_urls=(router_url,), report_interval_s=30.0)
+        async with serve(settings) as agent, aiohttp.ClientSession() as client:
+            await fake.wait_for(lambda: len(fake.registrations) == 1)
+            fake_backend.state.ollama_ps.append(
+                {
+                    "name": "mistral:latest",
+                    "model": "mistral:latest",
+                    "size": 5000000000,
+                    "digest": "def",
+                    "details": OLLAMA_TAG_DETAILS,
+                    "expires_at": "2026-01-01T00:05:00Z",
+                    "size_vram": 5000000000,
+                    "context_length": 4096,
+                }
+            )
+            # a request (for the model that just loaded) hints the reporter to look again
+            r = await client.post(
+                f"{agent.url}/v1/chat/completions",
+                json={"model": "mistral", "messages": []},
+            )
+            assert r.status == 200
+
+            def mistral_loaded() -> bool:
+                return any(
+                    m.id == "mistral:latest" and m.loaded
+                    for _, rep in fake.reports
+                    for m in rep.models
+                )
+
+            await fake.wait_for(mistral_loaded, within=5)
+
+    def test_health_change_counts(self) -> None:
+        base = LoadReport(seq=1, sent_at=0.0, backend_kind="vllm", backend_health="ok", in_flight=0)
+        assert changed(None, base)
+        assert not changed(base, LoadReport(2, 1.0, "vllm", "ok", 5))
+        assert changed(base, LoadReport(2, 1.0, "vllm", "degraded", 0))
+
+
+class TestShutdown:
+    """Shutdown deregisters first, then lets in-flight streams finish before closing."""
+
+    async def test_drain_after_deregistration(
+        self, vllm: tuple[FakeBackend, str], router: tuple[FakeRouter, str]
+    ) -> None:
+        fake_backend, backend = vllm
+        fake, router_url = router
+        fake_backend.state.gate = asyncio.Event()
+        async with AsyncExitStack() as outer, aiohttp.ClientSession() as client:
+            stack = AsyncExitStack()
+            outer.push_async_callback(stack.aclose)
+            agent = await stack.enter_async_context(
+                serve(agent_settings(backend, router_urls=(router_url,)))
+            )
+            await fake.wait_for(lambda: len(fake.registrations) == 1)
+            async with client.post(
+                f"{agent.url}/v1/chat/completions",
+                json={"model": "m", "messages": [], "stream": True},
+            ) as r:
+                await r.content.readuntil(b"\n\n")
+                closing = asyncio.create_task(stack.aclose())
+                await fake.wait_for(lambda: fake.deletes == ["node-node-a"])
+                assert not closing.done()
+                fake_backend.state.gate.set()
+                body = await r.read()
+            assert body.endswith(b"data: [DONE]\n\n")
+            async with asyncio.timeout(5):
+                await closing
+
+
+class TestTokenRate:
+    """Output tokens per second come from a sliding window; idle means unknown, not zero."""
+
+    def test_window(self) -> None:
+        rate = TokenRate(window_s=10.0)
+        assert rate.sample(0.0, 0) is None
+        assert rate.sample(1.0, 0) is None
+        assert rate.sample(2.0, 100) == pytest.approx(50.0)
+        assert rate.sample(30.0, 100) is None  # nothing produced in the last window
+
+    async def test_reported(
+        self, vllm: tuple[FakeBackend, str], router: tuple[FakeRouter, str]
+    ) -> None:
+        _, backend = vllm
+        fake, router_url = router
+        async with serve(agent_settings(backend, router_urls=(router_url,))) as agent:
+            async with aiohttp.ClientSession() as client:
+                body = {"model": "m", "messages": [], "stream": True}
+                body["stream_options"] = {"include_usage": True}
+                async with client.post(f"{agent.url}/v1/chat/completions", json=body) as r:
+                    await r.read()
+            await fake.wait_for(
+                lambda: any((rep.output_tokens_per_s or 0) > 0 for _, rep in fake.reports)
+            )
