@@ -17,7 +17,9 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from router.aliases import Aliases
 from router.dashboard import ACTIVITY, Activity, DashboardApi
+from router.dispatch import DISPATCHER, Dispatcher
 from router.errors import error_middleware
 from router.groups_api import GroupsApi
 from router.metrics import METRICS, FleetCollector, RouterMetrics, metrics_handler
@@ -118,7 +120,8 @@ def make_app(settings: RouterSettings) -> web.Application:
     app[STOPPING] = asyncio.Event()
     app.on_shutdown.append(_drain_streams)
     app.router.add_routes(GroupsApi(app[REGISTRY], time.monotonic).routes())
-    app.router.add_routes(OpenAIApi(settings, app[REGISTRY], app[SCHEDULER]).routes())
+    app[DISPATCHER] = Dispatcher(settings, app[REGISTRY], app[SCHEDULER], Aliases(settings.aliases))
+    app.router.add_routes(OpenAIApi(app[REGISTRY]).routes())
     app.cleanup_ctx.append(_client_session)
     app.cleanup_ctx.append(_monitor)
     return app

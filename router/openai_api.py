@@ -1,4 +1,5 @@
-"""The OpenAI-compatible surface: ``/{group}/v1/...``, ``/{group}/...`` and ``/v1/...``.
+"""The OpenAI-compatible surface: ``/{group}/v1/...``, ``/{group}/...`` and ``/v1/...``, and the
+Octopus ``/{group}/infer`` endpoint.
 
 Only what routing needs is read from the body (``model``, and the shape checks that let a bad
 request fail here with a clear 400 rather than at a node); the bytes go upstream untouched.
@@ -6,30 +7,19 @@ request fail here with a clear 400 rather than at a node); the bytes go upstream
 
 from __future__ import annotations
 
-import asyncio
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from router.dashboard import ACTIVITY
-from router.errors import (
-    InvalidRequest,
-    ModelNotFound,
-    NoCapacity,
-    NotFound,
-    PayloadTooLarge,
-    RouterError,
-)
-from router.metrics import METRICS
-from router.proxy import FORWARDER, Outbound
-from router.records import RequestRecord
+from router.dispatch import DISPATCHER, Target
+from router.errors import InvalidRequest, ModelNotFound
 from router.registry import ROUTABLE, Group, Registry
-from router.scheduling import Scheduler, candidate_for
-from router.settings import RouterSettings
+
+MAX_MODEL_NAME = 256
+INFER_DEFAULT_MAX_TOKENS = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,11 +33,9 @@ class Endpoint:
 CHAT = Endpoint("/v1/chat/completions", "messages")
 COMPLETIONS = Endpoint("/v1/completions", None)
 EMBEDDINGS = Endpoint("/v1/embeddings", None)
-MAX_MODEL_NAME = 256
 
 
-def parse_body(body: bytes, endpoint: Endpoint) -> dict[str, Any]:
-    """Check the parts of an OpenAI body the router relies on; raise InvalidRequest if bad."""
+def _load_object(body: bytes) -> dict[str, Any]:
     if not body:
         raise InvalidRequest("request body is empty: expected a JSON object")
     try:
@@ -56,11 +44,22 @@ def parse_body(body: bytes, endpoint: Endpoint) -> dict[str, Any]:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from exc
     if not isinstance(parsed, dict):
         raise InvalidRequest("request body must be a JSON object")
+    return parsed
+
+
+def check_model(parsed: dict[str, Any]) -> str:
     model = parsed.get("model")
     if model is None:
         raise InvalidRequest("you must provide a model parameter", param="model")
     if not isinstance(model, str) or not model.strip() or len(model) > MAX_MODEL_NAME:
         raise InvalidRequest("'model' must be a non-empty string", param="model")
+    return model
+
+
+def parse_body(body: bytes, endpoint: Endpoint) -> dict[str, Any]:
+    """Check the parts of an OpenAI body the router relies on; raise InvalidRequest if bad."""
+    parsed = _load_object(body)
+    check_model(parsed)
     if endpoint.required_list is not None:
         items = parsed.get(endpoint.required_list)
         if not isinstance(items, list) or not items:
@@ -75,122 +74,79 @@ def parse_body(body: bytes, endpoint: Endpoint) -> dict[str, Any]:
 
 
 class OpenAIApi:
-    """Handlers bound to the router's registry, scheduler and forwarder."""
+    """OpenAI handlers; routing itself is the app's Dispatcher."""
 
-    def __init__(
-        self,
-        settings: RouterSettings,
-        registry: Registry,
-        scheduler: Scheduler,
-        clock: Any = time.monotonic,
-    ) -> None:
-        self._settings = settings
+    def __init__(self, registry: Registry) -> None:
         self._registry = registry
-        self._scheduler = scheduler
-        self._clock = clock
         self._started = int(time.time())
-
-    def group_of(self, request: web.Request) -> Group:
-        name = request.match_info.get("group", self._settings.default_group)
-        group = self._registry.groups.get(name)
-        if group is None:
-            raise NotFound(f"no server group named '{name}'", code="group_not_found")
-        return group
 
     def routes(self) -> list[web.RouteDef]:
         ops = [
-            ("chat/completions", self.chat_completions),
-            ("completions", self.completions),
-            ("embeddings", self.embeddings),
+            ("chat/completions", CHAT),
+            ("completions", COMPLETIONS),
+            ("embeddings", EMBEDDINGS),
         ]
         table: list[web.RouteDef] = []
         for prefix in ("/v1", "/{group}/v1", "/{group}"):
-            for suffix, handler in ops:
-                table.append(web.post(f"{prefix}/{suffix}", handler))
+            for suffix, endpoint in ops:
+                table.append(web.post(f"{prefix}/{suffix}", self._handler(endpoint)))
             table.append(web.get(f"{prefix}/models", self.list_models))
             table.append(web.get(f"{prefix}/models/{{model:.+}}", self.get_model))
-        table.append(web.post("/{group}/infer", self.chat_completions))
+        table.append(web.post("/{group}/infer", self.infer))
         return table
 
-    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
-        return await self._route(request, CHAT)
+    def _handler(self, endpoint: Endpoint) -> Any:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            def build(body: bytes) -> Target:
+                return Target(endpoint.path, parse_body(body, endpoint)["model"], body)
 
-    async def completions(self, request: web.Request) -> web.StreamResponse:
-        return await self._route(request, COMPLETIONS)
+            return await request.app[DISPATCHER].dispatch(request, endpoint.path, build)
 
-    async def embeddings(self, request: web.Request) -> web.StreamResponse:
-        return await self._route(request, EMBEDDINGS)
+        return handle
 
-    async def _route(self, request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
-        group = self.group_of(request)
-        headers = request.headers
-        record = RequestRecord(
-            group=group.name,
-            model="-",
-            endpoint=endpoint.path,
-            tenant=headers.get("X-Octopus-Tenant-Id"),
-            correlation_id=headers.get("X-Octopus-Correlation-Id") or uuid.uuid4().hex,
-        )
-        metrics = request.config_dict[METRICS]
-        in_progress = metrics.in_progress.labels(group.name)
-        in_progress.inc()
-        try:
-            return await self._dispatch(request, endpoint, group, record)
-        except RouterError as err:
-            record.status = err.status
-            record.error = err.code or err.type
-            metrics.rejections.labels(group.name, record.error).inc()
-            raise
-        except (asyncio.CancelledError, ConnectionResetError):
-            record.status = 499
-            record.error = "client_gone"
-            raise
-        finally:
-            record.t_end = time.perf_counter()
-            in_progress.dec()
-            metrics.observe(record)
-            request.config_dict[ACTIVITY].note(record)
-            record.log()
+    async def infer(self, request: web.Request) -> web.StreamResponse:
+        """Octopus ``/infer``: a chat-completions body, or ``{prompt, maxTokens}`` answered with
+        ``{text, tokensUsed, model}``."""
+        dispatcher = request.app[DISPATCHER]
+        group = dispatcher.group_of(request)
+        prompt_shape = False
 
-    async def _dispatch(
-        self, request: web.Request, endpoint: Endpoint, group: Group, record: RequestRecord
-    ) -> web.StreamResponse:
-        if (request.content_length or 0) > self._settings.max_body_bytes:
-            raise PayloadTooLarge(
-                f"request body is over the limit of {self._settings.max_body_bytes} bytes"
+        def build(body: bytes) -> Target:
+            nonlocal prompt_shape
+            parsed = _load_object(body)
+            if "messages" in parsed:
+                return Target(CHAT.path, parse_body(body, CHAT)["model"], body)
+            prompt = parsed.get("prompt")
+            if not isinstance(prompt, str) or not prompt:
+                raise InvalidRequest(
+                    "'/infer' takes a chat body with 'messages' or a non-empty 'prompt'",
+                    param="prompt",
+                )
+            max_tokens = parsed.get("maxTokens", parsed.get("max_tokens", INFER_DEFAULT_MAX_TOKENS))
+            if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+                raise InvalidRequest("'maxTokens' must be a positive integer", param="maxTokens")
+            model = parsed.get("model") or self._only_model(group)
+            chat = {
+                "model": model,
+                "messages": [{"role": "user", "content": prompt}],
+                "max_tokens": max_tokens,
+                "stream": False,
+            }
+            prompt_shape = True
+            return Target(CHAT.path, check_model(chat), orjson.dumps(chat))
+
+        response = await dispatcher.dispatch(request, "/infer", build)
+        if not prompt_shape or not isinstance(response, web.Response) or response.status != 200:
+            return response
+        return _infer_answer(response)
+
+    def _only_model(self, group: Group) -> str:
+        models = {m for m in self._served_models(group) if not m.endswith(":latest")}
+        if len(models) != 1:
+            raise InvalidRequest(
+                "this group serves several models: name one in 'model'", param="model"
             )
-        body = await request.read()
-        model: str = parse_body(body, endpoint)["model"]
-        if model not in group.model_index:
-            record.model = "other"
-            raise ModelNotFound(
-                f"model '{model}' is not served by group '{group.name}'", param="model"
-            )
-        record.model = model
-        now = self._clock()
-        threshold = self._registry.threshold
-        stale_after = 3 * self._settings.report_interval_s
-        candidates = [
-            c
-            for node in group.nodes_serving(model)
-            if (c := candidate_for(node, model, threshold, now, stale_after)) is not None
-        ]
-        if not candidates:
-            raise NoCapacity(
-                f"no healthy node serves model '{model}' right now",
-                retry_after_s=self._settings.retry_after_s,
-            )
-        order = self._scheduler.order(group.policy, f"{group.name}/{model}", candidates)
-        headers = request.headers
-        out = Outbound(
-            path=endpoint.path,
-            body=body,
-            model=model,
-            correlation_id=record.correlation_id,
-            tenant_id=record.tenant,
-            session_id=headers.get("X-Octopus-Session-Id"),
-        )
-        return await request.config_dict[FORWARDER].forward(request, group, order, out, record)
+        return models.pop()
 
     def _served_models(self, group: Group) -> dict[str, dict[str, Any]]:
         threshold = self._registry.threshold
@@ -216,16 +172,31 @@ class OpenAIApi:
         return cards
 
     async def list_models(self, request: web.Request) -> web.Response:
-        cards = self._served_models(self.group_of(request))
+        cards = self._served_models(request.app[DISPATCHER].group_of(request))
         data = [cards[k] for k in sorted(cards)]
         return web.json_response({"object": "list", "data": data}, dumps=_dumps)
 
     async def get_model(self, request: web.Request) -> web.Response:
         model = request.match_info["model"]
-        card = self._served_models(self.group_of(request)).get(model)
+        card = self._served_models(request.app[DISPATCHER].group_of(request)).get(model)
         if card is None:
             raise ModelNotFound(f"model '{model}' is not served by this group", param="model")
         return web.json_response(card, dumps=_dumps)
+
+
+def _infer_answer(response: web.Response) -> web.Response:
+    assert isinstance(response.body, bytes)
+    try:
+        answer = orjson.loads(response.body)
+        text = answer["choices"][0]["message"]["content"] or ""
+        usage = answer.get("usage") or {}
+        tokens = int(usage.get("total_tokens") or usage.get("completion_tokens") or 0)
+        model = str(answer.get("model", ""))
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError):
+        return response
+    body = orjson.dumps({"text": text, "tokensUsed": tokens, "model": model})
+    headers = {k: v for k, v in response.headers.items() if k.lower().startswith("x-")}
+    return web.Response(body=body, content_type="application/json", headers=headers)
 
 
 def _dumps(obj: Any) -> str:

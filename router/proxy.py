@@ -15,12 +15,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from urllib.parse import quote
 
 import aiohttp
 import orjson
 from aiohttp import web
 
+from router.aliases import apply_renaming, renaming, rewrite_model
 from router.errors import NoCapacity, UpstreamError, UpstreamTimeout, envelope
 from router.metrics import RouterMetrics
 from router.records import RequestRecord
@@ -44,6 +46,16 @@ class Outbound:
     correlation_id: str
     tenant_id: str | None
     session_id: str | None
+    node_models: Mapping[str, str] = field(default_factory=dict)  # node id -> its model name
+    model_in_body: bool = True
+
+    def for_node(self, node: Node) -> tuple[str, bytes, str]:
+        """Path, body and model name as this node knows the model (aliases applied)."""
+        name = self.node_models.get(node.node_id, self.model)
+        path = self.path.replace("{model}", quote(name, safe=""))
+        if name == self.model or not self.model_in_body:
+            return path, self.body, name
+        return path, rewrite_model(self.body, name), name
 
 
 class _Failed(Exception):
@@ -199,11 +211,14 @@ class Forwarder:
         return UpstreamError(f"no node could serve '{model}': {reasons}")
 
     async def _open(self, node: Node, out: Outbound) -> aiohttp.ClientResponse:
-        url = node.base_url + out.path
+        path, body, _ = out.for_node(node)
         try:
             async with asyncio.timeout(self._settings.timeouts.first_byte_s):
                 resp = await self._session.post(
-                    url, data=out.body, headers=_upstream_headers(node, out), timeout=self._timeout
+                    node.base_url + path,
+                    data=body,
+                    headers=_upstream_headers(node, out),
+                    timeout=self._timeout,
                 )
         except TimeoutError as exc:
             raise _Failed(f"timeout waiting for {node.name}", node_fault=True) from exc
@@ -231,16 +246,20 @@ class Forwarder:
         record: RequestRecord,
     ) -> web.StreamResponse:
         record.status = upstream.status
+        node_name = out.node_models.get(node.node_id)
+        rename = None if node_name is None else renaming(node_name, out.model)
         ctype = upstream.headers.get("Content-Type", "")
         if upstream.status < 400 and ctype.startswith(STREAM_TYPES):
             headers = _response_headers(upstream.headers, node, out, record)
-            return await self._relay_stream(request, upstream, node, headers, record)
+            return await self._relay_stream(request, upstream, node, headers, record, rename)
         try:
             body = await upstream.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
             self._registry.connection_failed(node)
             raise UpstreamError(f"{node.name} broke off its answer: {exc!r}") from exc
         record.take_body(body, time.perf_counter())
+        if rename is not None:
+            body = apply_renaming(body, rename)
         headers = _response_headers(upstream.headers, node, out, record)
         if upstream.status >= 400 and not _has_envelope(body):
             text = body.decode("utf-8", "replace")[:500]
@@ -256,6 +275,7 @@ class Forwarder:
         node: Node,
         headers: dict[str, str],
         record: RequestRecord,
+        rename: tuple[tuple[bytes, bytes], ...] | None,
     ) -> web.StreamResponse:
         record.stream = True
         response = web.StreamResponse(status=upstream.status, headers=headers)
@@ -263,7 +283,7 @@ class Forwarder:
         self._live.add(upstream)
         self._idle.clear()
         try:
-            await self._pump(upstream, response, node, headers, record)
+            await self._pump(upstream, response, node, headers, record, rename)
         finally:
             self._live.discard(upstream)
             if not self._live:
@@ -279,6 +299,7 @@ class Forwarder:
         node: Node,
         headers: dict[str, str],
         record: RequestRecord,
+        rename: tuple[tuple[bytes, bytes], ...] | None,
     ) -> None:
         content = upstream.content
         clock = time.perf_counter
@@ -300,6 +321,8 @@ class Forwarder:
             if not chunk:
                 return
             record.watch(chunk, clock())
+            if rename is not None:
+                chunk = apply_renaming(chunk, rename)
             await response.write(chunk)  # a client that left raises here and ends the handler
 
 

@@ -1,34 +1,82 @@
 """Pure routing decisions: no I/O, no clocks (``now`` is passed in), no globals.
 
 The router turns its nodes into :class:`Candidate` snapshots (:func:`candidate_for`) and asks a
-:class:`Scheduler` to order them: the first is the choice, the rest are failovers.
+:class:`Scheduler` to order them (:meth:`Scheduler.order`): the first is the choice, the rest
+are failovers. Large fleets (and the simulator, ``bench.sim``) keep a :class:`CandidateTable`,
+one numpy column per field, and call :meth:`Scheduler.rank`: one decision over 1,000 nodes costs
+tens of microseconds because nothing is sorted beyond the ``limit`` best.
 
-Load estimate for a node (:func:`estimate_load`): the agent's last report of requests in flight
-at the node, corrected by how this router's own count moved since that report (so the router's
-exact reservations show at once, between reports), never below this router's own count. A report
-older than ``stale_after_s`` is unknown, not zero: only the router's own count is used then.
+Load (:func:`estimate_load`): the agent's last report of requests at the node (in flight, or
+queued + running when the backend says), corrected by how this router's own count moved since
+that report, never below this router's own count. A report older than ``stale_after_s`` is
+unknown, not zero: only the router's own count is left, and the node is scored as uncertain.
 
-``least_loaded`` (the default) scores each candidate by its expected queueing per parallel slot,
-``(load + 1) / slots / weight``, with a penalty for degraded nodes and for a model that would
-have to be loaded first (cold start); ties are broken at random.
+``least_loaded`` (the default) scores each candidate in seconds, lower is better
+(:func:`scores`)::
+
+    (queue wait + model load + DECODE_WEIGHT * decode time) * penalty / weight
+
+where the queue wait is ``max(0, load + 1 - slots) / slots`` service times, a service time is
+``EXPECTED_TOKENS`` at the node's measured per-stream decode speed with a full batch, and the
+decode time is at the batch the request would join (per-stream speed falls as the batch grows).
+Model residency: loaded (no cost); loadable into free VRAM (its load time); loadable only by
+evicting another model (``EVICT_FACTOR`` times the load time); cannot fit (no candidate). A
+node at its concurrency cap is *full* and never chosen; a cold node is not chosen either while
+waiting for a slot on a hot one would be sooner (the caller queues the request instead).
+Degraded and stale nodes are penalised. Exact ties are broken at random.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
+
 from router.registry import ROUTABLE, Node, NodeState
 
+FloatArray = npt.NDArray[np.float64]
+IndexArray = npt.NDArray[np.intp]
+HashArray = npt.NDArray[np.uint64]
+
+POLICIES = (
+    "least_loaded",
+    "least_connections",
+    "round_robin",
+    "weighted_round_robin",
+    "random",
+    "sticky",
+    "power_of_two",
+    "power_of_two_connections",
+)
+SLOT_AWARE = frozenset({"least_loaded", "power_of_two", "sticky"})
 DEFAULT_SLOTS = 4
+DEFAULT_TOK_S = 30.0  # per-stream decode speed assumed before any was measured
+DEFAULT_LOAD_S = 10.0  # model load time assumed when the size is unknown
+LOAD_BYTES_PER_S = 1.5e9  # disk to VRAM, for a load-time estimate from the model's size
+LOAD_BASE_S = 1.0
+EXPECTED_TOKENS = 256.0  # output tokens of a typical request: turns queue length into seconds
+BATCH_DECAY = 0.05  # how much each extra stream slows every stream (router-side assumption)
+DECODE_WEIGHT = 0.25  # share of the decode time in the score (TTFT first, then E2E)
 DEGRADED_PENALTY = 1.5
-COLD_START_PENALTY = 4.0
+STALE_PENALTY = 1.25
+EVICT_FACTOR = 2.0
+_TIE = 1e-9  # relative jitter: breaks exact ties at random, never reorders distinct scores
 
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
-    """What the scheduler knows of one node for one request."""
+    """What the scheduler knows of one node for one request.
+
+    ``tok_s``: measured per-stream decode speed (None: unknown). ``cold_s``: seconds before the
+    model can serve here (None: 0 if loaded, else ``DEFAULT_LOAD_S``). ``cap``: concurrency cap
+    for this model on this node, 0 for none. ``stale``: the load comes from the router's count
+    alone because the node's report is too old.
+    """
 
     node_id: str
     degraded: bool
@@ -37,6 +85,10 @@ class Candidate:
     load: float
     slots: int
     own_in_flight: int
+    tok_s: float | None = None
+    cold_s: float | None = None
+    cap: int = 0
+    stale: bool = False
 
 
 def estimate_load(
@@ -52,10 +104,53 @@ def estimate_load(
     return max(own_now, reported_in_flight + own_now - own_at_report)
 
 
+def estimate_loads(
+    own: FloatArray,
+    own_at_report: FloatArray,
+    reported: FloatArray,
+    report_age_s: FloatArray,
+    stale_after_s: float,
+) -> tuple[FloatArray, npt.NDArray[np.bool_]]:
+    """:func:`estimate_load` over arrays (NaN age: no report). Returns (load, stale)."""
+    fresh = report_age_s <= stale_after_s
+    load = np.where(fresh, np.maximum(own, reported + own - own_at_report), own)
+    return load, ~fresh
+
+
+def batch_one_speed(output_tokens_per_s: float | None, running: int) -> float | None:
+    """Per-stream decode speed at batch 1, from a node's output rate over ``running`` streams
+    (each extra stream slows every stream by ``BATCH_DECAY``); None when nothing ran."""
+    if not output_tokens_per_s or running < 1:
+        return None
+    return output_tokens_per_s / running * (1.0 + BATCH_DECAY * (running - 1))
+
+
+def batch_one_speeds(output_tokens_per_s: FloatArray, running: FloatArray) -> FloatArray:
+    """:func:`batch_one_speed` over arrays, NaN where nothing ran."""
+    busy = running >= 1
+    per_stream = output_tokens_per_s / np.where(busy, running, 1.0)
+    return np.where(busy, per_stream * (1.0 + BATCH_DECAY * (running - 1.0)), math.nan)
+
+
+def load_time_s(size_bytes: int | None) -> float:
+    """Estimated seconds to load a model of this size from disk into VRAM."""
+    if not size_bytes:
+        return DEFAULT_LOAD_S
+    return LOAD_BASE_S + size_bytes / LOAD_BYTES_PER_S
+
+
 def candidate_for(
-    node: Node, model: str, threshold: int, now: float, stale_after_s: float
+    node: Node,
+    model: str,
+    threshold: int,
+    now: float,
+    stale_after_s: float,
+    *,
+    cap_factor: float | None = None,
 ) -> Candidate | None:
-    """The node as a candidate for ``model``, or None when it must not get new requests."""
+    """The node as a candidate for ``model``, or None when it must not get new requests (not
+    routable, does not list the model, or the model cannot fit its GPUs). ``cap_factor`` sets
+    the concurrency cap at that many times the model's parallel slots (None: no cap)."""
     state = node.state(threshold)
     if state not in ROUTABLE:
         return None
@@ -67,58 +162,260 @@ def candidate_for(
     if entry is None:
         return None
     report = node.report
+    cold_s = 0.0
+    if not entry.loaded:
+        cold_s = load_time_s(entry.size_bytes or entry.vram_bytes)
+        need = entry.vram_bytes or entry.size_bytes or 0
+        gpus = report.gpus if report is not None else ()
+        if gpus and need:
+            if need > sum(g.memory_total_bytes for g in gpus):
+                return None
+            if need > sum(g.memory_free_bytes for g in gpus):
+                cold_s *= EVICT_FACTOR
     age = None if node.report_received_at is None else now - node.report_received_at
     reported = report.in_flight if report is not None else None
     if report is not None and report.queue_waiting is not None:
         reported = max(reported or 0, report.queue_waiting + (report.queue_running or 0))
+    stale = age is None or age > stale_after_s
+    tok_s = None
+    if report is not None and not stale:
+        running = report.queue_running or report.in_flight
+        tok_s = batch_one_speed(report.output_tokens_per_s, running)
+    slots = entry.max_parallel or DEFAULT_SLOTS
     return Candidate(
         node_id=node.node_id,
         degraded=state is NodeState.DEGRADED,
         weight=node.registration.weight,
         loaded=entry.loaded,
         load=estimate_load(node.in_flight, node.own_at_report, reported, age, stale_after_s),
-        slots=entry.max_parallel or DEFAULT_SLOTS,
+        slots=slots,
         own_in_flight=node.in_flight,
+        tok_s=tok_s,
+        cold_s=cold_s,
+        cap=0 if cap_factor is None else max(1, math.ceil(slots * cap_factor)),
+        stale=stale and report is not None,
     )
 
 
-def least_loaded_score(c: Candidate) -> float:
-    score = (c.load + 1.0) / c.slots / c.weight
-    if not c.loaded:
-        score += COLD_START_PENALTY
-    if c.degraded:
-        score *= DEGRADED_PENALTY
-    return score
+@dataclass(slots=True)
+class CandidateTable:
+    """Candidates as columns (row ``i`` is node ``ids[i]``). Mutable: a long-lived owner (the
+    simulator, or a router keeping one table per group and model) updates columns in place.
+    ``tok_s`` may hold NaN (unknown); ``cold_s`` +inf excludes a row; ``cap`` 0 is no cap."""
+
+    ids: Sequence[str]
+    load: FloatArray
+    slots: FloatArray
+    cap: FloatArray
+    tok_s: FloatArray
+    weight: FloatArray
+    cold_s: FloatArray
+    penalty: FloatArray
+    own: FloatArray
+    hashes: HashArray | None = None  # node_hashes(ids), made when ``sticky`` first needs it
+
+    @classmethod
+    def from_candidates(cls, cands: Sequence[Candidate]) -> CandidateTable:
+        def col(values: list[float]) -> FloatArray:
+            return np.array(values, dtype=np.float64)
+
+        nan = math.nan
+        return cls(
+            ids=[c.node_id for c in cands],
+            load=col([c.load for c in cands]),
+            slots=col([c.slots for c in cands]),
+            cap=col([c.cap for c in cands]),
+            tok_s=col([nan if c.tok_s is None else c.tok_s for c in cands]),
+            weight=col([c.weight for c in cands]),
+            cold_s=col([_cold(c) for c in cands]),
+            penalty=col([_penalty(c) for c in cands]),
+            own=col([c.own_in_flight for c in cands]),
+        )
+
+
+def _cold(c: Candidate) -> float:
+    if c.cold_s is not None:
+        return c.cold_s
+    return 0.0 if c.loaded else DEFAULT_LOAD_S
+
+
+def _penalty(c: Candidate) -> float:
+    return (DEGRADED_PENALTY if c.degraded else 1.0) * (STALE_PENALTY if c.stale else 1.0)
+
+
+def _hash64(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
+def node_hashes(node_ids: Sequence[str]) -> HashArray:
+    """Stable 64-bit hashes of node ids, the same in every router replica."""
+    return np.array([_hash64(n) for n in node_ids], dtype=np.uint64)
+
+
+def _mix(x: HashArray) -> HashArray:
+    """splitmix64's finaliser, vectorised: rendezvous weights from hash xor key."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def fill_speeds(tok_s: FloatArray) -> FloatArray:
+    """Unknown speeds (NaN) become the mean of the known ones, or ``DEFAULT_TOK_S``."""
+    unknown = np.isnan(tok_s)
+    if not unknown.any():
+        return tok_s
+    known = tok_s[~unknown]
+    return np.where(unknown, known.mean() if known.size else DEFAULT_TOK_S, tok_s)
+
+
+def scores(t: CandidateTable, rows: IndexArray | slice) -> FloatArray:
+    """``least_loaded`` scores (seconds, lower is better) of the given rows."""
+    slots, load = t.slots[rows], t.load[rows]
+    per_stream = fill_speeds(t.tok_s[rows])
+    joined = load + 1.0
+    batch = np.minimum(joined, slots)
+    service_full = EXPECTED_TOKENS * (1.0 + BATCH_DECAY * (slots - 1.0)) / per_stream
+    wait = np.maximum(joined - slots, 0.0) / slots * service_full
+    decode = EXPECTED_TOKENS * (1.0 + BATCH_DECAY * (batch - 1.0)) / per_stream
+    result: FloatArray = (wait + t.cold_s[rows] + DECODE_WEIGHT * decode) * t.penalty[rows]
+    return result / t.weight[rows]
+
+
+def room(t: CandidateTable, slot_aware: bool) -> FloatArray:
+    """How many requests each row may hold before it is full: its cap (no limit without one).
+    A load-aware policy (``slot_aware``) also stops at the model's parallel slots when caps are
+    on: a request that would queue at a node waits at the router instead, where it is fair
+    across tenants and takes whichever slot frees first (join-the-idle-queue)."""
+    capped = t.cap > 0
+    limit = np.where(capped, t.cap, math.inf)
+    if slot_aware:
+        limit = np.minimum(limit, np.where(capped, t.slots, math.inf))
+    return limit
 
 
 class Scheduler:
-    """Orders candidates by a group's policy. Holds only its random source and rotation
-    counters; deterministic for a seeded ``rng``."""
+    """Orders candidates by a group's policy. Holds only its random sources and per-key
+    rotation state (round robin counters, smooth weighted round robin credits); deterministic
+    for a seeded ``rng``."""
 
     def __init__(self, rng: random.Random | None = None) -> None:
         self._rng = rng or random.Random()
+        self._np = np.random.default_rng(self._rng.getrandbits(64))
         self._rotation: dict[str, int] = {}
+        self._credit: dict[str, tuple[Sequence[str], FloatArray]] = {}
 
-    def order(self, policy: str, key: str, candidates: Sequence[Candidate]) -> list[str]:
-        """Node ids, best first. ``key`` names the rotation (group and model) for round robin."""
+    def order(
+        self,
+        policy: str,
+        key: str,
+        candidates: Sequence[Candidate],
+        *,
+        limit: int | None = None,
+        affinity: str | None = None,
+    ) -> list[str]:
+        """Node ids, best first, at most ``limit``; full nodes are left out (an empty list with
+        candidates given means: every node is full, queue the request). ``key`` names the
+        rotation (group and model); ``affinity`` is the ``sticky`` policy's session or tenant."""
         if not candidates:
             return []
-        rand = self._rng.random
+        if policy in ("round_robin", "weighted_round_robin"):
+            candidates = sorted(candidates, key=lambda c: c.node_id)
+        table = CandidateTable.from_candidates(candidates)
+        rows = self.rank(policy, key, table, limit=limit or len(candidates), affinity=affinity)
+        return [table.ids[i] for i in rows]
+
+    def rank(
+        self,
+        policy: str,
+        key: str,
+        t: CandidateTable,
+        *,
+        limit: int = 3,
+        affinity: str | None = None,
+    ) -> IndexArray:
+        """Row numbers of the ``limit`` best open rows of ``t``, best first (see :func:`room`)."""
+        room_ = room(t, policy in SLOT_AWARE)
+        ok = np.flatnonzero((t.load < room_) & (t.cold_s < math.inf))
+        if ok.size == 0:
+            return ok
+        limit = min(limit, ok.size)
         if policy == "least_loaded":
-            ranked = sorted(candidates, key=lambda c: (least_loaded_score(c), rand()))
-        elif policy == "least_connections":
-            ranked = sorted(
-                candidates, key=lambda c: (c.own_in_flight / c.weight, c.degraded, rand())
-            )
-        elif policy == "round_robin":
-            ordered = sorted(candidates, key=lambda c: c.node_id)
+            return self._hold_cold(t, ok, room_, self._best(scores(t, ok), ok, limit))
+        if policy == "least_connections":
+            return self._best((t.own[ok] + 1.0) * t.penalty[ok] / t.weight[ok], ok, limit)
+        if policy in ("power_of_two", "power_of_two_connections"):
+            return self._two_choices(policy, t, ok, limit)
+        if policy == "round_robin":
             turn = self._rotation.get(key, 0)
             self._rotation[key] = turn + 1
-            start = turn % len(ordered)
-            ranked = ordered[start:] + ordered[:start]
-        elif policy == "random":
-            ranked = list(candidates)
-            self._rng.shuffle(ranked)
+            start = int(np.searchsorted(ok, turn % len(t.ids)))
+            return np.roll(ok, -start)[:limit]
+        if policy == "weighted_round_robin":
+            return self._smooth_weighted(key, t, ok, limit)
+        if policy == "random":
+            return self._np.choice(ok, size=limit, replace=False)
+        if policy == "sticky":
+            best = self._best(scores(t, ok), ok, limit)
+            if affinity is None:
+                return best
+            if t.hashes is None:
+                t.hashes = node_hashes(t.ids)
+            home = ok[int(np.argmax(_mix(t.hashes[ok] ^ np.uint64(_hash64(affinity)))))]
+            return np.concatenate(([home], best[best != home]))[:limit]
+        raise ValueError(f"unknown policy {policy!r}")
+
+    def _best(self, score: FloatArray, rows: IndexArray, limit: int) -> IndexArray:
+        keyed = score * (1.0 + _TIE * self._np.random(score.size))
+        if limit < score.size:
+            top = np.argpartition(keyed, limit - 1)[:limit]
+            return rows[top[np.argsort(keyed[top])]]
+        return rows[np.argsort(keyed)]
+
+    def _hold_cold(
+        self, t: CandidateTable, ok: IndexArray, room_: FloatArray, best: IndexArray
+    ) -> IndexArray:
+        """Nothing (wait) when the best open node must load the model but a full node that has
+        it loaded would free a slot sooner."""
+        first = best[0]
+        if t.cold_s[first] <= 0.0 or ok.size == len(t.ids):
+            return best
+        full = np.flatnonzero((t.load >= room_) & (t.cold_s <= 0.0))
+        if full.size and scores(t, full).min() < scores(t, best[:1])[0]:
+            return best[:0]
+        return best
+
+    def _two_choices(
+        self, policy: str, t: CandidateTable, ok: IndexArray, limit: int
+    ) -> IndexArray:
+        """Two random open rows, better first; further failovers are random."""
+        want = max(limit, min(2, ok.size))
+        drawn = list(dict.fromkeys(self._np.integers(0, ok.size, size=2 * want).tolist()))
+        if len(drawn) < want:
+            drawn = self._np.permutation(ok.size).tolist()
+        picks = ok[drawn[:want]]
+        pair = picks[:2]
+        if policy == "power_of_two":
+            score = scores(t, pair)
         else:
-            raise ValueError(f"unknown policy {policy!r}")
-        return [c.node_id for c in ranked]
+            score = (t.own[pair] + 1.0) * t.penalty[pair] / t.weight[pair]
+        if pair.size == 2 and (score[1] < score[0] or (score[1] == score[0] and self._coin())):
+            picks[:2] = pair[::-1]
+        return picks[:limit]
+
+    def _coin(self) -> bool:
+        return self._rng.random() < 0.5
+
+    def _smooth_weighted(
+        self, key: str, t: CandidateTable, ok: IndexArray, limit: int
+    ) -> IndexArray:
+        """nginx's smooth weighted round robin over the open rows: each turn every open row
+        gains its weight, the richest is chosen and pays the total."""
+        ids, credit = self._credit.get(key, ((), np.zeros(0)))
+        if ids is not t.ids and list(ids) != list(t.ids):
+            ids, credit = t.ids, np.zeros(len(t.ids))
+        weight = t.weight[ok] / t.penalty[ok]
+        credit[ok] += weight
+        ranked = ok[np.argsort(-credit[ok], kind="stable")][:limit]
+        credit[ranked[0]] -= weight.sum()
+        self._credit[key] = (ids, credit)
+        return ranked

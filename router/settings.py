@@ -91,6 +91,7 @@ class RouterSettings:
     shutdown_grace_s: float = 30.0
     retry_after_s: int = 2
     log_format: str = "auto"
+    aliases: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_group_name(self.default_group)
@@ -165,7 +166,12 @@ def _from_toml(data: Mapping[str, Any]) -> dict[str, Any]:
         )
     if groups:
         out["groups"] = tuple(groups)
-    unknown = set(data) - set(_SCALARS) - {"timeouts", "groups"}
+    if "aliases" in data:
+        table = data["aliases"]
+        if not isinstance(table, dict) or not all(isinstance(v, list) for v in table.values()):
+            raise SettingsError("[aliases] maps a model id to a list of names backends use")
+        out["aliases"] = {str(k): tuple(str(n) for n in v) for k, v in table.items()}
+    unknown = set(data) - set(_SCALARS) - {"timeouts", "groups", "aliases"}
     if unknown:
         raise SettingsError(f"unknown settings in config file: {', '.join(sorted(unknown))}")
     return out

@@ -1,0 +1,247 @@
+"""Admission: what happens to a request when every node that could serve it is full.
+
+A node is full for a model when it holds its concurrency cap of requests for it (the scheduler
+leaves full nodes out: :meth:`router.scheduling.Scheduler.order` returns nothing). The request
+then waits in its group's queue, bounded in length and in time:
+
+* **Fair across tenants.** :class:`FairQueue` keeps one FIFO per tenant and serves them by
+  start-time fair queuing: each tenant has a virtual clock that advances by ``1 / weight`` per
+  request served, the backlogged tenant with the earliest clock goes next, and a tenant that
+  comes back from idle starts at the earliest clock of the others (no banked credit). A tenant
+  flooding the router therefore gets its weighted share of freed slots and no more.
+* **Bounded.** When the queue is full, the tenant with the longest weighted backlog loses its
+  newest waiter (429 queue full), so a flood pushes out its own requests, not other tenants'.
+  A waiter not served within ``max_wait_s`` gets 503 (no capacity). Both carry ``Retry-After``.
+* **No gap between choosing and counting.** ``try_pick`` runs synchronously when a slot frees
+  and must reserve what it picks; the reserved grant is handed to the waiter, and released
+  again if the waiter left in between (``Grant.release``). Nothing is dropped without an answer.
+
+:class:`FairQueue` is pure (the simulator ``bench.sim`` drives it directly);
+:class:`Admission` adds the asyncio waiting on top.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+W = TypeVar("W")
+R = TypeVar("R")
+
+
+class Grant(Protocol):
+    """What ``try_pick`` returns: a reservation the waiter owns from then on."""
+
+    def release(self) -> None: ...
+
+
+G = TypeVar("G", bound=Grant)
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionLimits:
+    """Per-group queue bounds. ``tenant_weights``: share of freed slots (default 1)."""
+
+    max_queue: int = 256
+    max_wait_s: float = 30.0
+    retry_after_s: int = 2
+    tenant_weights: Mapping[str, float] = field(default_factory=dict)
+    scan_budget: int = 64  # waiters tried per freed slot (they may want other models)
+
+    def __post_init__(self) -> None:
+        if self.max_queue < 0 or self.scan_budget < 1:
+            raise ValueError("max_queue must be >= 0 and scan_budget >= 1")
+        if not self.max_wait_s > 0 or self.retry_after_s < 1:
+            raise ValueError("max_wait_s must be > 0 and retry_after_s >= 1")
+        if any(not w > 0 for w in self.tenant_weights.values()):
+            raise ValueError("tenant weights must be > 0")
+
+
+class Rejected(Exception):
+    """The request cannot be admitted: 429 (queue full) or 503 (waited too long)."""
+
+    def __init__(self, status: int, reason: str, retry_after_s: int) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.retry_after_s = retry_after_s
+
+
+class FairQueue(Generic[W]):
+    """Bounded waiting requests, one FIFO per tenant, served fairly (see the module doc).
+    Each entry has a deadline; :meth:`expired` takes out those past it."""
+
+    def __init__(self, limit: int, weights: Mapping[str, float] | None = None) -> None:
+        self._limit = limit
+        self._weights = dict(weights or {})
+        self._fifos: dict[str, deque[tuple[float, W]]] = {}
+        self._clock: dict[str, float] = {}
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def queued(self, tenant: str) -> int:
+        fifo = self._fifos.get(tenant)
+        return len(fifo) if fifo else 0
+
+    def _weight(self, tenant: str) -> float:
+        return self._weights.get(tenant, 1.0)
+
+    def push(self, tenant: str, item: W, deadline: float) -> W | None:
+        """Queue ``item``. When the queue was full, returns the item that lost its place (the
+        newest of the longest weighted backlog, which may be ``item`` itself), else None."""
+        if self._limit <= 0:
+            return item
+        pushed_out = None
+        if self._size >= self._limit:
+            mine = (self.queued(tenant) + 1) / self._weight(tenant)
+            victim = max(self._fifos, key=lambda t: len(self._fifos[t]) / self._weight(t))
+            if len(self._fifos[victim]) / self._weight(victim) <= mine:
+                return item
+            pushed_out = self._fifos[victim].pop()[1]
+            self._size -= 1
+            self._drop_if_empty(victim)
+        fifo = self._fifos.get(tenant)
+        if fifo is None:
+            others = [self._clock[t] for t in self._fifos]
+            self._clock[tenant] = max(self._clock.get(tenant, 0.0), min(others, default=0.0))
+            fifo = self._fifos[tenant] = deque()
+        fifo.append((deadline, item))
+        self._size += 1
+        return pushed_out
+
+    def serve(self, pick: Callable[[W], R | None], budget: int) -> tuple[W, R] | None:
+        """Offer waiters, fairest first and FIFO within a tenant, to ``pick`` until it returns
+        something (at most ``budget`` tries). The served waiter leaves the queue."""
+        tries = 0
+        for tenant in sorted(self._fifos, key=self._clock.__getitem__):
+            fifo = self._fifos[tenant]
+            for pos, (_, item) in enumerate(fifo):
+                got = pick(item)
+                if got is not None:
+                    del fifo[pos]
+                    self._size -= 1
+                    self._clock[tenant] += 1.0 / self._weight(tenant)
+                    self._drop_if_empty(tenant)
+                    return item, got
+                tries += 1
+                if tries >= budget:
+                    return None
+        return None
+
+    def remove(self, tenant: str, item: W) -> bool:
+        """Take out a waiter that gave up; False if it was not queued."""
+        fifo = self._fifos.get(tenant)
+        if not fifo:
+            return False
+        for pos, (_, queued) in enumerate(fifo):
+            if queued is item:
+                del fifo[pos]
+                self._size -= 1
+                self._drop_if_empty(tenant)
+                return True
+        return False
+
+    def expired(self, now: float) -> Iterator[W]:
+        """Take out and yield every waiter whose deadline has passed."""
+        for tenant in list(self._fifos):
+            fifo = self._fifos[tenant]
+            while fifo and fifo[0][0] <= now:
+                yield fifo.popleft()[1]
+                self._size -= 1
+            self._drop_if_empty(tenant)
+
+    def _drop_if_empty(self, tenant: str) -> None:
+        if not self._fifos[tenant]:
+            del self._fifos[tenant]
+
+
+@dataclass(eq=False, slots=True)
+class _Waiter(Generic[G]):
+    try_pick: Callable[[], G | None]
+    future: asyncio.Future[G]
+
+
+class Admission:
+    """One fair queue per group, and the waiting on it.
+
+    The router calls :meth:`admit` with a synchronous ``try_pick`` that returns a reserved
+    grant or None when every candidate is full, and :meth:`wake` whenever capacity may have
+    appeared (a slot released, a load report or a node arrived)."""
+
+    def __init__(self, limits: AdmissionLimits, clock: Callable[[], float]) -> None:
+        self.limits = limits
+        self._clock = clock
+        self._queues: dict[str, FairQueue[_Waiter[Any]]] = {}
+
+    def waiting(self, group: str) -> int:
+        queue = self._queues.get(group)
+        return len(queue) if queue is not None else 0
+
+    async def admit(self, group: str, tenant: str | None, try_pick: Callable[[], G | None]) -> G:
+        """A grant from ``try_pick``, at once or after a fair wait; raises :class:`Rejected`."""
+        queue = self._queues.get(group)
+        if queue is None or not len(queue):
+            grant = try_pick()
+            if grant is not None:
+                return grant
+        if queue is None:
+            queue = self._queues[group] = FairQueue(
+                self.limits.max_queue, self.limits.tenant_weights
+            )
+        loop = asyncio.get_running_loop()
+        waiter: _Waiter[G] = _Waiter(try_pick, loop.create_future())
+        who = tenant or ""
+        pushed_out = queue.push(who, waiter, self._clock() + self.limits.max_wait_s)
+        if pushed_out is waiter:
+            raise self._rejection(429, "the queue for this group is full")
+        if pushed_out is not None and not pushed_out.future.done():
+            pushed_out.future.set_exception(self._rejection(429, "pushed out of a full queue"))
+        self.wake(group)
+        try:
+            async with asyncio.timeout(self.limits.max_wait_s):
+                return await waiter.future
+        except TimeoutError:
+            queue.remove(who, waiter)
+            grant = _granted(waiter.future)
+            if grant is not None:  # served just as the time ran out: take it
+                return grant
+            raise self._rejection(503, "no capacity freed up in time") from None
+        except asyncio.CancelledError:
+            queue.remove(who, waiter)
+            grant = _granted(waiter.future)
+            if grant is not None:  # served, but the client left: give the slot on
+                grant.release()
+                self.wake(group)
+            raise
+
+    def wake(self, group: str) -> None:
+        """Hand freed capacity to waiters, fairly, while ``try_pick`` finds some."""
+        queue = self._queues.get(group)
+        if queue is None:
+            return
+        while len(queue):
+            served = queue.serve(_pick, self.limits.scan_budget)
+            if served is None:
+                return
+            waiter, grant = served
+            waiter.future.set_result(grant)
+
+    def _rejection(self, status: int, reason: str) -> Rejected:
+        return Rejected(status, reason, self.limits.retry_after_s)
+
+
+def _granted(future: asyncio.Future[G]) -> G | None:
+    if future.done() and not future.cancelled() and future.exception() is None:
+        return future.result()
+    return None
+
+
+def _pick(waiter: _Waiter[Any]) -> Grant | None:
+    if waiter.future.done():  # cancelled or pushed out, not yet removed: never grant
+        return None
+    return waiter.try_pick()

@@ -1,0 +1,162 @@
+"""From a parsed request to a node: the part every API surface shares.
+
+A surface (OpenAI, Ollama native, Triton) reads what it needs from the request and hands a
+:class:`Target` to :meth:`Dispatcher.dispatch`, which resolves the model (aliases included),
+keeps only the nodes that serve it and speak the surface, asks the scheduler for an order, and
+forwards. Every request, answered or refused, leaves one :class:`RequestRecord` in the metrics,
+the live page and the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from router.aliases import Aliases, node_name_for
+from router.dashboard import ACTIVITY
+from router.errors import ModelNotFound, NoCapacity, NotFound, PayloadTooLarge, RouterError
+from router.metrics import METRICS
+from router.proxy import FORWARDER, Outbound
+from router.records import RequestRecord
+from router.registry import Group, Registry
+from router.scheduling import Scheduler, candidate_for
+from router.settings import RouterSettings
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One request as a surface understood it."""
+
+    node_path: str
+    model: str
+    body: bytes
+    kinds: frozenset[str] | None = None  # backend kinds that speak this surface; None = all
+    model_in_body: bool = True
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        settings: RouterSettings,
+        registry: Registry,
+        scheduler: Scheduler,
+        aliases: Aliases,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._settings = settings
+        self._registry = registry
+        self._scheduler = scheduler
+        self._aliases = aliases
+        self._clock = clock
+
+    def group_of(self, request: web.Request) -> Group:
+        name = request.match_info.get("group", self._settings.default_group)
+        group = self._registry.groups.get(name)
+        if group is None:
+            raise NotFound(f"no server group named '{name}'", code="group_not_found")
+        return group
+
+    def names(self, model: str) -> tuple[str, ...]:
+        return self._aliases.names(model)
+
+    async def read_body(self, request: web.Request) -> bytes:
+        limit = self._settings.max_body_bytes
+        if (request.content_length or 0) > limit:
+            raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
+        return await request.read()
+
+    async def dispatch(
+        self,
+        request: web.Request,
+        endpoint: str,
+        build: Callable[[bytes], Target],
+    ) -> web.StreamResponse:
+        """Route one request; ``build`` turns the body into a Target or raises RouterError."""
+        group = self.group_of(request)
+        headers = request.headers
+        record = RequestRecord(
+            group=group.name,
+            model="-",
+            endpoint=endpoint,
+            tenant=headers.get("X-Octopus-Tenant-Id"),
+            correlation_id=headers.get("X-Octopus-Correlation-Id") or uuid.uuid4().hex,
+        )
+        metrics = request.config_dict[METRICS]
+        in_progress = metrics.in_progress.labels(group.name)
+        in_progress.inc()
+        try:
+            target = build(await self.read_body(request))
+            return await self._send(request, group, target, record)
+        except RouterError as err:
+            record.status = err.status
+            record.error = err.code or err.type
+            metrics.rejections.labels(group.name, record.error).inc()
+            raise
+        except (asyncio.CancelledError, ConnectionResetError):
+            record.status = 499
+            record.error = "client_gone"
+            raise
+        finally:
+            record.t_end = time.perf_counter()
+            in_progress.dec()
+            metrics.observe(record)
+            request.config_dict[ACTIVITY].note(record)
+            record.log()
+
+    async def _send(
+        self, request: web.Request, group: Group, target: Target, record: RequestRecord
+    ) -> web.StreamResponse:
+        model = target.model
+        names = self._aliases.names(model)
+        serving = {n.node_id: n for name in names for n in group.nodes_serving(name)}
+        if target.kinds is not None:
+            serving = {
+                k: n
+                for k, n in serving.items()
+                if n.report is not None and n.report.backend_kind in target.kinds
+            }
+        if not serving:
+            record.model = "other"
+            raise ModelNotFound(
+                f"model '{model}' is not served by group '{group.name}'"
+                + (" on a backend that speaks this API" if target.kinds else ""),
+                param="model",
+            )
+        record.model = model
+        now = self._clock()
+        threshold = self._registry.threshold
+        stale_after = 3 * self._settings.report_interval_s
+        node_names: dict[str, str] = {}
+        candidates = []
+        for node in serving.values():
+            name = node_name_for(node, names) or model
+            candidate = candidate_for(node, name, threshold, now, stale_after)
+            if candidate is not None:
+                candidates.append(candidate)
+                if name != model:
+                    node_names[node.node_id] = name
+        if not candidates:
+            raise NoCapacity(
+                f"no healthy node serves model '{model}' right now",
+                retry_after_s=self._settings.retry_after_s,
+            )
+        order = self._scheduler.order(group.policy, f"{group.name}/{model}", candidates)
+        out = Outbound(
+            path=target.node_path,
+            body=target.body,
+            model=model,
+            correlation_id=record.correlation_id,
+            tenant_id=record.tenant,
+            session_id=request.headers.get("X-Octopus-Session-Id"),
+            node_models=node_names,
+            model_in_body=target.model_in_body,
+        )
+        return await request.config_dict[FORWARDER].forward(request, group, order, out, record)
+
+
+DISPATCHER = web.AppKey("dispatcher", Dispatcher)
