@@ -131,7 +131,7 @@ class TestFailover:
             running(FakeNode("fine")) as fine,
         ):
             await register(session, router.url, broken)
-            await register(session, router.url, fine)
+            await register(session, router.url, fine, in_flight=1)  # so "broken" is tried first
             url = router.url + CHAT
             served = [await _served_by(session, url, _chat(stream=True)) for _ in range(4)]
             async with session.get(
