@@ -24,11 +24,13 @@ from router.errors import error_middleware
 from router.groups_api import GroupsApi
 from router.metrics import METRICS, FleetCollector, RouterMetrics, metrics_handler
 from router.monitor import Monitor
+from router.ollama_api import OllamaApi
 from router.openai_api import OpenAIApi
 from router.proxy import FORWARDER, Forwarder
 from router.registry import Registry
 from router.scheduling import Scheduler
 from router.settings import RouterSettings
+from router.triton_api import TritonApi
 from router.wire import Registration
 
 SETTINGS = web.AppKey("settings", RouterSettings)
@@ -121,6 +123,8 @@ def make_app(settings: RouterSettings) -> web.Application:
     app.on_shutdown.append(_drain_streams)
     app.router.add_routes(GroupsApi(app[REGISTRY], time.monotonic).routes())
     app[DISPATCHER] = Dispatcher(settings, app[REGISTRY], app[SCHEDULER], Aliases(settings.aliases))
+    app.router.add_routes(OllamaApi(app[REGISTRY], SESSION).routes())
+    app.router.add_routes(TritonApi(app[REGISTRY]).routes())
     app.router.add_routes(OpenAIApi(app[REGISTRY]).routes())
     app.cleanup_ctx.append(_client_session)
     app.cleanup_ctx.append(_monitor)
