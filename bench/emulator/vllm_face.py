@@ -1,0 +1,312 @@
+"""vLLM's OpenAI-compatible server, as the emulator speaks it (backends.md §3).
+
+Errors use vLLM's envelope with an integer ``code``; a streamed answer sends its headers at once,
+its role chunk with the first token, ``finish_reason`` on the last token and, when asked, a
+usage chunk with ``choices: []`` before ``data: [DONE]``. ``/v1/embeddings`` answers as vLLM does
+for a generative model: 400 ``The model does not support Embeddings API``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from prometheus_client.exposition import choose_encoder
+
+from .appkeys import CONFIG, ENGINE, METRICS
+from .control import note
+from .engine import EngineBusy, Job
+from .openai_fields import (
+    FieldError,
+    completion_prompt_tokens,
+    message_prompt_tokens,
+    optional_int,
+    wants_stream,
+    wants_usage,
+)
+from .streaming import SSE_DONE, StreamFormat, collect, injected_fault, json_response, relay, sse
+
+SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"
+
+
+class VllmError(Exception):
+    """An error vLLM answers in its envelope; mapped to a response by :func:`middleware`."""
+
+    def __init__(self, status: int, message: str, kind: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.kind, self.param = status, message, kind, param
+
+    def response(self) -> web.Response:
+        error = {"message": self.message, "type": self.kind, "param": self.param}
+        return json_response({"error": {**error, "code": self.status}}, self.status)
+
+
+def _schema_error(kind: str, field: str, msg: str) -> VllmError:
+    """FastAPI's request-validation error, as vLLM's handler words it."""
+    return VllmError(400, str([{"type": kind, "loc": ("body", field), "msg": msg}]), "Bad Request")
+
+
+def _fault_error(status: int, message: str) -> web.Response:
+    return VllmError(status, message, "InternalServerError").response()
+
+
+@web.middleware
+async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """vLLM's error shapes: its envelope, and FastAPI's ``{"detail"}`` for unknown routes."""
+    try:
+        return await handler(request)
+    except VllmError as exc:
+        return exc.response()
+    except web.HTTPNotFound:
+        return json_response({"detail": "Not Found"}, 404)
+    except web.HTTPMethodNotAllowed:
+        return json_response({"detail": "Method Not Allowed"}, 405)
+
+
+@dataclass(frozen=True, slots=True)
+class _Ask:
+    """The parts of a generation request the emulator acts on."""
+
+    served: str
+    prompt_tokens: int
+    max_tokens: int | None
+    stream: bool
+    usage: bool
+
+
+async def _read_body(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise _schema_error("json_invalid", "0", f"JSON decode error: {exc}") from exc
+    if not isinstance(body, dict):
+        raise _schema_error("model_attributes_type", "0", "Input should be a valid dictionary")
+    model = body.get("model")
+    note(request, model if isinstance(model, str) else None, body.get("stream") is True)
+    return body
+
+
+def _parse(request: web.Request, body: dict[str, Any], prompt_field: str) -> _Ask:
+    config = request.app[CONFIG]
+    model = body.get("model")
+    if model is not None and model not in config.names:
+        raise VllmError(404, f"The model `{model}` does not exist.", "NotFoundError", "model")
+    try:
+        if prompt_field not in body:
+            raise FieldError(prompt_field, "Field required")
+        if prompt_field == "messages":
+            prompt = message_prompt_tokens(body["messages"])
+        else:
+            prompt = completion_prompt_tokens(body["prompt"])
+        max_tokens = optional_int(body, "max_completion_tokens")
+        if max_tokens is None:
+            max_tokens = optional_int(body, "max_tokens")
+        stream = wants_stream(body)
+    except FieldError as exc:
+        raise _schema_error("value_error", exc.field, str(exc)) from exc
+    if max_tokens is not None and max_tokens < 1:
+        raise VllmError(400, f"max_tokens must be at least 1, got {max_tokens}.", "BadRequestError")
+    limit = config.context_length
+    if prompt + (max_tokens or 0) > limit:
+        raise VllmError(
+            400,
+            f"This model's maximum context length is {limit} tokens. However, you requested "
+            f"{prompt + (max_tokens or 0)} tokens ({prompt} in the messages, {max_tokens or 0} "
+            "in the completion). Please reduce the length of the messages or completion.",
+            "BadRequestError",
+        )
+    served = model if isinstance(model, str) else config.names[0]
+    return _Ask(served, prompt, max_tokens, stream, wants_usage(body))
+
+
+def _admit(request: web.Request, ask: _Ask) -> Job:
+    engine = request.app[ENGINE]
+    try:
+        return engine.admit(engine.config.models[0], ask.prompt_tokens, ask.max_tokens)
+    except EngineBusy as exc:
+        limit = engine.config.queue_limit
+        raise VllmError(
+            503,
+            f"The server is overloaded: the waiting queue is full (max_num_queued_reqs={limit}).",
+            "ServiceUnavailableError",
+        ) from exc
+
+
+def _usage(job: Job) -> dict[str, int]:
+    total = job.prompt_tokens + job.generated
+    return {
+        "prompt_tokens": job.prompt_tokens,
+        "total_tokens": total,
+        "completion_tokens": job.generated,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    """The shapes of one answer: chunks of a stream or the whole body."""
+
+    chat: bool
+    served: str
+    rid: str
+    created: int
+
+    def envelope(self, choices: list[dict[str, Any]], chunk: bool) -> dict[str, Any]:
+        kind = (
+            ("chat.completion.chunk" if chunk else "chat.completion")
+            if self.chat
+            else "text_completion"
+        )
+        return {
+            "id": self.rid,
+            "object": kind,
+            "created": self.created,
+            "model": self.served,
+            "choices": choices,
+        }
+
+    def stream_format(self, job: Job, usage: bool) -> StreamFormat:
+        def head() -> Iterable[bytes]:
+            if self.chat:
+                delta = {"role": "assistant", "content": ""}
+                choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
+                yield sse(self.envelope([choice], chunk=True))
+
+        def token(_index: int, text: str, last: bool) -> bytes:
+            choice: dict[str, Any] = {"index": 0}
+            choice |= {"delta": {"content": text}} if self.chat else {"text": text}
+            choice |= {"logprobs": None, "finish_reason": job.finish_reason if last else None}
+            if last or not self.chat:
+                choice["stop_reason"] = None
+            return sse(self.envelope([choice], chunk=True))
+
+        def tail() -> Iterable[bytes]:
+            if usage:
+                yield sse({**self.envelope([], chunk=True), "usage": _usage(job)})
+            yield SSE_DONE
+
+        return StreamFormat(SSE_CONTENT_TYPE, token, head, tail, early_headers=True)
+
+    def full(self, job: Job, text: str) -> dict[str, Any]:
+        choice: dict[str, Any] = {"index": 0}
+        if self.chat:
+            choice["message"] = {
+                "role": "assistant",
+                "content": text,
+                "refusal": None,
+                "annotations": None,
+                "audio": None,
+                "function_call": None,
+                "tool_calls": [],
+                "reasoning_content": None,
+            }
+        else:
+            choice["text"] = text
+        choice |= {"logprobs": None, "finish_reason": job.finish_reason, "stop_reason": None}
+        answer = self.envelope([choice], chunk=False)
+        if self.chat:
+            answer |= {"service_tier": None, "system_fingerprint": None}
+        else:
+            choice["prompt_logprobs"] = None
+        answer["usage"] = {**_usage(job), "prompt_tokens_details": None}
+        if self.chat:
+            answer["prompt_logprobs"] = None
+        answer["kv_transfer_params"] = None
+        return answer
+
+
+async def _generate(request: web.Request, prompt_field: str) -> web.StreamResponse:
+    engine = request.app[ENGINE]
+    body = await _read_body(request)
+    if (faulted := await injected_fault(engine, _fault_error)) is not None:
+        return faulted
+    ask = _parse(request, body, prompt_field)
+    chat = prompt_field == "messages"
+    rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+    reply = _Reply(chat, ask.served, rid, int(time.time()))
+    async with _admit(request, ask) as job:
+        if ask.stream:
+            return await relay(request, job, reply.stream_format(job, ask.usage))
+        text = await collect(request, job, "application/json")
+        if isinstance(text, web.StreamResponse):
+            return text
+        return json_response(reply.full(job, text))
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await _generate(request, "messages")
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    return await _generate(request, "prompt")
+
+
+async def embeddings(request: web.Request) -> web.StreamResponse:
+    await _read_body(request)
+    raise VllmError(400, "The model does not support Embeddings API", "BadRequestError")
+
+
+async def health(request: web.Request) -> web.Response:
+    dead = request.app[ENGINE].fault.mode == "error_500"
+    return web.Response(status=503 if dead else 200)
+
+
+async def version(request: web.Request) -> web.Response:
+    return json_response({"version": request.app[CONFIG].version})
+
+
+async def models(request: web.Request) -> web.Response:
+    config = request.app[CONFIG]
+    created = int(time.time())
+    permission = {
+        "id": f"modelperm-{uuid.uuid4().hex}",
+        "object": "model_permission",
+        "created": created,
+        "allow_create_engine": False,
+        "allow_sampling": True,
+        "allow_logprobs": True,
+        "allow_search_indices": False,
+        "allow_view": True,
+        "allow_fine_tuning": False,
+        "organization": "*",
+        "group": None,
+        "is_blocking": False,
+    }
+    cards = [
+        {
+            "id": name,
+            "object": "model",
+            "created": created,
+            "owned_by": "vllm",
+            "root": config.models[0],
+            "parent": None,
+            "max_model_len": config.context_length,
+            "permission": [permission],
+        }
+        for name in config.names
+    ]
+    return json_response({"object": "list", "data": cards})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    return web.Response(body=encoder(request.app[METRICS]), headers={"Content-Type": content_type})
+
+
+def add_routes(app: web.Application) -> None:
+    router = app.router
+    router.add_get("/health", health, allow_head=False)
+    router.add_get("/ping", health, allow_head=False)
+    router.add_post("/ping", health)
+    router.add_get("/version", version, allow_head=False)
+    router.add_get("/metrics", metrics, allow_head=False)
+    router.add_get("/v1/models", models, allow_head=False)
+    router.add_post("/v1/chat/completions", chat_completions)
+    router.add_post("/v1/completions", completions)
+    router.add_post("/v1/embeddings", embeddings)
