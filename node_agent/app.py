@@ -1,8 +1,10 @@
 """The agent's aiohttp application and :func:`serve`, which runs it on a socket.
 
-Routes: ``GET /health`` (the seed's semantics), ``GET /status`` (the current load report), and
-the proxied OpenAI paths plus the seed's ``POST /infer``. Long-lived resources (client sessions,
-backend adapter, GPU source, reporter) live in ``cleanup_ctx`` under typed keys.
+Routes: ``GET /health`` (the seed's semantics), ``GET /status`` (the current load report),
+``GET /metrics`` (the agent's own Prometheus metrics), the proxied OpenAI paths, ``POST /infer``
+in both Octopus shapes (:mod:`node_agent.infer`) and the backends' native APIs
+(:mod:`node_agent.native`). Long-lived resources (client sessions, backend adapter, GPU source,
+reporter) live in ``cleanup_ctx`` under the typed keys of :mod:`node_agent.appkeys`.
 """
 
 from __future__ import annotations
@@ -15,10 +17,13 @@ from dataclasses import dataclass
 import aiohttp
 from aiohttp import web
 
-from .backends.base import Backend
+from .appkeys import BACKEND, CONTROL_SESSION, GPUS, METRICS, PROXY, REPORTER, SETTINGS, STATS
 from .backends.detect import make_backend
 from .errors import error_middleware
-from .gpu import GpuSource, open_gpu_source
+from .gpu import open_gpu_source
+from .infer import infer
+from .metrics import AgentMetrics
+from .native import add_native_routes
 from .proxy import BackendProxy
 from .reporter import Reporter
 from .settings import AgentSettings
@@ -26,21 +31,12 @@ from .traffic import TrafficStats
 
 log = logging.getLogger("node_agent.app")
 
-SETTINGS = web.AppKey("settings", AgentSettings)
-STATS = web.AppKey("stats", TrafficStats)
-CONTROL_SESSION = web.AppKey("control_session", aiohttp.ClientSession)
-PROXY = web.AppKey("proxy", BackendProxy)
-BACKEND = web.AppKey("backend", Backend)
-GPUS = web.AppKey("gpus", GpuSource)
-REPORTER = web.AppKey("reporter", Reporter)
-
 # (method, agent path, backend path)
 PROXY_ROUTES = (
     ("POST", "/v1/chat/completions", "/v1/chat/completions"),
     ("POST", "/v1/completions", "/v1/completions"),
     ("POST", "/v1/embeddings", "/v1/embeddings"),
     ("GET", "/v1/models", "/v1/models"),
-    ("POST", "/infer", "/v1/chat/completions"),
 )
 _WILDCARD_HOSTS = ("", "0.0.0.0", "::", "[::]")
 
@@ -78,6 +74,7 @@ async def _sessions(app: web.Application) -> AsyncIterator[None]:
         idle_timeout_s=s.idle_timeout_s,
         total_timeout_s=s.total_timeout_s,
         connect_timeout_s=s.connect_timeout_s,
+        metrics=app[METRICS].requests,
     )
     try:
         yield
@@ -96,6 +93,7 @@ async def _backend_and_gpus(app: web.Application) -> AsyncIterator[None]:
         api_key=s.backend_api_key,
         timeout_s=s.control_timeout_s,
         max_parallel=s.max_parallel,
+        metrics_url=s.backend_metrics_url,
     )
     gpus = await open_gpu_source(s.gpu_source, session, s.backend_url, s.control_timeout_s)
     app[GPUS] = gpus
@@ -129,6 +127,10 @@ async def status(request: web.Request) -> web.Response:
     return web.json_response(report.to_json())
 
 
+async def metrics(request: web.Request) -> web.Response:
+    return request.app[METRICS].render()
+
+
 def _forward_to(path: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def forward(request: web.Request) -> web.StreamResponse:
         return await request.app[PROXY].forward(request, path)
@@ -140,12 +142,16 @@ def make_app(settings: AgentSettings) -> web.Application:
     """The agent application; nothing starts until it is run (resources live in cleanup_ctx)."""
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[error_middleware])
     app[SETTINGS] = settings
-    app[STATS] = TrafficStats()
+    stats = app[STATS] = TrafficStats()
+    app[METRICS] = AgentMetrics(stats, lambda: app.get(REPORTER))
     app.cleanup_ctx.extend([_sessions, _backend_and_gpus, _reporter])
     app.router.add_get("/health", health, allow_head=False)
     app.router.add_get("/status", status, allow_head=False)
+    app.router.add_get("/metrics", metrics, allow_head=False)
     for method, path, upstream in PROXY_ROUTES:
         app.router.add_route(method, path, _forward_to(upstream))
+    app.router.add_post("/infer", infer)
+    add_native_routes(app)
     return app
 
 

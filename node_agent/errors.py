@@ -4,8 +4,10 @@
 
     AgentError                    (status, type, code)
     ├── BackendUnreachable        502 api_error   backend_unreachable
+    ├── BackendBadAnswer          502 api_error   backend_bad_answer
     ├── BackendTimeout            504 api_error   backend_timeout
-    └── BadRequest                400 invalid_request_error
+    ├── BadRequest                400 invalid_request_error bad_request
+    └── RouteNotServed            404 invalid_request_error not_found
 
 aiohttp's own ``HTTPException`` s (404 unknown route, 405, 413 body too large) are rewritten
 into the same envelope by :func:`error_middleware`.
@@ -41,6 +43,13 @@ class BackendUnreachable(AgentError):
     code = "backend_unreachable"
 
 
+class BackendBadAnswer(AgentError):
+    """The backend answered 200 with a body the agent cannot read."""
+
+    status = 502
+    code = "backend_bad_answer"
+
+
 class BackendTimeout(AgentError):
     """The backend did not answer within the first-byte timeout."""
 
@@ -54,6 +63,14 @@ class BadRequest(AgentError):
     status = 400
     type = "invalid_request_error"
     code = "bad_request"
+
+
+class RouteNotServed(AgentError):
+    """A native route of a backend kind other than the one beside this agent."""
+
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
 
 
 def envelope(message: str, type_: str, code: str | None, param: str | None = None) -> bytes:

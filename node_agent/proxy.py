@@ -1,23 +1,29 @@
-"""The thin streaming proxy from the agent to its backend.
+"""The thin streaming proxy from the agent to its backend: one pass-through for every route.
 
 The body is forwarded as read, the answer relayed chunk by chunk as it arrives (never
 buffered), with the seed's header mapping: ``X-Octopus-Tenant-Id`` → ``X-Tenant-Id`` and
 ``X-Octopus-Correlation-Id`` → ``X-Correlation-Id`` (empty when missing), and
-``X-Octopus-Session-Id`` passed through. Requests in flight are counted exactly; a client that
-goes away closes the upstream response so the backend stops generating.
+``X-Octopus-Session-Id`` passed through. The OpenAI routes and the backends' native ones (Ollama
+NDJSON, TGI and Triton SSE) share this code; only the framing of a cut stream differs
+(:mod:`node_agent.framing`). Requests in flight are counted exactly; a client that goes away
+closes the upstream response so the backend stops generating.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import aiohttp
-import orjson
 from aiohttp import web
 
-from .errors import BackendTimeout, BackendUnreachable
+from .errors import AgentError, BackendTimeout, BackendUnreachable
+from .framing import Framing, count_content_events, cut_event, framing_of, usage_tokens
+from .metrics import CLIENT_GONE, RequestMetrics
 from .traffic import TrafficStats
 
 log = logging.getLogger("node_agent.proxy")
@@ -31,26 +37,53 @@ _PASS_BACK = (
     "Retry-After",
     "X-Request-Id",
     "x-should-retry",
+    # KServe v2 binary tensor data: where the JSON header ends in a binary answer.
+    "Inference-Header-Content-Length",
+    # TGI's timing and token headers on /generate (reference/backends.md §4.4).
+    "x-compute-type",
+    "x-compute-time",
+    "x-compute-characters",
+    "x-total-time",
+    "x-validation-time",
+    "x-queue-time",
+    "x-inference-time",
+    "x-time-per-token",
+    "x-prompt-tokens",
+    "x-generated-tokens",
 )
-_USAGE_RE = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
-_TOKEN_MARKS = (b'"content":"', b'"content": "', b'"text":"', b'"text": "')
-_EMPTY_MARKS = (b'"content":""', b'"content": ""', b'"text":""', b'"text": ""')
+
+# Request headers worth passing on besides the renamed ones.
+_PASS_ON = ("Content-Type", "Accept", "X-Octopus-Session-Id", "Inference-Header-Content-Length")
 
 
-def count_content_events(chunk: bytes) -> int:
-    """Roughly the tokens in an SSE chunk: deltas with non-empty ``content`` / ``text``."""
-    n = 0
-    for mark in _TOKEN_MARKS:
-        n += chunk.count(mark)
-    for mark in _EMPTY_MARKS:
-        n -= chunk.count(mark)
-    return max(0, n)
+@dataclass(slots=True)
+class Exchange:
+    """A whole (non-streamed) answer from the backend."""
+
+    status: int
+    content_type: str
+    body: bytes
 
 
-def usage_tokens(tail: bytes) -> int | None:
-    """The last ``usage.completion_tokens`` in the end of a body, if the backend sent one."""
-    found = _USAGE_RE.findall(tail)
-    return int(found[-1]) if found else None
+@dataclass(slots=True)
+class _Track:
+    """One request's accounting: its route label, status and timings."""
+
+    path: str
+    start: float
+    status: int = 500
+    failed: bool = True
+    headers_s: float | None = None
+    first_byte_s: float | None = None
+
+    def since_start(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def route_label(request: web.Request) -> str:
+    """The route template the request matched (bounded cardinality), else its path."""
+    resource = request.match_info.route.resource
+    return request.path if resource is None else resource.canonical
 
 
 class BackendProxy:
@@ -67,10 +100,12 @@ class BackendProxy:
         idle_timeout_s: float,
         total_timeout_s: float,
         connect_timeout_s: float,
+        metrics: RequestMetrics | None = None,
     ) -> None:
         self._session = session
         self._base = backend_url.rstrip("/")
         self._stats = stats
+        self._metrics = metrics
         self._api_key = api_key
         self._first_byte_s = first_byte_timeout_s
         self._idle_s = idle_timeout_s
@@ -91,7 +126,7 @@ class BackendProxy:
                 src.get("X-Octopus-Correlation-Id") or src.get("X-Correlation-Id") or ""
             ),
         }
-        for name in ("Content-Type", "Accept", "X-Octopus-Session-Id"):
+        for name in _PASS_ON:
             value = src.get(name)
             if value is not None:
                 headers[name] = value
@@ -101,31 +136,76 @@ class BackendProxy:
             headers["Authorization"] = src["Authorization"]
         return headers
 
-    async def forward(self, request: web.Request, path: str) -> web.StreamResponse:
-        """Send the request to ``{backend}{path}`` and relay the answer as it comes."""
+    @contextmanager
+    def _track(self, request: web.Request) -> Iterator[_Track]:
+        """Count the request in flight and observe it once it ends, however it ends."""
+        track = _Track(route_label(request), time.perf_counter())
+        self._stats.enter()
+        try:
+            yield track
+        except AgentError as exc:
+            track.status = exc.status
+            raise
+        except asyncio.CancelledError:
+            track.status = CLIENT_GONE
+            raise
+        finally:
+            self._stats.leave()
+            self._stats.hint(failure=track.failed)
+            if self._metrics is not None:
+                # An answer without a body had its first byte with its headers.
+                first_byte = track.headers_s if track.first_byte_s is None else track.first_byte_s
+                self._metrics.observe(track.path, track.status, track.since_start(), first_byte)
+
+    async def forward(
+        self, request: web.Request, path: str, *, native: bool = False
+    ) -> web.StreamResponse:
+        """Send the request to ``{backend}{path}`` and relay the answer as it comes.
+
+        ``native``: the route is the backend's own API (a cut stream ends in its error shape).
+        """
         body = await request.read() if request.body_exists else None
         url = self._base + path
         if request.query_string:
             url = f"{url}?{request.query_string}"
-        stats = self._stats
-        stats.enter()
-        failed = True
-        try:
+        with self._track(request) as track:
             upstream = await self._open(request.method, url, body, self.upstream_headers(request))
+            track.status = upstream.status
+            track.headers_s = track.since_start()
             finished = False
             try:
-                resp, complete = await self._relay(request, upstream)
+                resp, complete = await self._relay(request, upstream, track, native)
                 finished = True
-                failed = not complete or upstream.status >= 500
+                track.failed = not complete or upstream.status >= 500
                 return resp
             finally:
                 if finished:
                     upstream.release()
                 else:  # cancelled (client gone) or failed: drop the connection, stop the GPU
                     upstream.close()
-        finally:
-            stats.leave()
-            stats.hint(failure=failed)
+
+    async def exchange(self, request: web.Request, path: str, body: bytes) -> Exchange:
+        """POST a JSON body to ``{backend}{path}`` and read the whole answer (not relayed)."""
+        headers = self.upstream_headers(request) | {"Content-Type": "application/json"}
+        with self._track(request) as track:
+            upstream = await self._open("POST", self._base + path, body, headers)
+            track.status = upstream.status
+            track.headers_s = track.since_start()
+            try:
+                async with asyncio.timeout(self._idle_s):
+                    raw = await upstream.read()
+            except TimeoutError as exc:
+                upstream.close()
+                raise BackendTimeout(f"backend stalled mid-answer: {path}") from exc
+            except aiohttp.ClientError as exc:
+                upstream.close()
+                raise BackendUnreachable(f"backend dropped the answer: {exc}") from exc
+            upstream.release()
+            track.failed = upstream.status >= 500
+            if upstream.status == 200:
+                self._stats.add_tokens(usage_tokens(raw[-4096:]) or 0)
+            ctype = upstream.headers.get("Content-Type", "application/json")
+            return Exchange(upstream.status, ctype, raw)
 
     async def _open(
         self, method: str, url: str, body: bytes | None, headers: dict[str, str]
@@ -146,7 +226,11 @@ class BackendProxy:
             raise BackendUnreachable(f"backend unreachable: {exc}") from exc
 
     async def _relay(
-        self, request: web.Request, upstream: aiohttp.ClientResponse
+        self,
+        request: web.Request,
+        upstream: aiohttp.ClientResponse,
+        track: _Track,
+        native: bool,
     ) -> tuple[web.StreamResponse, bool]:
         """Relay the answer; the flag is False when the backend stalled or dropped mid-answer."""
         resp = web.StreamResponse(status=upstream.status, reason=upstream.reason)
@@ -154,8 +238,9 @@ class BackendProxy:
             value = upstream.headers.get(name)
             if value is not None:
                 resp.headers[name] = value
-        is_sse = upstream.headers.get("Content-Type", "").startswith("text/event-stream")
-        count = is_sse and upstream.status == 200
+        framing = framing_of(upstream.headers.get("Content-Type", ""), native=native)
+        ok = upstream.status == 200
+        count = framing.streamed and ok
         await resp.prepare(request)
         loop = asyncio.get_running_loop()
         counted = 0
@@ -165,24 +250,29 @@ class BackendProxy:
                 async for chunk in upstream.content.iter_any():
                     await resp.write(chunk)
                     idle.reschedule(loop.time() + self._idle_s)
+                    if track.first_byte_s is None:
+                        track.first_byte_s = track.since_start()
                     if count:
                         n = count_content_events(chunk)
                         counted += n
                         self._stats.add_tokens(n)
                     previous, last = last, chunk
-            if upstream.status == 200:
-                usage = usage_tokens(previous[-1024:] + last)
-                if usage is not None:
-                    self._stats.add_tokens(usage - counted)
+            if ok:
+                exact = usage_tokens(previous[-1024:] + last)
+                if exact is None and not framing.streamed:
+                    exact = _header_int(upstream, "x-generated-tokens")
+                if exact is not None:
+                    self._stats.add_tokens(exact - counted)
             await resp.write_eof()
         except ConnectionResetError:
             # The client went away (the handler is usually cancelled first; this is the case
             # where the write noticed it): stop the backend generating for nobody.
             log.debug("client left %s mid-response", request.path)
+            track.status = CLIENT_GONE
             upstream.close()
             return resp, True
         except (TimeoutError, aiohttp.ClientError) as exc:
-            await self._cut(request, resp, is_sse, last, exc)
+            await self._cut(request, resp, framing, last, exc)
             return resp, False
         return resp, True
 
@@ -190,26 +280,17 @@ class BackendProxy:
         self,
         request: web.Request,
         resp: web.StreamResponse,
-        is_sse: bool,
+        framing: Framing,
         last: bytes,
         exc: BaseException,
     ) -> None:
         """The backend stalled or dropped mid-answer: say so on a stream, else cut the body."""
         reason = "backend timed out" if isinstance(exc, TimeoutError) else "backend dropped"
         log.warning("%s mid-response on %s: %r", reason, request.path, exc)
-        if is_sse:
-            event = {
-                "error": {
-                    "message": f"{reason} after the stream started",
-                    "type": "api_error",
-                    "param": None,
-                    "code": "backend_stream_cut",
-                }
-            }
-            # End a half-sent event first so the error event parses on its own.
-            lead = b"" if not last or last.endswith(b"\n\n") else b"\n\n"
+        event = cut_event(framing, f"{reason} after the stream started", last)
+        if event is not None:
             try:
-                await resp.write(lead + b"data: " + orjson.dumps(event) + b"\n\n")
+                await resp.write(event)
                 await resp.write_eof()
             except ConnectionError:
                 pass
@@ -217,3 +298,8 @@ class BackendProxy:
             # No way to signal an error inside a JSON body: end the connection early so the
             # client sees a truncated response rather than a complete-looking one.
             request.transport.close()
+
+
+def _header_int(upstream: aiohttp.ClientResponse, name: str) -> int | None:
+    value = upstream.headers.get(name, "")
+    return int(value) if value.isdigit() else None

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-BACKEND_KIND_CHOICES = ("auto", "vllm", "ollama", "openai")
+BACKEND_KIND_CHOICES = ("auto", "ollama", "vllm", "tgi", "triton", "lmstudio", "openai")
 GPU_SOURCE_CHOICES = ("auto", "nvml", "emulated", "none")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 ENV_PREFIX = "NODE_AGENT_"
@@ -43,6 +43,9 @@ class AgentSettings:
     backend_url: str
     backend_kind: str = "auto"
     backend_api_key: str | None = field(default=None, repr=False)
+    # Where the backend's Prometheus text is; None: ``{backend_url}/metrics``, or for Triton
+    # the same host on its metrics port 8002.
+    backend_metrics_url: str | None = None
     router_urls: tuple[str, ...] = ()
     group: str = "inference-cluster"
     name: str = field(default_factory=socket.gethostname)
@@ -68,8 +71,10 @@ class AgentSettings:
         object.__setattr__(self, "backend_url", self.backend_url.strip().rstrip("/"))
         urls = tuple(u.strip().rstrip("/") for u in self.router_urls if u.strip())
         object.__setattr__(self, "router_urls", urls)
-        if self.advertise_url is not None:
-            object.__setattr__(self, "advertise_url", self.advertise_url.strip().rstrip("/"))
+        for key in ("advertise_url", "backend_metrics_url"):
+            value = getattr(self, key)
+            if value is not None:
+                object.__setattr__(self, key, value.strip().rstrip("/"))
         object.__setattr__(self, "log_level", self.log_level.upper())
         object.__setattr__(self, "metadata", {str(k): str(v) for k, v in self.metadata.items()})
         self._validate()
@@ -84,8 +89,10 @@ class AgentSettings:
         for url in self.router_urls:
             if not _is_http_url(url):
                 raise SettingsError(f"router URL must be an http(s) URL, got {url!r}")
-        if self.advertise_url is not None and not _is_http_url(self.advertise_url):
-            raise SettingsError(f"advertise_url must be an http(s) URL, got {self.advertise_url!r}")
+        for key in ("advertise_url", "backend_metrics_url"):
+            value = getattr(self, key)
+            if value is not None and not _is_http_url(value):
+                raise SettingsError(f"{key} must be an http(s) URL, got {value!r}")
         if not _GROUP_RE.match(self.group):
             raise SettingsError("group must be 1-64 characters of letters, digits, '.', '_', '-'")
         if not self.name.strip() or len(self.name) > 128:
@@ -135,7 +142,9 @@ _FLOAT_FIELDS = frozenset(
         "shutdown_timeout_s",
     }
 )
-_OPTIONAL_FIELDS = frozenset({"advertise_url", "max_parallel", "backend_api_key"})
+_OPTIONAL_FIELDS = frozenset(
+    {"advertise_url", "max_parallel", "backend_api_key", "backend_metrics_url"}
+)
 
 
 def _split_list(raw: str) -> tuple[str, ...]:
@@ -233,6 +242,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend-url", dest="backend_url")
     p.add_argument("--backend-kind", dest="backend_kind", choices=BACKEND_KIND_CHOICES)
     p.add_argument("--backend-api-key", dest="backend_api_key")
+    p.add_argument(
+        "--backend-metrics-url",
+        dest="backend_metrics_url",
+        help="the backend's Prometheus URL (default: {backend-url}/metrics; Triton: port 8002)",
+    )
     p.add_argument("--router-url", dest="router_urls", action="append", help="repeatable")
     p.add_argument("--group")
     p.add_argument("--name")

@@ -1,8 +1,9 @@
 """What every backend adapter offers, and the HTTP helpers they share.
 
 An adapter answers two questions about the backend beside the agent: is it healthy
-(:meth:`Backend.health`, the seed's semantics) and what does it hold and how busy is it
-(:meth:`Backend.collect`). A fact the backend does not expose is None (unknown), never 0.
+(:meth:`Backend.health`, the seed's semantics, refined per kind by :meth:`Backend.judge`) and
+what does it hold and how busy is it (:meth:`Backend.collect`). A fact the backend does not
+expose is None (unknown), never 0.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, ClassVar, Literal
 import aiohttp
 import orjson
 
-from router.wire import ModelReport
+from router.wire import GpuReport, ModelReport
 
 Health = Literal["ok", "degraded", "unhealthy"]
 
@@ -35,6 +36,8 @@ class BackendFacts:
     queue_waiting: int | None = None
     queue_running: int | None = None
     kv_cache_usage: float | None = None
+    # GPUs as the backend itself reports them (Triton's DCGM gauges): used when NVML is absent.
+    gpus: tuple[GpuReport, ...] = ()
 
 
 def control_headers(api_key: str | None) -> dict[str, str]:
@@ -58,10 +61,12 @@ class Backend(ABC):
         api_key: str | None = None,
         timeout_s: float = 2.0,
         max_parallel: int | None = None,
+        metrics_url: str | None = None,
     ) -> None:
         self.session = session
         self.base_url = base_url.rstrip("/")
         self.max_parallel = max_parallel
+        self._metrics_url = metrics_url
         self._headers = control_headers(api_key)
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
 
@@ -74,17 +79,30 @@ class Backend(ABC):
     def loads_on_demand(self) -> bool:
         return self.LOADS_ON_DEMAND
 
+    @property
+    def metrics_url(self) -> str:
+        """Where the backend's Prometheus text is: the setting, else ``/metrics`` beside it."""
+        return self._metrics_url or self.base_url + "/metrics"
+
+    async def resolved_kind(self) -> str | None:
+        """The backend's kind, once known (auto-detection may not have reached it yet)."""
+        return self.kind
+
     async def health(self) -> Health:
         """200-299 → ok, any other status → degraded, no answer → unhealthy (the seed)."""
         return await self.probe(self.health_path)
+
+    def judge(self, status: int, body: bytes) -> Health:
+        """The health a probe's answer means; kinds with a richer answer override this."""
+        return "ok" if 200 <= status < 300 else "degraded"
 
     async def probe(self, path: str) -> Health:
         try:
             async with self.session.get(
                 self.base_url + path, headers=self._headers, timeout=self._timeout
             ) as resp:
-                await resp.read()
-                return "ok" if 200 <= resp.status < 300 else "degraded"
+                body = await resp.read()
+                return self.judge(resp.status, body)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             log.debug("backend %s%s unreachable: %r", self.base_url, path, exc)
             return "unhealthy"
@@ -94,30 +112,42 @@ class Backend(ABC):
         """Models, queue and cache signals; parts that fail are left unknown."""
 
     async def get_text(self, path: str) -> str | None:
-        """GET a path and return its body, or None on any failure or non-2xx status."""
+        """GET a path (or an absolute URL) and return its body, or None on any failure or
+        non-2xx status."""
+        return await self.fetch("GET", path)
+
+    async def fetch(self, method: str, path: str, body: bytes | None = None) -> str | None:
+        url = path if path.startswith(("http://", "https://")) else self.base_url + path
+        headers = self._headers
+        if body is not None:
+            headers = headers | {"Content-Type": "application/json"}
         try:
-            async with self.session.get(
-                self.base_url + path, headers=self._headers, timeout=self._timeout
+            async with self.session.request(
+                method, url, data=body, headers=headers, timeout=self._timeout
             ) as resp:
                 if resp.status // 100 != 2:
-                    log.debug("backend %s%s answered %s", self.base_url, path, resp.status)
+                    log.debug("backend %s answered %s", url, resp.status)
                     return None
                 return await resp.text()
         except FETCH_ERRORS as exc:
-            log.debug("backend %s%s failed: %r", self.base_url, path, exc)
+            log.debug("backend %s failed: %r", url, exc)
             return None
 
     async def get_json(self, path: str) -> dict[str, Any] | None:
         """GET a path and decode a JSON object, or None on any failure."""
-        text = await self.get_text(path)
-        if text is None:
-            return None
-        try:
-            value = orjson.loads(text)
-        except orjson.JSONDecodeError:
-            log.debug("backend %s%s sent invalid JSON", self.base_url, path)
-            return None
+        value = decode_json(await self.get_text(path))
         return value if isinstance(value, dict) else None
+
+
+def decode_json(text: str | None) -> Any:
+    """The decoded JSON value, or None when there is no text or it is not JSON."""
+    if text is None:
+        return None
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        log.debug("backend sent invalid JSON")
+        return None
 
 
 def str_field(obj: dict[str, Any], key: str) -> str | None:
@@ -138,3 +168,10 @@ def list_field(obj: dict[str, Any] | None, key: str) -> list[dict[str, Any]]:
     if not isinstance(value, list):
         return []
     return [item for item in value if isinstance(item, dict)]
+
+
+def positive_int(value: Any) -> int | None:
+    """A JSON integer above 0, else None (absent, malformed, or a 0 meaning 'not set')."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return None

@@ -1,8 +1,17 @@
 """Pick the adapter: by configuration, or by probing the backend (``backend_kind = "auto"``).
 
-Probe order: ``GET /`` saying ``Ollama is running`` → ollama; ``GET /metrics`` with ``vllm:``
-series, or ``/v1/models`` cards ``owned_by: "vllm"`` → vllm; anything else that answers →
-openai. A backend that does not answer yet (vLLM keeps its port closed while loading) is probed
+Probes, in this order of proof (reference/backends.md §7):
+
+1. ``GET /`` saying ``Ollama is running`` → ollama.
+2. At once: ``GET /info`` with ``model_id`` and ``max_concurrent_requests`` → tgi;
+   ``GET /v2/health/ready`` answering 200 or 400 and then ``POST /v2/repository/index``
+   answering a JSON array → triton; ``GET /api/v1/models`` with ``loaded_instances`` or
+   ``GET /api/v0/models`` with ``state`` → lmstudio.
+3. ``GET /metrics`` with ``vllm:`` series, or ``/v1/models`` cards ``owned_by: "vllm"`` → vllm.
+4. Anything else that answers → openai.
+
+Every check needs a structured answer, never a bare 200: LM Studio answers 200 on unknown paths.
+A backend that does not answer yet (vLLM and TGI keep their port closed while loading) is probed
 again on the next call, so the agent may start before its backend.
 """
 
@@ -10,13 +19,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import aiohttp
 import orjson
 
 from .base import FETCH_ERRORS, Backend, BackendFacts, Health, control_headers, list_field
+from .lmstudio import LmStudioBackend, is_v0_listing, is_v1_listing
 from .ollama import OllamaBackend
 from .openai_generic import OpenAIBackend
+from .tgi import TgiBackend
+from .triton import TritonBackend
 from .vllm import VllmBackend
 
 log = logging.getLogger("node_agent.backends.detect")
@@ -24,6 +37,9 @@ log = logging.getLogger("node_agent.backends.detect")
 ADAPTERS: dict[str, type[Backend]] = {
     "ollama": OllamaBackend,
     "vllm": VllmBackend,
+    "tgi": TgiBackend,
+    "triton": TritonBackend,
+    "lmstudio": LmStudioBackend,
     "openai": OpenAIBackend,
 }
 
@@ -32,20 +48,63 @@ class BackendUnreachableError(Exception):
     """The backend did not answer the detection probe at all."""
 
 
-async def _get(
-    session: aiohttp.ClientSession,
-    url: str,
-    headers: dict[str, str],
-    client_timeout: aiohttp.ClientTimeout,
-) -> tuple[int, str] | None:
-    """(status, body) or None when nothing usable came back; raises when unreachable."""
-    try:
-        async with session.get(url, headers=headers, timeout=client_timeout) as resp:
-            return resp.status, await resp.text(errors="replace")
-    except (TimeoutError, aiohttp.ClientConnectionError) as exc:
-        raise BackendUnreachableError(str(exc) or type(exc).__name__) from exc
-    except FETCH_ERRORS:
+Answer = tuple[int, str] | None
+
+
+def _json(answer: Answer) -> Any:
+    """The JSON body of a 200 answer, else None."""
+    if answer is None or answer[0] != 200:
         return None
+    try:
+        return orjson.loads(answer[1])
+    except orjson.JSONDecodeError:
+        return None
+
+
+def is_tgi_info(body: Any) -> bool:
+    return isinstance(body, dict) and "model_id" in body and "max_concurrent_requests" in body
+
+
+def is_vllm(metrics: Answer, models: Answer) -> bool:
+    if metrics is not None and metrics[0] == 200 and "vllm:" in metrics[1]:
+        return True
+    body = _json(models)
+    cards = list_field(body if isinstance(body, dict) else None, "data")
+    return any(card.get("owned_by") == "vllm" for card in cards)
+
+
+class _Prober:
+    """One detection pass: requests against the backend with the control timeout."""
+
+    def __init__(
+        self, session: aiohttp.ClientSession, base_url: str, api_key: str | None, timeout_s: float
+    ) -> None:
+        self._session = session
+        self._base = base_url.rstrip("/")
+        self._headers = control_headers(api_key)
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+
+    async def call(self, method: str, path: str, *, strict: bool = False) -> Answer:
+        """(status, body), or None when nothing usable came back.
+
+        ``strict``: raise :class:`BackendUnreachableError` when the backend cannot be reached.
+        """
+        try:
+            async with self._session.request(
+                method, self._base + path, headers=self._headers, timeout=self._timeout
+            ) as resp:
+                return resp.status, await resp.text(errors="replace")
+        except (TimeoutError, aiohttp.ClientConnectionError) as exc:
+            if strict:
+                raise BackendUnreachableError(str(exc) or type(exc).__name__) from exc
+            return None
+        except FETCH_ERRORS:
+            return None
+
+    async def is_triton(self, ready: Answer) -> bool:
+        if ready is None or ready[0] not in (200, 400):
+            return False
+        return isinstance(_json(await self.call("POST", "/v2/repository/index")), list)
 
 
 async def detect_kind(
@@ -56,27 +115,26 @@ async def detect_kind(
     timeout_s: float = 2.0,
 ) -> str:
     """The backend kind, or :class:`BackendUnreachableError` if it does not answer."""
-    base = base_url.rstrip("/")
-    headers = control_headers(api_key)
-    timeout = aiohttp.ClientTimeout(total=timeout_s)
-    root = await _get(session, base + "/", headers, timeout)
+    probe = _Prober(session, base_url, api_key, timeout_s)
+    root = await probe.call("GET", "/", strict=True)
     if root is not None and root[0] == 200 and root[1].startswith("Ollama is running"):
         return "ollama"
-    metrics, models = await asyncio.gather(
-        _get(session, base + "/metrics", headers, timeout),
-        _get(session, base + "/v1/models", headers, timeout),
+    info, ready, lms_v1, lms_v0 = await asyncio.gather(
+        probe.call("GET", "/info"),
+        probe.call("GET", "/v2/health/ready"),
+        probe.call("GET", "/api/v1/models"),
+        probe.call("GET", "/api/v0/models"),
     )
-    if metrics is not None and metrics[0] == 200 and "vllm:" in metrics[1]:
-        return "vllm"
-    if models is not None and models[0] == 200:
-        try:
-            body = orjson.loads(models[1])
-        except orjson.JSONDecodeError:
-            body = None
-        cards = list_field(body if isinstance(body, dict) else None, "data")
-        if any(card.get("owned_by") == "vllm" for card in cards):
-            return "vllm"
-    return "openai"
+    if is_tgi_info(_json(info)):
+        return "tgi"
+    if await probe.is_triton(ready):
+        return "triton"
+    if is_v1_listing(_json(lms_v1)) or is_v0_listing(_json(lms_v0)):
+        return "lmstudio"
+    metrics, models = await asyncio.gather(
+        probe.call("GET", "/metrics"), probe.call("GET", "/v1/models")
+    )
+    return "vllm" if is_vllm(metrics, models) else "openai"
 
 
 class AutoBackend(Backend):
@@ -92,9 +150,15 @@ class AutoBackend(Backend):
         api_key: str | None = None,
         timeout_s: float = 2.0,
         max_parallel: int | None = None,
+        metrics_url: str | None = None,
     ) -> None:
         super().__init__(
-            session, base_url, api_key=api_key, timeout_s=timeout_s, max_parallel=max_parallel
+            session,
+            base_url,
+            api_key=api_key,
+            timeout_s=timeout_s,
+            max_parallel=max_parallel,
+            metrics_url=metrics_url,
         )
         self._api_key = api_key
         self._timeout_s = timeout_s
@@ -112,6 +176,10 @@ class AutoBackend(Backend):
     @property
     def resolved(self) -> Backend | None:
         return self._resolved
+
+    async def resolved_kind(self) -> str | None:
+        backend = await self.resolve()
+        return None if backend is None else backend.kind
 
     async def resolve(self) -> Backend | None:
         """The detected adapter, probing the backend if not known yet (None if unreachable)."""
@@ -136,6 +204,7 @@ class AutoBackend(Backend):
                     api_key=self._api_key,
                     timeout_s=self._timeout_s,
                     max_parallel=self.max_parallel,
+                    metrics_url=self._metrics_url,
                 )
         return self._resolved
 
@@ -156,7 +225,15 @@ def make_backend(
     api_key: str | None = None,
     timeout_s: float = 2.0,
     max_parallel: int | None = None,
+    metrics_url: str | None = None,
 ) -> Backend:
     """The adapter for a configured kind (``auto`` detects lazily)."""
     cls: type[Backend] = AutoBackend if kind == "auto" else ADAPTERS[kind]
-    return cls(session, base_url, api_key=api_key, timeout_s=timeout_s, max_parallel=max_parallel)
+    return cls(
+        session,
+        base_url,
+        api_key=api_key,
+        timeout_s=timeout_s,
+        max_parallel=max_parallel,
+        metrics_url=metrics_url,
+    )

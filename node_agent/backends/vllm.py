@@ -3,29 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import logging
-import re
 from dataclasses import dataclass
 from typing import Any
-
-from prometheus_client.parser import text_string_to_metric_families
 
 from router.wire import ModelReport
 
 from .base import Backend, BackendFacts, int_field, list_field, str_field
-
-log = logging.getLogger("node_agent.backends.vllm")
+from .prometheus_text import parse_gauges
 
 WAITING = "vllm:num_requests_waiting"
 RUNNING = "vllm:num_requests_running"
 KV_USAGE = "vllm:kv_cache_usage_perc"
 KV_USAGE_OLD = "vllm:gpu_cache_usage_perc"  # deprecated name, vLLM <= 0.11
 _GAUGES = (WAITING, RUNNING, KV_USAGE, KV_USAGE_OLD)
-# A sample, HELP or TYPE line of exactly one of those gauges.
-_GAUGE_LINE = re.compile(
-    r"^(?:# (?:HELP|TYPE) )?(?:" + "|".join(re.escape(g) for g in _GAUGES) + r")[{ ].*$",
-    re.MULTILINE,
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,24 +28,13 @@ class EngineStats:
 
     @classmethod
     def from_scrape(cls, text: str) -> EngineStats:
-        # vLLM's scrape is large (histograms per model and engine); parse only the lines of the
-        # gauges we read, so a scrape costs little time on the loop that also relays streams.
-        wanted = "\n".join(m.group(0) for m in _GAUGE_LINE.finditer(text))
-        values: dict[str, list[float]] = {}
-        try:
-            for family in text_string_to_metric_families(wanted):
-                for sample in family.samples:
-                    if sample.name in _GAUGES:
-                        values.setdefault(sample.name, []).append(float(sample.value))
-        except ValueError as exc:
-            log.warning("cannot parse vLLM /metrics: %s", exc)
-            return cls()
-        kv = values.get(KV_USAGE) or values.get(KV_USAGE_OLD)
-        waiting = values.get(WAITING)
-        running = values.get(RUNNING)
+        scrape = parse_gauges(text, _GAUGES)
+        kv = scrape.values(KV_USAGE) or scrape.values(KV_USAGE_OLD)
+        waiting = scrape.total(WAITING)
+        running = scrape.total(RUNNING)
         return cls(
-            waiting=None if waiting is None else round(sum(waiting)),
-            running=None if running is None else round(sum(running)),
+            waiting=None if waiting is None else round(waiting),
+            running=None if running is None else round(running),
             kv_cache_usage=None if not kv else min(1.0, max(0.0, sum(kv) / len(kv))),
         )
 
@@ -115,7 +94,7 @@ class VllmBackend(Backend):
 
     async def collect(self) -> BackendFacts:
         models_body, metrics_text, version = await asyncio.gather(
-            self.get_json("/v1/models"), self.get_text("/metrics"), self._get_version()
+            self.get_json("/v1/models"), self.get_text(self.metrics_url), self._get_version()
         )
         stats = EngineStats() if metrics_text is None else EngineStats.from_scrape(metrics_text)
         return BackendFacts(

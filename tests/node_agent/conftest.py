@@ -21,6 +21,9 @@ from multidict import CIMultiDict
 from node_agent.settings import AgentSettings
 from router.wire import LoadReport, Registration
 
+from .fake_streams import ollama_embed, ollama_native
+from .fakes import FakeLmStudio, FakeTgi, FakeTriton
+
 VLLM_METRICS = """\
 # HELP vllm:num_requests_running Number of requests in model execution batches.
 # TYPE vllm:num_requests_running gauge
@@ -132,6 +135,9 @@ class FakeBackend:
             r.add_get("/api/tags", self.ollama_tags)
             r.add_get("/api/ps", self.ollama_ps)
             r.add_get("/api/version", self.version)
+            r.add_post("/api/chat", self.ollama_native)
+            r.add_post("/api/generate", self.ollama_native)
+            r.add_post("/api/embed", self.ollama_embed)
 
     async def health(self, request: web.Request) -> web.Response:
         return web.Response(status=self.state.health_status)
@@ -201,6 +207,12 @@ class FakeBackend:
 
     async def ollama_ps(self, request: web.Request) -> web.Response:
         return web.json_response({"models": self.state.ollama_ps})
+
+    async def ollama_native(self, request: web.Request) -> web.StreamResponse:
+        return await ollama_native(request, self.state)
+
+    async def ollama_embed(self, request: web.Request) -> web.Response:
+        return await ollama_embed(request, self.state)
 
     async def gpus(self, request: web.Request) -> web.Response:
         if self.state.emulator_gpus is None:
@@ -438,4 +450,35 @@ async def generic(aiohttp_server: ServerFactory) -> tuple[FakeBackend, str]:
 async def router(aiohttp_server: ServerFactory) -> tuple[FakeRouter, str]:
     fake = FakeRouter()
     server = await aiohttp_server(fake.make_app())
+    return fake, base_url(server)
+
+
+@pytest.fixture
+async def tgi(aiohttp_server: ServerFactory) -> tuple[FakeTgi, str]:
+    fake = FakeTgi()
+    server = await aiohttp_server(fake.app)
+    return fake, base_url(server)
+
+
+@dataclass
+class TritonServers:
+    """A fake Triton: its HTTP endpoint and its separate metrics endpoint."""
+
+    fake: FakeTriton
+    url: str
+    metrics_url: str
+
+
+@pytest.fixture
+async def triton(aiohttp_server: ServerFactory) -> TritonServers:
+    fake = FakeTriton()
+    server = await aiohttp_server(fake.app)
+    metrics = await aiohttp_server(fake.metrics_app)
+    return TritonServers(fake, base_url(server), base_url(metrics) + "/metrics")
+
+
+@pytest.fixture
+async def lmstudio(aiohttp_server: ServerFactory) -> tuple[FakeLmStudio, str]:
+    fake = FakeLmStudio()
+    server = await aiohttp_server(fake.app)
     return fake, base_url(server)

@@ -88,7 +88,7 @@ class TestRouterOutages:
         port = free_port()
         fake = FakeRouter()
         settings = agent_settings(backend, router_urls=(f"http://127.0.0.1:{port}",))
-        caplog.set_level(logging.INFO, logger="node_agent.reporter")
+        caplog.set_level(logging.INFO, logger="node_agent")
         server = TestServer(fake.make_app(), host="127.0.0.1", port=port)
         try:
             async with serve(settings) as agent:

@@ -90,7 +90,8 @@ class TestValidation:
         ("overrides", "fragment"),
         [
             ({"backend_url": "localhost:11434"}, "backend_url"),
-            ({"backend_kind": "tgi"}, "backend_kind"),
+            ({"backend_kind": "llamacpp"}, "backend_kind"),
+            ({"backend_metrics_url": "host:8002/metrics"}, "backend_metrics_url"),
             ({"gpu_source": "rocm"}, "gpu_source"),
             ({"router_urls": ("ftp://r",)}, "router URL"),
             ({"port": 70000}, "port"),

@@ -1,0 +1,23 @@
+"""The typed keys under which the agent's long-lived resources live on its application."""
+
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import web
+
+from .backends.base import Backend
+from .gpu import GpuSource
+from .metrics import AgentMetrics
+from .proxy import BackendProxy
+from .reporter import Reporter
+from .settings import AgentSettings
+from .traffic import TrafficStats
+
+SETTINGS = web.AppKey("settings", AgentSettings)
+STATS = web.AppKey("stats", TrafficStats)
+METRICS = web.AppKey("metrics", AgentMetrics)
+CONTROL_SESSION = web.AppKey("control_session", aiohttp.ClientSession)
+PROXY = web.AppKey("proxy", BackendProxy)
+BACKEND = web.AppKey("backend", Backend)
+GPUS = web.AppKey("gpus", GpuSource)
+REPORTER = web.AppKey("reporter", Reporter)
