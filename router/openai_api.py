@@ -19,6 +19,8 @@ from router.errors import InvalidRequest, ModelNotFound
 from router.registry import ROUTABLE, Group, Registry
 
 MAX_MODEL_NAME = 256
+# Triton's HTTP port speaks KServe v2, not OpenAI (its OpenAI front end is another process).
+OPENAI_KINDS = frozenset({"ollama", "vllm", "tgi", "lmstudio", "openai"})
 INFER_DEFAULT_MAX_TOKENS = 512
 
 
@@ -98,7 +100,8 @@ class OpenAIApi:
     def _handler(self, endpoint: Endpoint) -> Any:
         async def handle(request: web.Request) -> web.StreamResponse:
             def build(body: bytes) -> Target:
-                return Target(endpoint.path, parse_body(body, endpoint)["model"], body)
+                model = parse_body(body, endpoint)["model"]
+                return Target(endpoint.path, model, body, kinds=OPENAI_KINDS)
 
             return await request.app[DISPATCHER].dispatch(request, endpoint.path, build)
 
@@ -115,7 +118,7 @@ class OpenAIApi:
             nonlocal prompt_shape
             parsed = _load_object(body)
             if "messages" in parsed:
-                return Target(CHAT.path, parse_body(body, CHAT)["model"], body)
+                return Target(CHAT.path, parse_body(body, CHAT)["model"], body, kinds=OPENAI_KINDS)
             prompt = parsed.get("prompt")
             if not isinstance(prompt, str) or not prompt:
                 raise InvalidRequest(
@@ -133,7 +136,7 @@ class OpenAIApi:
                 "stream": False,
             }
             prompt_shape = True
-            return Target(CHAT.path, check_model(chat), orjson.dumps(chat))
+            return Target(CHAT.path, check_model(chat), orjson.dumps(chat), kinds=OPENAI_KINDS)
 
         response = await dispatcher.dispatch(request, "/infer", build)
         if not prompt_shape or not isinstance(response, web.Response) or response.status != 200:

@@ -110,10 +110,12 @@ def estimate_loads(
     reported: FloatArray,
     report_age_s: FloatArray,
     stale_after_s: float,
+    replicas: float = 1.0,
 ) -> tuple[FloatArray, npt.NDArray[np.bool_]]:
     """:func:`estimate_load` over arrays (NaN age: no report). Returns (load, stale)."""
     fresh = report_age_s <= stale_after_s
-    load = np.where(fresh, np.maximum(own, reported + own - own_at_report), own)
+    moved = (own - own_at_report) * replicas
+    load = np.where(fresh, np.maximum(own, np.maximum(reported + moved, 0.0)), own)
     return load, ~fresh
 
 
