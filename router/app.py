@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -18,10 +19,12 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from router.aliases import Aliases
+from router.auth import AUTH, Authenticator, HostAllowlist, auth_middleware
 from router.dashboard import ACTIVITY, Activity, DashboardApi
 from router.dispatch import DISPATCHER, Dispatcher
 from router.errors import error_middleware
 from router.groups_api import GroupsApi
+from router.limits import BodyLimits, TenantRateLimiter
 from router.metrics import METRICS, FleetCollector, RouterMetrics, metrics_handler
 from router.monitor import Monitor
 from router.ollama_api import OllamaApi
@@ -107,7 +110,12 @@ async def _drain_streams(app: web.Application) -> None:
 
 
 def make_app(settings: RouterSettings) -> web.Application:
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[error_middleware])
+    app = web.Application(
+        client_max_size=settings.max_body_bytes, middlewares=[error_middleware, auth_middleware]
+    )
+    app[AUTH] = Authenticator(
+        settings.api_keys, settings.registration_token_sha256, settings.admin_token_sha256
+    )
     app[SETTINGS] = settings
     app[REGISTRY] = _registry_from(settings)
     app[SCHEDULER] = Scheduler()
@@ -121,11 +129,19 @@ def make_app(settings: RouterSettings) -> web.Application:
     app.router.add_get("/ready", _ready)
     app[STOPPING] = asyncio.Event()
     app.on_shutdown.append(_drain_streams)
-    app.router.add_routes(GroupsApi(app[REGISTRY], time.monotonic).routes())
-    app[DISPATCHER] = Dispatcher(settings, app[REGISTRY], app[SCHEDULER], Aliases(settings.aliases))
+    allowlist = HostAllowlist(settings.registration_allowlist)
+    app.router.add_routes(GroupsApi(app[REGISTRY], time.monotonic, allowlist).routes())
+    app[DISPATCHER] = Dispatcher(
+        settings,
+        app[REGISTRY],
+        app[SCHEDULER],
+        Aliases(settings.aliases),
+        TenantRateLimiter(settings.tenant_requests_per_minute, settings.tenant_tokens_per_minute),
+    )
     app.router.add_routes(OllamaApi(app[REGISTRY], SESSION).routes())
     app.router.add_routes(TritonApi(app[REGISTRY]).routes())
-    app.router.add_routes(OpenAIApi(app[REGISTRY]).routes())
+    limits = BodyLimits(settings.max_messages, settings.max_n, settings.max_output_tokens)
+    app.router.add_routes(OpenAIApi(app[REGISTRY], limits).routes())
     app.cleanup_ctx.append(_client_session)
     app.cleanup_ctx.append(_monitor)
     return app
@@ -144,15 +160,23 @@ async def serve(settings: RouterSettings) -> AsyncIterator[RunningRouter]:
     runner = web.AppRunner(
         app,
         handler_cancellation=True,
-        shutdown_timeout=settings.shutdown_grace_s,
+        shutdown_timeout=settings.shutdown_grace_s + 5,
         access_log=None,
+        max_field_size=settings.max_header_bytes,
+        max_line_size=settings.max_header_bytes,
     )
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port)
+    ssl_context = None
+    if settings.tls_cert_file and settings.tls_key_file:
+        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ssl_context.minimum_version = ssl.TLSVersion.TLSv1_2
+        ssl_context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+    site = web.TCPSite(runner, settings.host, settings.port, ssl_context=ssl_context)
     await site.start()
     try:
         port = runner.addresses[0][1]
         host = "127.0.0.1" if settings.host in ("0.0.0.0", "") else settings.host
-        yield RunningRouter(url=f"http://{host}:{port}", app=app)
+        scheme = "https" if ssl_context else "http"
+        yield RunningRouter(url=f"{scheme}://{host}:{port}", app=app)
     finally:
         await runner.cleanup()

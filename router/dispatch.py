@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from router.aliases import Aliases, node_name_for
+from router.auth import TENANT
 from router.dashboard import ACTIVITY
 from router.errors import ModelNotFound, NoCapacity, NotFound, PayloadTooLarge, RouterError
+from router.limits import TenantRateLimiter
 from router.metrics import METRICS
 from router.proxy import FORWARDER, Outbound
 from router.records import RequestRecord
@@ -46,8 +48,10 @@ class Dispatcher:
         registry: Registry,
         scheduler: Scheduler,
         aliases: Aliases,
+        rate_limiter: TenantRateLimiter,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._rate_limiter = rate_limiter
         self._settings = settings
         self._registry = registry
         self._scheduler = scheduler
@@ -83,13 +87,15 @@ class Dispatcher:
             group=group.name,
             model="-",
             endpoint=endpoint,
-            tenant=headers.get("X-Octopus-Tenant-Id"),
+            tenant=request.get(TENANT, headers.get("X-Octopus-Tenant-Id")),
             correlation_id=headers.get("X-Octopus-Correlation-Id") or uuid.uuid4().hex,
         )
         metrics = request.config_dict[METRICS]
         in_progress = metrics.in_progress.labels(group.name)
         in_progress.inc()
         try:
+            if self._rate_limiter:
+                self._rate_limiter.admit(record.tenant, self._clock())
             target = build(await self.read_body(request))
             return await self._send(request, group, target, record)
         except RouterError as err:
@@ -104,6 +110,8 @@ class Dispatcher:
         finally:
             record.t_end = time.perf_counter()
             in_progress.dec()
+            if self._rate_limiter:
+                self._rate_limiter.charge_tokens(record.tenant, record.output_tokens, self._clock())
             metrics.observe(record)
             request.config_dict[ACTIVITY].note(record)
             record.log()

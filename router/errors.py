@@ -5,6 +5,7 @@
     RouterError                      500 internal_error
     ├── InvalidRequest               400 invalid_request_error
     ├── Unauthorized                 401 authentication_error
+    ├── Forbidden                    403 permission_error
     ├── NotFound                     404 not_found_error
     │   └── ModelNotFound            404 not_found_error / model_not_found
     ├── PayloadTooLarge              413 invalid_request_error
@@ -64,6 +65,11 @@ class InvalidRequest(RouterError):
 class Unauthorized(RouterError):
     status = 401
     type = "authentication_error"
+
+
+class Forbidden(RouterError):
+    status = 403
+    type = "permission_error"
 
 
 class NotFound(RouterError):

@@ -9,8 +9,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from router.errors import InvalidRequest, NotFound
-from router.registry import Group, Node, Registry
+from router.auth import ADMIN, AGENT_TOKEN, HostAllowlist
+from router.errors import Forbidden, InvalidRequest, NotFound
+from router.registry import Group, Node, Registry, node_id_for
 from router.settings import SettingsError, check_group_name
 from router.wire import LoadReport, Registration, WireError
 
@@ -54,10 +55,22 @@ async def _read_json(request: web.Request) -> Any:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from exc
 
 
+def _check_owner(request: web.Request, node: Node) -> None:
+    """Only the agent that registered a node (same token) or an admin may act for it."""
+    if request.get(ADMIN):
+        return
+    token = request.get(AGENT_TOKEN)
+    if node.owner is not None and token is not None and token != node.owner:
+        raise Forbidden("this node was registered with a different token")
+
+
 class GroupsApi:
-    def __init__(self, registry: Registry, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, registry: Registry, clock: Callable[[], float], allowlist: HostAllowlist
+    ) -> None:
         self._registry = registry
         self._clock = clock
+        self._allowlist = allowlist
 
     def routes(self) -> list[web.RouteDef]:
         base = "/api/server-groups"
@@ -125,8 +138,15 @@ class GroupsApi:
             report = LoadReport.from_json(raw["report"]) if raw.get("report") else None
         except WireError as exc:
             raise InvalidRequest(str(exc)) from exc
+        if not self._allowlist.allows(reg.base_url):
+            raise Forbidden("baseUrl is not on this router's registration allowlist")
+        existing = self._registry.find(group_name, node_id_for(group_name, reg.name))
+        if existing is not None:
+            _check_owner(request, existing)
         now = self._clock()
         node, created = self._registry.register(group_name, reg, now)
+        if created:
+            node.owner = request.get(AGENT_TOKEN)
         if report is not None:
             self._registry.apply_report(node, report, now)
         log.info(
@@ -144,6 +164,7 @@ class GroupsApi:
 
     async def report(self, request: web.Request) -> web.Response:
         node = self._node(request)
+        _check_owner(request, node)
         raw = await _read_json(request)
         try:
             report = LoadReport.from_json(raw)
@@ -154,6 +175,7 @@ class GroupsApi:
 
     async def deregister(self, request: web.Request) -> web.Response:
         node = self._node(request)
+        _check_owner(request, node)
         self._registry.remove(node.group, node.node_id)
         log.info("node %s deregistered from group %s", node.name, node.group)
         return _json({"nodeId": node.node_id, "removed": True})

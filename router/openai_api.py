@@ -16,6 +16,7 @@ from aiohttp import web
 
 from router.dispatch import DISPATCHER, Target
 from router.errors import InvalidRequest, ModelNotFound
+from router.limits import BodyLimits
 from router.registry import ROUTABLE, Group, Registry
 
 MAX_MODEL_NAME = 256
@@ -58,9 +59,10 @@ def check_model(parsed: dict[str, Any]) -> str:
     return model
 
 
-def parse_body(body: bytes, endpoint: Endpoint) -> dict[str, Any]:
+def parse_body(body: bytes, endpoint: Endpoint, limits: BodyLimits) -> dict[str, Any]:
     """Check the parts of an OpenAI body the router relies on; raise InvalidRequest if bad."""
     parsed = _load_object(body)
+    limits.check(parsed)
     check_model(parsed)
     if endpoint.required_list is not None:
         items = parsed.get(endpoint.required_list)
@@ -78,8 +80,9 @@ def parse_body(body: bytes, endpoint: Endpoint) -> dict[str, Any]:
 class OpenAIApi:
     """OpenAI handlers; routing itself is the app's Dispatcher."""
 
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, limits: BodyLimits) -> None:
         self._registry = registry
+        self._limits = limits
         self._started = int(time.time())
 
     def routes(self) -> list[web.RouteDef]:
@@ -100,7 +103,7 @@ class OpenAIApi:
     def _handler(self, endpoint: Endpoint) -> Any:
         async def handle(request: web.Request) -> web.StreamResponse:
             def build(body: bytes) -> Target:
-                model = parse_body(body, endpoint)["model"]
+                model = parse_body(body, endpoint, self._limits)["model"]
                 return Target(endpoint.path, model, body, kinds=OPENAI_KINDS)
 
             return await request.app[DISPATCHER].dispatch(request, endpoint.path, build)
@@ -118,7 +121,8 @@ class OpenAIApi:
             nonlocal prompt_shape
             parsed = _load_object(body)
             if "messages" in parsed:
-                return Target(CHAT.path, parse_body(body, CHAT)["model"], body, kinds=OPENAI_KINDS)
+                model = parse_body(body, CHAT, self._limits)["model"]
+                return Target(CHAT.path, model, body, kinds=OPENAI_KINDS)
             prompt = parsed.get("prompt")
             if not isinstance(prompt, str) or not prompt:
                 raise InvalidRequest(
@@ -126,8 +130,11 @@ class OpenAIApi:
                     param="prompt",
                 )
             max_tokens = parsed.get("maxTokens", parsed.get("max_tokens", INFER_DEFAULT_MAX_TOKENS))
-            if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-                raise InvalidRequest("'maxTokens' must be a positive integer", param="maxTokens")
+            limit = self._limits.max_output_tokens
+            if not isinstance(max_tokens, int) or isinstance(max_tokens, bool):
+                raise InvalidRequest("'maxTokens' must be an integer", param="maxTokens")
+            if not 1 <= max_tokens <= limit:
+                raise InvalidRequest(f"'maxTokens' must be from 1 to {limit}", param="maxTokens")
             model = parsed.get("model") or self._only_model(group)
             chat = {
                 "model": model,

@@ -44,6 +44,7 @@ class Node:
     registration: Registration
     registered_at: float
     static: bool = False
+    owner: str | None = None  # digest of the registration token that registered it
     report: LoadReport | None = None
     report_received_at: float | None = None
     own_at_report: int = 0

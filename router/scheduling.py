@@ -111,11 +111,15 @@ def estimate_loads(
     report_age_s: FloatArray,
     stale_after_s: float,
     replicas: float = 1.0,
+    service_s: FloatArray | None = None,
 ) -> tuple[FloatArray, npt.NDArray[np.bool_]]:
     """:func:`estimate_load` over arrays (NaN age: no report). Returns (load, stale)."""
     fresh = report_age_s <= stale_after_s
-    moved = (own - own_at_report) * replicas
-    load = np.where(fresh, np.maximum(own, np.maximum(reported + moved, 0.0)), own)
+    others = reported - own_at_report
+    if service_s is not None:
+        others = others * np.exp(-np.where(fresh, report_age_s, 0.0) / service_s)
+    moved = (own - own_at_report) * (replicas - 1.0)
+    load = np.where(fresh, np.maximum(own, own + np.maximum(others + moved, 0.0)), own)
     return load, ~fresh
 
 
@@ -268,6 +272,12 @@ def fill_speeds(tok_s: FloatArray) -> FloatArray:
         return tok_s
     known = tok_s[~unknown]
     return np.where(unknown, known.mean() if known.size else DEFAULT_TOK_S, tok_s)
+
+
+def service_s(t: CandidateTable) -> FloatArray:
+    """Expected seconds one request holds a slot of a full batch, per row."""
+    per_stream = fill_speeds(t.tok_s)
+    return EXPECTED_TOKENS * (1.0 + BATCH_DECAY * (t.slots - 1.0)) / per_stream
 
 
 def scores(t: CandidateTable, rows: IndexArray | slice) -> FloatArray:

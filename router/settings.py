@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from router.auth import ApiKey, digest, load_key_file
+
 POLICIES = ("least_loaded", "least_connections", "round_robin", "random")
 RESERVED_GROUP_NAMES = frozenset({"api", "v1", "health", "ready", "metrics", "dashboard"})
 
@@ -92,6 +94,20 @@ class RouterSettings:
     retry_after_s: int = 2
     log_format: str = "auto"
     aliases: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Security (secrets as SHA-256 digests; plain values only from the environment).
+    api_keys: tuple[ApiKey, ...] = ()
+    registration_token_sha256: tuple[str, ...] = ()
+    admin_token_sha256: str | None = None
+    registration_allowlist: tuple[str, ...] = ()
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    # Limits.
+    max_messages: int = 2048
+    max_n: int = 16
+    max_output_tokens: int = 262_144
+    max_header_bytes: int = 16_384
+    tenant_requests_per_minute: int = 0
+    tenant_tokens_per_minute: int = 0
 
     def __post_init__(self) -> None:
         check_group_name(self.default_group)
@@ -109,6 +125,17 @@ class RouterSettings:
             _positive(name, getattr(self, name))
         if self.log_format not in ("auto", "json", "text"):
             raise SettingsError("log_format must be auto, json or text")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise SettingsError("tls_cert_file and tls_key_file go together")
+        for name in ("max_messages", "max_n", "max_output_tokens", "max_header_bytes"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{name} must be at least 1")
+        hexdigests = (*self.registration_token_sha256, *(k.sha256 for k in self.api_keys))
+        if self.admin_token_sha256 is not None:
+            hexdigests = (*hexdigests, self.admin_token_sha256)
+        for value in hexdigests:
+            if len(value) != 64 or not all(c in "0123456789abcdef" for c in value):
+                raise SettingsError("secrets in settings must be lowercase SHA-256 hex digests")
 
     def group(self, name: str) -> GroupSettings | None:
         for g in self.groups:
@@ -130,7 +157,16 @@ _SCALARS: dict[str, type] = {
     "shutdown_grace_s": float,
     "retry_after_s": int,
     "log_format": str,
+    "tls_cert_file": str,
+    "tls_key_file": str,
+    "max_messages": int,
+    "max_n": int,
+    "max_output_tokens": int,
+    "max_header_bytes": int,
+    "tenant_requests_per_minute": int,
+    "tenant_tokens_per_minute": int,
 }
+_LISTS = ("registration_token_sha256", "registration_allowlist")
 
 
 def _coerce(name: str, kind: type, raw: Any) -> Any:
@@ -171,7 +207,18 @@ def _from_toml(data: Mapping[str, Any]) -> dict[str, Any]:
         if not isinstance(table, dict) or not all(isinstance(v, list) for v in table.values()):
             raise SettingsError("[aliases] maps a model id to a list of names backends use")
         out["aliases"] = {str(k): tuple(str(n) for n in v) for k, v in table.items()}
-    unknown = set(data) - set(_SCALARS) - {"timeouts", "groups", "aliases"}
+    for key in _LISTS:
+        if key in data:
+            out[key] = tuple(str(v).lower() if "sha256" in key else str(v) for v in data[key])
+    if "admin_token_sha256" in data:
+        out["admin_token_sha256"] = str(data["admin_token_sha256"]).lower()
+    keys = [ApiKey(str(k["tenant"]), str(k["sha256"]).lower()) for k in data.get("api_keys", [])]
+    if "api_keys_file" in data:
+        keys += load_key_file(Path(str(data["api_keys_file"])))
+    if keys:
+        out["api_keys"] = tuple(keys)
+    extra = {"timeouts", "groups", "aliases", "api_keys", "api_keys_file", "admin_token_sha256"}
+    unknown = set(data) - set(_SCALARS) - extra - set(_LISTS)
     if unknown:
         raise SettingsError(f"unknown settings in config file: {', '.join(sorted(unknown))}")
     return out
@@ -190,6 +237,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--health-interval-s", type=float)
     p.add_argument("--shutdown-grace-s", type=float)
     p.add_argument("--log-format", choices=("auto", "json", "text"))
+    p.add_argument("--tls-cert-file")
+    p.add_argument("--tls-key-file")
     return p
 
 
@@ -212,4 +261,28 @@ def load_settings(argv: Sequence[str], environ: Mapping[str, str]) -> RouterSett
         cli_value = getattr(args, key, None)
         if cli_value is not None:
             values[key] = cli_value
+    _secrets_from_env(values, environ)
     return replace(RouterSettings(), **values)
+
+
+def _secrets_from_env(values: dict[str, Any], environ: Mapping[str, str]) -> None:
+    """Plain secrets may come from the environment (e.g. a Kubernetes Secret); only their
+    digests are kept."""
+    token = environ.get("ROUTER_REGISTRATION_TOKEN")
+    if token:
+        values["registration_token_sha256"] = (
+            *values.get("registration_token_sha256", ()),
+            digest(token),
+        )
+    admin = environ.get("ROUTER_ADMIN_TOKEN")
+    if admin:
+        values["admin_token_sha256"] = digest(admin)
+    key_file = environ.get("ROUTER_API_KEYS_FILE")
+    if key_file:
+        try:
+            values["api_keys"] = (*values.get("api_keys", ()), *load_key_file(Path(key_file)))
+        except (OSError, ValueError) as exc:
+            raise SettingsError(f"cannot read ROUTER_API_KEYS_FILE: {exc}") from exc
+    allow = environ.get("ROUTER_REGISTRATION_ALLOWLIST")
+    if allow:
+        values["registration_allowlist"] = tuple(a.strip() for a in allow.split(",") if a.strip())

@@ -1,0 +1,192 @@
+"""Who may do what: client API keys bound to tenants, agent registration tokens, an admin token.
+
+Secrets are kept only as SHA-256 digests (hashed at rest: config and key files hold digests) and
+compared with :func:`hmac.compare_digest`. When no client keys are configured the client API is
+open; when no registration tokens are configured any agent may register; when no admin token is
+configured the operator endpoints are open. Each of these is reported at start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from router.errors import Forbidden, Unauthorized
+
+PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics", "/openapi.json", "/dashboard"})
+GROUPS_API = "/api/server-groups"
+TENANT = web.RequestKey("tenant", str)
+AGENT_TOKEN = web.RequestKey("agent_token", str)  # digest of the registration token used
+ADMIN = web.RequestKey("admin", bool)
+
+
+def digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _bearer(request: web.Request) -> str | None:
+    value = request.headers.get("Authorization", "")
+    scheme, _, token = value.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    tenant: str
+    sha256: str
+
+
+def load_key_file(path: Path) -> tuple[ApiKey, ...]:
+    """Lines ``tenant:sha256hex``; blank lines and ``#`` comments ignored."""
+    keys = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        tenant, _, hexdigest = line.partition(":")
+        if not tenant or len(hexdigest) != 64:
+            raise ValueError(f"{path}:{number}: expected 'tenant:<sha256 hex of the key>'")
+        keys.append(ApiKey(tenant=tenant.strip(), sha256=hexdigest.strip().lower()))
+    return tuple(keys)
+
+
+def _matches(presented: str | None, digests: Iterable[str]) -> str | None:
+    """The stored digest that the presented secret hashes to, compared in constant time."""
+    if presented is None:
+        return None
+    found = None
+    candidate = digest(presented)
+    for stored in digests:
+        if hmac.compare_digest(candidate, stored):
+            found = stored
+    return found
+
+
+class HostAllowlist:
+    """Hosts and CIDRs a node's ``baseUrl`` may point at; empty allows every host."""
+
+    def __init__(self, entries: Iterable[str]) -> None:
+        self._networks = []
+        self._names = []
+        for entry in entries:
+            try:
+                self._networks.append(ipaddress.ip_network(entry, strict=False))
+            except ValueError:
+                self._names.append(entry.lower())
+
+    def __bool__(self) -> bool:
+        return bool(self._networks or self._names)
+
+    def allows(self, url: str) -> bool:
+        if not self:
+            return True
+        host = (urlsplit(url).hostname or "").lower()
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return any(
+                host == name or (name.startswith("*.") and host.endswith(name[1:]))
+                for name in self._names
+            )
+        return any(address in network for network in self._networks)
+
+
+class Authenticator:
+    def __init__(
+        self,
+        api_keys: Iterable[ApiKey],
+        registration_digests: Iterable[str],
+        admin_digest: str | None,
+    ) -> None:
+        self._tenant_by_digest = {k.sha256: k.tenant for k in api_keys}
+        self._registration = tuple(registration_digests)
+        self._admin = admin_digest
+
+    @property
+    def clients_open(self) -> bool:
+        return not self._tenant_by_digest
+
+    def client_tenant(self, request: web.Request) -> str | None:
+        """The caller's tenant: from its key when keys are on (the tenant header must agree),
+        else from the tenant header."""
+        claimed = request.headers.get("X-Octopus-Tenant-Id")
+        if self.clients_open:
+            return claimed
+        token = _bearer(request)
+        if token is None:
+            raise Unauthorized("this router needs an API key: send 'Authorization: Bearer <key>'")
+        stored = _matches(token, self._tenant_by_digest)
+        if stored is None:
+            raise Unauthorized("the API key is not valid", code="invalid_api_key")
+        tenant = self._tenant_by_digest[stored]
+        if claimed is not None and claimed != tenant:
+            raise Forbidden("X-Octopus-Tenant-Id does not match the tenant of this API key")
+        return tenant
+
+    def agent(self, request: web.Request) -> str | None:
+        """The digest of the registration token presented (None when tokens are off)."""
+        if not self._registration:
+            return None
+        stored = _matches(_bearer(request), self._registration)
+        if stored is None:
+            raise Unauthorized("registering a node needs a valid registration token")
+        return stored
+
+    def is_admin(self, request: web.Request) -> bool:
+        return self._admin is None or _matches(_bearer(request), (self._admin,)) is not None
+
+    def admin(self, request: web.Request) -> None:
+        if not self.is_admin(request):
+            raise Unauthorized("this operation needs the admin token")
+
+
+def classify(method: str, path: str) -> str:
+    """The access class of a route: ``public``, ``client``, ``agent`` (registration, reports),
+    ``admin`` or ``agent_or_admin``."""
+    if path in PUBLIC_PATHS or path == "/api/dashboard":
+        return "public"
+    if not path.startswith(GROUPS_API):
+        return "client"
+    parts = path[len(GROUPS_API) :].strip("/").split("/")
+    if method == "POST" and len(parts) == 2 and parts[1] == "nodes":
+        return "agent"
+    if method == "PUT" and len(parts) == 4 and parts[3] == "report":
+        return "agent"
+    if method == "DELETE" and len(parts) == 3:
+        return "agent_or_admin"
+    return "admin"
+
+
+AUTH = web.AppKey("auth", Authenticator)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    auth = request.app[AUTH]
+    kind = classify(request.method, request.path)
+    if kind == "public":
+        return await handler(request)
+    if kind == "client":
+        tenant = auth.client_tenant(request)
+        if tenant is not None:
+            request[TENANT] = tenant
+    elif kind == "admin":
+        auth.admin(request)
+        request[ADMIN] = True
+    elif kind == "agent_or_admin" and auth.is_admin(request):
+        request[ADMIN] = True
+    else:
+        token = auth.agent(request)
+        if token is not None:
+            request[AGENT_TOKEN] = token
+    return await handler(request)
