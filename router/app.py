@@ -32,6 +32,7 @@ from router.openai_api import OpenAIApi
 from router.proxy import FORWARDER, Forwarder
 from router.registry import Registry
 from router.scheduling import Scheduler
+from router.server import RouterRunner
 from router.settings import RouterSettings
 from router.triton_api import TritonApi
 from router.wire import Registration
@@ -157,8 +158,9 @@ class RunningRouter:
 async def serve(settings: RouterSettings) -> AsyncIterator[RunningRouter]:
     """Run the router on ``settings.host:port`` (0 picks a free port) until the block exits."""
     app = make_app(settings)
-    runner = web.AppRunner(
+    runner = RouterRunner(
         app,
+        header_timeout_s=settings.client_header_timeout_s,
         handler_cancellation=True,
         shutdown_timeout=settings.shutdown_grace_s + 5,
         access_log=None,

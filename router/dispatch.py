@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -20,7 +20,15 @@ from aiohttp import web
 from router.aliases import Aliases, node_name_for
 from router.auth import TENANT
 from router.dashboard import ACTIVITY
-from router.errors import ModelNotFound, NoCapacity, NotFound, PayloadTooLarge, RouterError
+from router.errors import (
+    InvalidRequest,
+    ModelNotFound,
+    NoCapacity,
+    NotFound,
+    PayloadTooLarge,
+    RequestTimeout,
+    RouterError,
+)
 from router.limits import TenantRateLimiter
 from router.metrics import METRICS
 from router.proxy import FORWARDER, Outbound
@@ -28,6 +36,21 @@ from router.records import RequestRecord
 from router.registry import Group, Registry
 from router.scheduling import Scheduler, candidate_for
 from router.settings import RouterSettings
+
+MAX_ID_HEADER = 256
+
+
+def id_header(headers: Mapping[str, str], name: str) -> str | None:
+    """A tenant, correlation or session header, checked before it is forwarded anywhere."""
+    value = headers.get(name)
+    if value is None:
+        return None
+    if len(value) > MAX_ID_HEADER or not value.isascii() or not value.isprintable():
+        raise InvalidRequest(
+            f"header {name} must be printable ASCII of at most {MAX_ID_HEADER} characters",
+            param=name,
+        )
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +95,13 @@ class Dispatcher:
         limit = self._settings.max_body_bytes
         if (request.content_length or 0) > limit:
             raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
-        return await request.read()
+        try:
+            async with asyncio.timeout(self._settings.client_body_timeout_s):
+                return await request.read()
+        except TimeoutError as exc:
+            raise RequestTimeout(
+                f"request body not received within {self._settings.client_body_timeout_s:g}s"
+            ) from exc
 
     async def dispatch(
         self,
@@ -87,8 +116,8 @@ class Dispatcher:
             group=group.name,
             model="-",
             endpoint=endpoint,
-            tenant=request.get(TENANT, headers.get("X-Octopus-Tenant-Id")),
-            correlation_id=headers.get("X-Octopus-Correlation-Id") or uuid.uuid4().hex,
+            tenant=request.get(TENANT) or id_header(headers, "X-Octopus-Tenant-Id"),
+            correlation_id=id_header(headers, "X-Octopus-Correlation-Id") or uuid.uuid4().hex,
         )
         metrics = request.config_dict[METRICS]
         in_progress = metrics.in_progress.labels(group.name)
@@ -142,6 +171,8 @@ class Dispatcher:
         node_names: dict[str, str] = {}
         candidates = []
         for node in serving.values():
+            if not node.breaker_allows(now):
+                continue
             name = node_name_for(node, names) or model
             candidate = candidate_for(node, name, threshold, now, stale_after)
             if candidate is not None:
@@ -160,7 +191,7 @@ class Dispatcher:
             model=model,
             correlation_id=record.correlation_id,
             tenant_id=record.tenant,
-            session_id=request.headers.get("X-Octopus-Session-Id"),
+            session_id=id_header(request.headers, "X-Octopus-Session-Id"),
             node_models=node_names,
             model_in_body=target.model_in_body,
         )

@@ -8,6 +8,7 @@
     ├── Forbidden                    403 permission_error
     ├── NotFound                     404 not_found_error
     │   └── ModelNotFound            404 not_found_error / model_not_found
+    ├── RequestTimeout               408 invalid_request_error
     ├── PayloadTooLarge              413 invalid_request_error
     ├── RateLimited                  429 rate_limit_error (Retry-After)
     ├── UpstreamError                502 upstream_error
@@ -79,6 +80,12 @@ class NotFound(RouterError):
 
 class ModelNotFound(NotFound):
     default_code = "model_not_found"
+
+
+class RequestTimeout(RouterError):
+    status = 408
+    type = "invalid_request_error"
+    default_code = "request_timeout"
 
 
 class PayloadTooLarge(RouterError):

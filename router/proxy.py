@@ -185,6 +185,7 @@ class Forwarder:
                 failures.append(failed)
                 continue
             record.t_upstream_headers = time.perf_counter()
+            self._registry.connection_ok(node)
             try:
                 return await self._relay(request, upstream, node, out, record)
             finally:
@@ -197,7 +198,7 @@ class Forwarder:
         log.warning("node %s failed before first byte: %s", node.name, failed.reason)
         self._metrics.retries.labels(group.name, node.name).inc()
         if failed.node_fault:
-            self._registry.connection_failed(node)
+            self._registry.connection_failed(node, time.monotonic())
 
     def _final_error(self, model: str, failures: list[_Failed]) -> Exception:
         retry = self._settings.retry_after_s
@@ -255,7 +256,7 @@ class Forwarder:
         try:
             body = await upstream.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
-            self._registry.connection_failed(node)
+            self._registry.connection_failed(node, time.monotonic())
             raise UpstreamError(f"{node.name} broke off its answer: {exc!r}") from exc
         record.take_body(body, time.perf_counter())
         if rename is not None:
@@ -312,7 +313,7 @@ class Forwarder:
                     record.error = "router_shutdown"
                 else:
                     log.warning("stream from %s cut after first byte: %r", node.name, exc)
-                    self._registry.connection_failed(node)
+                    self._registry.connection_failed(node, time.monotonic())
                     self._metrics.cut_streams.labels(node.group, node.name).inc()
                     message = f"the stream from node {node.name} was cut before it finished"
                     record.error = "stream_interrupted"

@@ -28,6 +28,8 @@ class NodeState(StrEnum):
     DRAINING = "draining"
 
 
+BREAKER_BASE_S = 1.0
+BREAKER_MAX_S = 30.0
 ROUTABLE = frozenset({NodeState.HEALTHY, NodeState.DEGRADED})
 
 
@@ -55,6 +57,15 @@ class Node:
     in_flight_by_model: dict[str, int] = field(default_factory=dict)
     served: int = 0
     failures: int = 0
+    breaker_trips: int = 0
+    breaker_until: float = 0.0
+
+    def breaker_allows(self, now: float) -> bool:
+        """Closed: yes. Open (cooling down after a failed connection): no. Half-open (cooled
+        down, not yet proven): one probe request at a time."""
+        if self.breaker_trips == 0:
+            return True
+        return now >= self.breaker_until and self.in_flight == 0
 
     @property
     def name(self) -> str:
@@ -186,6 +197,15 @@ class Registry:
         if report.models != old_models:
             self.groups[node.group].reindex()
 
-    def connection_failed(self, node: Node) -> None:
+    def connection_failed(self, node: Node, now: float) -> None:
+        """The router could not get an answer from the node: a failed check, and the breaker
+        opens at once, for longer each time it trips in a row."""
         node.failures += 1
         node.check_failed(self.threshold)
+        node.breaker_trips += 1
+        cooldown = min(BREAKER_MAX_S, BREAKER_BASE_S * 2 ** (node.breaker_trips - 1))
+        node.breaker_until = now + cooldown
+
+    @staticmethod
+    def connection_ok(node: Node) -> None:
+        node.breaker_trips = 0

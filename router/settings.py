@@ -106,6 +106,8 @@ class RouterSettings:
     max_n: int = 16
     max_output_tokens: int = 262_144
     max_header_bytes: int = 16_384
+    client_header_timeout_s: float = 10.0
+    client_body_timeout_s: float = 30.0
     tenant_requests_per_minute: int = 0
     tenant_tokens_per_minute: int = 0
 
@@ -121,7 +123,13 @@ class RouterSettings:
             raise SettingsError("failure_threshold must be at least 1")
         if self.max_body_bytes < 1024:
             raise SettingsError("max_body_bytes must be at least 1024")
-        for name in ("report_interval_s", "health_interval_s", "shutdown_grace_s"):
+        for name in (
+            "report_interval_s",
+            "health_interval_s",
+            "shutdown_grace_s",
+            "client_header_timeout_s",
+            "client_body_timeout_s",
+        ):
             _positive(name, getattr(self, name))
         if self.log_format not in ("auto", "json", "text"):
             raise SettingsError("log_format must be auto, json or text")
@@ -163,6 +171,8 @@ _SCALARS: dict[str, type] = {
     "max_n": int,
     "max_output_tokens": int,
     "max_header_bytes": int,
+    "client_header_timeout_s": float,
+    "client_body_timeout_s": float,
     "tenant_requests_per_minute": int,
     "tenant_tokens_per_minute": int,
 }
