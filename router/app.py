@@ -29,6 +29,7 @@ from router.metrics import METRICS, FleetCollector, RouterMetrics, metrics_handl
 from router.monitor import Monitor
 from router.ollama_api import OllamaApi
 from router.openai_api import OpenAIApi
+from router.openapi import OpenApiDoc
 from router.proxy import FORWARDER, Forwarder
 from router.registry import Registry
 from router.scheduling import Scheduler
@@ -128,6 +129,7 @@ def make_app(settings: RouterSettings) -> web.Application:
     app.router.add_routes(DashboardApi(app[REGISTRY]).routes())
     app.router.add_get("/health", _health)
     app.router.add_get("/ready", _ready)
+    app.router.add_get("/openapi.json", OpenApiDoc().handle)
     app[STOPPING] = asyncio.Event()
     app.on_shutdown.append(_drain_streams)
     allowlist = HostAllowlist(settings.registration_allowlist)

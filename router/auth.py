@@ -116,11 +116,11 @@ class Authenticator:
         return not self._tenant_by_digest
 
     def client_tenant(self, request: web.Request) -> str | None:
-        """The caller's tenant: from its key when keys are on (the tenant header must agree),
-        else from the tenant header."""
-        claimed = request.headers.get("X-Octopus-Tenant-Id")
+        """The caller's tenant from its key when keys are on (the tenant header, if sent, must
+        agree); None when keys are off."""
         if self.clients_open:
-            return claimed
+            return None  # the dispatcher reads (and checks) the tenant header itself
+        claimed = request.headers.get("X-Octopus-Tenant-Id")
         token = _bearer(request)
         if token is None:
             raise Unauthorized("this router needs an API key: send 'Authorization: Bearer <key>'")

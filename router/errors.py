@@ -124,12 +124,15 @@ def error_response(err: RouterError) -> web.Response:
     headers = {}
     if err.retry_after_s is not None:
         headers["Retry-After"] = str(err.retry_after_s)
-    return web.Response(
+    response = web.Response(
         status=err.status,
         body=orjson.dumps(err.envelope()),
         content_type="application/json",
         headers=headers,
     )
+    if err.status in (408, 413):
+        response.force_close()  # the rest of the body will not be read: end the connection
+    return response
 
 
 _HTTP_TYPES = {

@@ -110,17 +110,28 @@ def estimate_loads(
     reported: FloatArray,
     report_age_s: FloatArray,
     stale_after_s: float,
-    replicas: float = 1.0,
+    *,
+    slots: FloatArray | None = None,
+    replicas: int = 1,
+    jitter: FloatArray | None = None,
     service_s: FloatArray | None = None,
 ) -> tuple[FloatArray, npt.NDArray[np.bool_]]:
-    """:func:`estimate_load` over arrays (NaN age: no report). Returns (load, stale)."""
+    """:func:`estimate_load` over arrays (NaN or inf age: no report). Returns (load, stale).
+
+    With ``replicas`` > 1 router replicas reading the same reports, each claims only its share
+    of a node's reported free slots: ``floor(free / replicas + jitter)`` (``jitter`` uniform in
+    [0, 1), fixed per node and report, so the shares add up to the free slots on average); the
+    rest counts as load, held for the other replicas until the next report."""
     fresh = report_age_s <= stale_after_s
-    others = reported - own_at_report
-    if service_s is not None:
-        others = others * np.exp(-np.where(fresh, report_age_s, 0.0) / service_s)
-    moved = (own - own_at_report) * (replicas - 1.0)
-    load = np.where(fresh, np.maximum(own, own + np.maximum(others + moved, 0.0)), own)
-    return load, ~fresh
+    load = reported + own - own_at_report
+    if replicas > 1 and slots is not None and jitter is not None:
+        seen = reported
+        if service_s is not None:
+            age = np.where(fresh, report_age_s, 0.0)
+            seen = reported - np.minimum(reported, slots) * -np.expm1(-age / service_s)
+        free = np.maximum(slots - seen, 0.0)
+        load = load + free - np.floor(free / replicas + jitter)
+    return np.where(fresh, np.maximum(own, load), own), ~fresh
 
 
 def batch_one_speed(output_tokens_per_s: float | None, running: int) -> float | None:

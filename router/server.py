@@ -32,6 +32,13 @@ def _raw_error(status: int, reason: str, message: str) -> bytes:
     return head.encode() + body
 
 
+def _is_request_target(exc: LineTooLong) -> bool:
+    """Whether the over-long line was the request line's URL (aiohttp passes the line read)."""
+    line = exc.args[0] if exc.args else b""
+    text = line.decode("latin-1") if isinstance(line, bytes | bytearray) else str(line)
+    return text.startswith(("/", "http://", "https://")) or "Status line" in str(exc.args)
+
+
 class _EnvelopeRequestHandler(RequestHandler):
     header_timeout_s = 10.0
     _header_timer: asyncio.TimerHandle | None = None
@@ -66,7 +73,7 @@ class _EnvelopeRequestHandler(RequestHandler):
     ) -> web.StreamResponse:
         if request.writer.output_size > 0:
             raise ConnectionError("response already started; cannot send an error envelope")
-        if isinstance(exc, LineTooLong) and "Status line" in str(exc):
+        if isinstance(exc, LineTooLong) and _is_request_target(exc):
             status, kind, text = 414, "invalid_request_error", "request URI is too long"
         elif isinstance(exc, LineTooLong) or "Too many headers" in (message or ""):
             status, kind, text = 431, "invalid_request_error", "request headers are too large"
