@@ -22,7 +22,7 @@ from router.wire import LoadReport
 log = logging.getLogger("node_agent.router_link")
 
 BACKOFF_MIN_S = 0.2
-BACKOFF_MAX_S = 5.0
+BACKOFF_MAX_S = 1.0  # a router that comes back is re-joined within about a second
 JSON_HEADERS = {"Content-Type": "application/json"}
 
 

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from router.auth import ADMIN, AGENT_TOKEN, HostAllowlist
 from router.errors import Forbidden, InvalidRequest, NotFound
-from router.registry import Group, Node, Registry, node_id_for
+from router.registry import ROUTABLE, Group, Node, Registry, node_id_for
 from router.settings import SettingsError, check_group_name
 from router.wire import LoadReport, Registration, WireError
 
@@ -31,6 +31,8 @@ def node_view(node: Node, threshold: int, now: float) -> dict[str, Any]:
         "weight": reg.weight,
         "metadata": reg.metadata,
         "status": node.state(threshold).value,
+        "inRotation": node.state(threshold) in ROUTABLE and node.breaker_allows(now),
+        "breakerTrips": node.breaker_trips,
         "failedChecks": node.failed_checks,
         "static": node.static,
         "inFlight": node.in_flight,
