@@ -66,7 +66,12 @@ def _registry_from(settings: RouterSettings) -> Registry:
 
 async def _client_session(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30)
+    upstream_ssl: ssl.SSLContext | bool = True
+    if settings.upstream_ca_file:
+        upstream_ssl = ssl.create_default_context(cafile=settings.upstream_ca_file)
+    connector = aiohttp.TCPConnector(
+        limit=0, limit_per_host=0, keepalive_timeout=30, ssl=upstream_ssl
+    )
     app[SESSION] = aiohttp.ClientSession(
         connector=connector,
         timeout=aiohttp.ClientTimeout(

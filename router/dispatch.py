@@ -134,7 +134,7 @@ class Dispatcher:
             raise
         except (asyncio.CancelledError, ConnectionResetError):
             record.status = 499
-            record.error = "client_gone"
+            record.error = record.error or "client_gone"
             raise
         finally:
             record.t_end = time.perf_counter()

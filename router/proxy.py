@@ -134,10 +134,7 @@ class Forwarder:
         self._registry = registry
         self._settings = settings
         self._metrics = metrics
-        t = settings.timeouts
-        self._timeout = aiohttp.ClientTimeout(
-            total=t.total_s, sock_connect=t.connect_s, sock_read=t.idle_s
-        )
+        self._timeouts: dict[str, tuple[float, aiohttp.ClientTimeout]] = {}
         self._live: set[aiohttp.ClientResponse] = set()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -211,15 +208,27 @@ class Forwarder:
             return UpstreamTimeout(f"no node answered in time for '{model}': {reasons}")
         return UpstreamError(f"no node could serve '{model}': {reasons}")
 
+    def _timeout_for(self, group: str) -> tuple[float, aiohttp.ClientTimeout]:
+        """(first-byte bound, client timeout) for a group, built once."""
+        cached = self._timeouts.get(group)
+        if cached is None:
+            t = self._settings.timeouts_for(group)
+            client = aiohttp.ClientTimeout(
+                total=t.total_s, sock_connect=t.connect_s, sock_read=t.idle_s
+            )
+            cached = self._timeouts[group] = (t.first_byte_s, client)
+        return cached
+
     async def _open(self, node: Node, out: Outbound) -> aiohttp.ClientResponse:
         path, body, _ = out.for_node(node)
+        first_byte_s, timeout = self._timeout_for(node.group)
         try:
-            async with asyncio.timeout(self._settings.timeouts.first_byte_s):
+            async with asyncio.timeout(first_byte_s):
                 resp = await self._session.post(
                     node.base_url + path,
                     data=body,
                     headers=_upstream_headers(node, out),
-                    timeout=self._timeout,
+                    timeout=timeout,
                 )
         except TimeoutError as exc:
             raise _Failed(f"timeout waiting for {node.name}", node_fault=True) from exc
@@ -284,7 +293,7 @@ class Forwarder:
         self._live.add(upstream)
         self._idle.clear()
         try:
-            await self._pump(upstream, response, node, headers, record, rename)
+            await self._pump(request, upstream, response, node, headers, record, rename)
         finally:
             self._live.discard(upstream)
             if not self._live:
@@ -295,6 +304,7 @@ class Forwarder:
 
     async def _pump(
         self,
+        request: web.Request,
         upstream: aiohttp.ClientResponse,
         response: web.StreamResponse,
         node: Node,
@@ -324,7 +334,25 @@ class Forwarder:
             record.watch(chunk, clock())
             if rename is not None:
                 chunk = apply_renaming(chunk, rename)
-            await response.write(chunk)  # a client that left raises here and ends the handler
+            transport = request.transport
+            if transport is not None and transport.get_write_buffer_size():
+                await self._write_to_slow_client(response, chunk, record)
+            else:
+                await response.write(chunk)  # a client that left raises and ends the handler
+
+    async def _write_to_slow_client(
+        self, response: web.StreamResponse, chunk: bytes, record: RequestRecord
+    ) -> None:
+        """The client has not taken what was sent so far: aiohttp's buffer is bounded (a write
+        waits for it to drain), so bound the wait too; a client that stopped reading is dropped
+        (and the upstream generation cancelled) rather than held forever."""
+        try:
+            async with asyncio.timeout(self._settings.slow_client_timeout_s):
+                await response.write(chunk)
+        except TimeoutError:
+            record.error = "slow_client"
+            log.warning("dropping a client that stopped reading (%s)", record.correlation_id)
+            raise ConnectionResetError("client stopped reading") from None
 
 
 FORWARDER = web.AppKey("forwarder", Forwarder)

@@ -63,6 +63,7 @@ class GroupSettings:
     name: str
     policy: str = "least_loaded"
     nodes: tuple[StaticNode, ...] = ()
+    timeouts: Timeouts | None = None  # None: the router-wide timeouts
 
     def __post_init__(self) -> None:
         check_group_name(self.name)
@@ -108,6 +109,8 @@ class RouterSettings:
     max_header_bytes: int = 16_384
     client_header_timeout_s: float = 10.0
     client_body_timeout_s: float = 30.0
+    slow_client_timeout_s: float = 30.0
+    upstream_ca_file: str | None = None
     tenant_requests_per_minute: int = 0
     tenant_tokens_per_minute: int = 0
 
@@ -129,6 +132,7 @@ class RouterSettings:
             "shutdown_grace_s",
             "client_header_timeout_s",
             "client_body_timeout_s",
+            "slow_client_timeout_s",
         ):
             _positive(name, getattr(self, name))
         if self.log_format not in ("auto", "json", "text"):
@@ -144,6 +148,10 @@ class RouterSettings:
         for value in hexdigests:
             if len(value) != 64 or not all(c in "0123456789abcdef" for c in value):
                 raise SettingsError("secrets in settings must be lowercase SHA-256 hex digests")
+
+    def timeouts_for(self, group: str) -> Timeouts:
+        settings = self.group(group)
+        return settings.timeouts if settings and settings.timeouts else self.timeouts
 
     def group(self, name: str) -> GroupSettings | None:
         for g in self.groups:
@@ -173,6 +181,8 @@ _SCALARS: dict[str, type] = {
     "max_header_bytes": int,
     "client_header_timeout_s": float,
     "client_body_timeout_s": float,
+    "slow_client_timeout_s": float,
+    "upstream_ca_file": str,
     "tenant_requests_per_minute": int,
     "tenant_tokens_per_minute": int,
 }

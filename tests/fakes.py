@@ -22,6 +22,7 @@ class FakeNode:
     models: tuple[str, ...] = ("m-small",)
     chunks: int = 4
     chunk_delay_s: float = 0.0
+    pad: int = 0  # extra characters in each streamed token, to make big chunks
     mode: str = "ok"  # ok | error_500 | error_503 | die_mid_stream | hang | bad_request
     seen: list[dict[str, Any]] = field(default_factory=list)
     active: int = 0
@@ -97,7 +98,11 @@ class FakeNode:
                     "object": "chat.completion.chunk",
                     "model": body["model"],
                     "choices": [
-                        {"index": 0, "delta": {"content": f"t{i} "}, "finish_reason": None}
+                        {
+                            "index": 0,
+                            "delta": {"content": f"t{i} " + "x" * self.pad},
+                            "finish_reason": None,
+                        }
                     ],
                 }
                 await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
