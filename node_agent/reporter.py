@@ -69,7 +69,14 @@ class Reporter:
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
         self.links = [
-            RouterLink(url, settings.group, session, self._registration, settings.control_timeout_s)
+            RouterLink(
+                url,
+                settings.group,
+                session,
+                self._registration,
+                settings.control_timeout_s,
+                token=settings.router_token,
+            )
             for url in settings.router_urls
         ]
 

@@ -40,6 +40,7 @@ class RouterLink:
         session: aiohttp.ClientSession,
         registration: Callable[[], dict[str, Any]],
         timeout_s: float,
+        token: str | None = None,
     ) -> None:
         self.router_url = router_url
         self.node_id: str | None = None
@@ -48,6 +49,9 @@ class RouterLink:
         self._session = session
         self._registration = registration
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._headers = dict(JSON_HEADERS)
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
         self._report: LoadReport | None = None
         self._fresh = asyncio.Event()
         self._sending: asyncio.Task[None] | None = None
@@ -113,7 +117,7 @@ class RouterLink:
             async with self._session.post(
                 self._nodes_url,
                 data=orjson.dumps(body),
-                headers=JSON_HEADERS,
+                headers=self._headers,
                 timeout=self._timeout,
             ) as resp:
                 raw = await resp.read()
@@ -153,7 +157,7 @@ class RouterLink:
         data = None if body is None else orjson.dumps(body)
         try:
             async with self._session.request(
-                method, url, data=data, headers=JSON_HEADERS, timeout=self._timeout
+                method, url, data=data, headers=self._headers, timeout=self._timeout
             ) as resp:
                 await resp.read()
                 return resp.status

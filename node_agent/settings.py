@@ -24,6 +24,7 @@ SEED_ENV = {
     "inferencenode__backendurl": "backend_url",
     "inferencenode__groupname": "group",
     "inferencenode__routerurl": "router_urls",
+    "inferencenode__routertoken": "router_token",
 }
 _GROUP_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -47,6 +48,8 @@ class AgentSettings:
     # the same host on its metrics port 8002.
     backend_metrics_url: str | None = None
     router_urls: tuple[str, ...] = ()
+    # The router's registration token (sent as a bearer token when registering and reporting).
+    router_token: str | None = field(default=None, repr=False)
     group: str = "inference-cluster"
     name: str = field(default_factory=socket.gethostname)
     host: str = "0.0.0.0"
@@ -248,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="the backend's Prometheus URL (default: {backend-url}/metrics; Triton: port 8002)",
     )
     p.add_argument("--router-url", dest="router_urls", action="append", help="repeatable")
+    p.add_argument(
+        "--router-token", dest="router_token", help="registration token (better: an env var)"
+    )
     p.add_argument("--group")
     p.add_argument("--name")
     p.add_argument("--host")
