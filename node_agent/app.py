@@ -17,7 +17,17 @@ from dataclasses import dataclass
 import aiohttp
 from aiohttp import web
 
-from .appkeys import BACKEND, CONTROL_SESSION, GPUS, METRICS, PROXY, REPORTER, SETTINGS, STATS
+from .appkeys import (
+    BACKEND,
+    CONTROL_SESSION,
+    GPUS,
+    METRICS,
+    PROXY,
+    REPORTER,
+    RESOLVER,
+    SETTINGS,
+    STATS,
+)
 from .backends.detect import make_backend
 from .errors import error_middleware
 from .gpu import open_gpu_source
@@ -26,6 +36,7 @@ from .metrics import AgentMetrics
 from .native import add_native_routes
 from .proxy import BackendProxy
 from .reporter import Reporter
+from .router_directory import Resolver, dns_resolver
 from .settings import AgentSettings
 from .traffic import TrafficStats
 
@@ -105,7 +116,9 @@ async def _backend_and_gpus(app: web.Application) -> AsyncIterator[None]:
 
 async def _reporter(app: web.Application) -> AsyncIterator[None]:
     s = app[SETTINGS]
-    reporter = Reporter(s, app[CONTROL_SESSION], app[BACKEND], app[GPUS], app[STATS])
+    reporter = Reporter(
+        s, app[CONTROL_SESSION], app[BACKEND], app[GPUS], app[STATS], resolver=app[RESOLVER]
+    )
     app[REPORTER] = reporter
     # Reports are built from now on (for /status); registration waits for reporter.advertise(),
     # which serve() calls once the socket is bound and the port known.
@@ -138,10 +151,11 @@ def _forward_to(path: str) -> Callable[[web.Request], Awaitable[web.StreamRespon
     return forward
 
 
-def make_app(settings: AgentSettings) -> web.Application:
+def make_app(settings: AgentSettings, resolver: Resolver = dns_resolver) -> web.Application:
     """The agent application; nothing starts until it is run (resources live in cleanup_ctx)."""
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[error_middleware])
     app[SETTINGS] = settings
+    app[RESOLVER] = resolver
     stats = app[STATS] = TrafficStats()
     app[METRICS] = AgentMetrics(stats, lambda: app.get(REPORTER))
     app.cleanup_ctx.extend([_sessions, _backend_and_gpus, _reporter])
@@ -174,13 +188,15 @@ class RunningAgent:
 
 
 @asynccontextmanager
-async def serve(settings: AgentSettings) -> AsyncIterator[RunningAgent]:
+async def serve(
+    settings: AgentSettings, resolver: Resolver = dns_resolver
+) -> AsyncIterator[RunningAgent]:
     """Run the agent on ``settings.host``/``port`` (0 picks a free port) until the block exits.
 
     On exit it deregisters from every router first (so no new requests are sent), then stops
     accepting, lets in-flight requests finish within ``shutdown_timeout_s`` and cleans up.
     """
-    app = make_app(settings)
+    app = make_app(settings, resolver)
     runner = web.AppRunner(
         app,
         handler_cancellation=True,

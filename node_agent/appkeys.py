@@ -10,6 +10,7 @@ from .gpu import GpuSource
 from .metrics import AgentMetrics
 from .proxy import BackendProxy
 from .reporter import Reporter
+from .router_directory import Resolver
 from .settings import AgentSettings
 from .traffic import TrafficStats
 
@@ -21,3 +22,4 @@ PROXY = web.AppKey("proxy", BackendProxy)
 BACKEND = web.AppKey("backend", Backend)
 GPUS = web.AppKey("gpus", GpuSource)
 REPORTER = web.AppKey("reporter", Reporter)
+RESOLVER: web.AppKey[Resolver] = web.AppKey("resolver")

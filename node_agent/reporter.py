@@ -23,6 +23,7 @@ from router.wire import LoadReport, Registration
 
 from .backends.base import Backend
 from .gpu import GpuSource
+from .router_directory import Resolver, RouterDirectory, dns_resolver
 from .router_link import RouterLink
 from .settings import AgentSettings
 from .traffic import TokenRate, TrafficStats
@@ -55,6 +56,7 @@ class Reporter:
         backend: Backend,
         gpus: GpuSource,
         stats: TrafficStats,
+        resolver: Resolver = dns_resolver,
     ) -> None:
         self._settings = settings
         self._backend = backend
@@ -68,17 +70,43 @@ class Reporter:
         self._advertised = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
-        self.links = [
-            RouterLink(
-                url,
-                settings.group,
-                session,
-                self._registration,
-                settings.control_timeout_s,
-                token=settings.router_token,
-            )
-            for url in settings.router_urls
-        ]
+        self._session = session
+        self.draining = False
+        self._links: dict[str, RouterLink] = {}
+        self._link_tasks: dict[str, asyncio.Task[None]] = {}
+        for url in settings.router_urls:
+            self._add_link(url)
+        self._directory = (
+            RouterDirectory(settings.router_dns, resolver) if settings.router_dns else None
+        )
+
+    @property
+    def links(self) -> list[RouterLink]:
+        return list(self._links.values())
+
+    def _add_link(self, url: str) -> RouterLink:
+        s = self._settings
+        link = RouterLink(
+            url,
+            s.group,
+            self._session,
+            self._registration,
+            s.control_timeout_s,
+            token=s.router_token,
+            on_drain=self._told_to_drain,
+        )
+        self._links[url] = link
+        if self.latest is not None:
+            link.offer(self.latest)
+        return link
+
+    def _told_to_drain(self, draining: bool) -> None:
+        """A router replica said drain (or resume): tell every replica in the next report."""
+        if draining != self.draining:
+            log.info("node %s by an operator's request", "draining" if draining else "resumed")
+            self.draining = draining
+            if self.latest is not None:
+                self._publish(self.latest)
 
     def advertise(self, url: str) -> None:
         """The URL routers should send requests to; links start registering once it is set."""
@@ -134,7 +162,11 @@ class Reporter:
     def _publish(self, report: LoadReport) -> LoadReport:
         self._seq += 1
         report = dataclasses.replace(
-            report, seq=self._seq, sent_at=time.time(), in_flight=self._stats.in_flight
+            report,
+            seq=self._seq,
+            sent_at=time.time(),
+            in_flight=self._stats.in_flight,
+            draining=self.draining,
         )
         self.latest = report
         for link in self.links:
@@ -156,10 +188,27 @@ class Reporter:
     async def _run(self) -> None:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._collect_loop())
-            if self.links:
+            if self._links or self._directory is not None:
                 await self._advertised.wait()
-                for link in self.links:
-                    tasks.create_task(link.run())
+                for url, link in self._links.items():
+                    self._link_tasks[url] = tasks.create_task(link.run())
+                if self._directory is not None:
+                    tasks.create_task(self._follow_directory(self._directory, tasks))
+
+    async def _follow_directory(self, directory: RouterDirectory, tasks: asyncio.TaskGroup) -> None:
+        """Keep one link per router replica the DNS name resolves to."""
+        static = set(self._settings.router_urls)
+        while True:
+            urls = await directory.urls()
+            if urls is not None:
+                for url in urls - set(self._links):
+                    log.info("router replica %s found", url)
+                    self._link_tasks[url] = tasks.create_task(self._add_link(url).run())
+                for url in set(self._links) - urls - static:
+                    log.info("router replica %s is gone", url)
+                    self._links.pop(url)
+                    self._link_tasks.pop(url).cancel()
+            await asyncio.sleep(self._settings.router_dns_interval_s)
 
     async def _collect_loop(self) -> None:
         interval = self._settings.report_interval_s

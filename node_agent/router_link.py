@@ -41,7 +41,9 @@ class RouterLink:
         registration: Callable[[], dict[str, Any]],
         timeout_s: float,
         token: str | None = None,
+        on_drain: Callable[[bool], None] | None = None,
     ) -> None:
+        self._on_drain = on_drain
         self.router_url = router_url
         self.node_id: str | None = None
         self.failures = 0  # failed calls since start (observability and tests)
@@ -100,9 +102,11 @@ class RouterLink:
         if self.node_id is None:
             await self.register(report)
             return
-        status = await self._call(
+        status, raw = await self._call(
             "PUT", f"{self._nodes_url}/{self.node_id}/report", report.to_json()
         )
+        if status // 100 == 2:
+            self._heard(raw)
         if status == 404:
             log.info("router %s forgot node %s; registering again", self.router_url, self.node_id)
             self.node_id = None
@@ -133,6 +137,7 @@ class RouterLink:
         if not isinstance(node_id, str) or not node_id:
             raise LinkError("registration answer has no nodeId")
         self.node_id = node_id
+        self._heard(answer)
         log.info("registered with %s as node %s", self.router_url, node_id)
 
     async def deregister(self) -> None:
@@ -147,19 +152,29 @@ class RouterLink:
         if node_id is None:
             return
         try:
-            status = await self._call("DELETE", f"{self._nodes_url}/{node_id}", None)
+            status, _ = await self._call("DELETE", f"{self._nodes_url}/{node_id}", None)
         except LinkError as exc:
             log.warning("could not deregister from %s: %s", self.router_url, exc)
             return
         log.info("deregistered node %s from %s (%s)", node_id, self.router_url, status)
 
-    async def _call(self, method: str, url: str, body: dict[str, Any] | None) -> int:
+    def _heard(self, raw: bytes | dict[str, Any]) -> None:
+        """A router's answer may tell the node to drain or resume (an operator's action at that
+        replica); the agent then says so in its reports to every replica."""
+        try:
+            answer = orjson.loads(raw) if isinstance(raw, bytes) else raw
+        except orjson.JSONDecodeError:
+            return
+        drain = answer.get("drain") if isinstance(answer, dict) else None
+        if isinstance(drain, bool) and self._on_drain is not None:
+            self._on_drain(drain)
+
+    async def _call(self, method: str, url: str, body: dict[str, Any] | None) -> tuple[int, bytes]:
         data = None if body is None else orjson.dumps(body)
         try:
             async with self._session.request(
                 method, url, data=data, headers=self._headers, timeout=self._timeout
             ) as resp:
-                await resp.read()
-                return resp.status
+                return resp.status, await resp.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise LinkError(f"{method} failed: {exc!r}") from exc

@@ -48,6 +48,10 @@ class AgentSettings:
     # the same host on its metrics port 8002.
     backend_metrics_url: str | None = None
     router_urls: tuple[str, ...] = ()
+    # A DNS name standing for every router replica (e.g. a headless Service), as a URL:
+    # the agent registers with each address it resolves to, re-resolving periodically.
+    router_dns: str | None = None
+    router_dns_interval_s: float = 5.0
     # The router's registration token (sent as a bearer token when registering and reporting).
     router_token: str | None = field(default=None, repr=False)
     group: str = "inference-cluster"
@@ -136,6 +140,7 @@ _INT_FIELDS = frozenset({"port", "max_parallel", "max_body_bytes"})
 _FLOAT_FIELDS = frozenset(
     {
         "report_interval_s",
+        "router_dns_interval_s",
         "weight",
         "connect_timeout_s",
         "first_byte_timeout_s",
@@ -251,6 +256,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="the backend's Prometheus URL (default: {backend-url}/metrics; Triton: port 8002)",
     )
     p.add_argument("--router-url", dest="router_urls", action="append", help="repeatable")
+    p.add_argument(
+        "--router-dns", dest="router_dns", help="URL whose host name resolves to every replica"
+    )
+    p.add_argument("--router-dns-interval", dest="router_dns_interval_s", type=float)
     p.add_argument(
         "--router-token", dest="router_token", help="registration token (better: an env var)"
     )

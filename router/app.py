@@ -44,6 +44,7 @@ SCHEDULER = web.AppKey("scheduler", Scheduler)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 MONITOR_TASK = web.AppKey("monitor_task", asyncio.Task[None])
 STOPPING = web.AppKey("stopping", asyncio.Event)
+STARTED_AT = web.AppKey("started_at", float)
 log = logging.getLogger("router")
 
 
@@ -101,8 +102,17 @@ async def _health(request: web.Request) -> web.Response:
 
 
 async def _ready(request: web.Request) -> web.Response:
-    if request.app[STOPPING].is_set():
+    """Ready once the router can route: not stopping, and past its warm-up (a fresh replica
+    first waits a few report intervals so agents can find it and report)."""
+    app = request.app
+    if app[STOPPING].is_set():
         return web.json_response({"status": "stopping"}, status=503)
+    warmup_s = 2 * app[SETTINGS].report_interval_s
+    heard = any(
+        n.report is not None for g in app[REGISTRY].groups.values() for n in g.nodes.values()
+    )
+    if not heard and time.monotonic() - app[STARTED_AT] < warmup_s:
+        return web.json_response({"status": "warming up"}, status=503)
     return web.json_response({"status": "ok"})
 
 
@@ -136,6 +146,7 @@ def make_app(settings: RouterSettings) -> web.Application:
     app.router.add_get("/ready", _ready)
     app.router.add_get("/openapi.json", OpenApiDoc().handle)
     app[STOPPING] = asyncio.Event()
+    app[STARTED_AT] = time.monotonic()
     app.on_shutdown.append(_drain_streams)
     allowlist = HostAllowlist(settings.registration_allowlist)
     app.router.add_routes(GroupsApi(app[REGISTRY], time.monotonic, allowlist).routes())

@@ -161,6 +161,7 @@ class GroupsApi:
             "nodeId": node.node_id,
             "groupName": group_name,
             "status": node.state(self._registry.threshold).value,
+            "drain": node.draining,
         }
         return _json(body, status=201 if created else 200)
 
@@ -173,7 +174,12 @@ class GroupsApi:
         except WireError as exc:
             raise InvalidRequest(str(exc)) from exc
         self._registry.apply_report(node, report, self._clock())
-        return _json({"nodeId": node.node_id, "status": node.state(self._registry.threshold).value})
+        return _json(self._node_status(node))
+
+    def _node_status(self, node: Node) -> dict[str, Any]:
+        """What the agent learns from each answer: its state here, and whether to drain."""
+        state = node.state(self._registry.threshold).value
+        return {"nodeId": node.node_id, "status": state, "drain": node.draining}
 
     async def deregister(self, request: web.Request) -> web.Response:
         node = self._node(request)
@@ -183,11 +189,14 @@ class GroupsApi:
         return _json({"nodeId": node.node_id, "removed": True})
 
     async def drain(self, request: web.Request) -> web.Response:
-        node = self._node(request)
-        node.draining = True
-        return _json({"nodeId": node.node_id, "status": node.state(self._registry.threshold).value})
+        """No new requests for the node, here at once and, through its agent, at every replica."""
+        return _json(self._set_drain(self._node(request), True))
 
     async def resume(self, request: web.Request) -> web.Response:
-        node = self._node(request)
-        node.draining = False
-        return _json({"nodeId": node.node_id, "status": node.state(self._registry.threshold).value})
+        return _json(self._set_drain(self._node(request), False))
+
+    def _set_drain(self, node: Node, draining: bool) -> dict[str, Any]:
+        node.draining = draining
+        if not node.static:
+            node.drain_intent = draining
+        return self._node_status(node)

@@ -89,6 +89,7 @@ class Monitor:
             backend_health="ok" if healthy else "degraded",
             in_flight=node.in_flight,
             models=models,
+            draining=node.draining,
         )
         self._registry.apply_report(node, report, self._clock())
         node.report_received_at = None  # still agentless: keep polling it

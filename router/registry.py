@@ -53,6 +53,9 @@ class Node:
     failed_checks: int = 0
     ever_passed: bool = False
     draining: bool = False
+    # An operator's drain/resume at this replica that the agent has not echoed yet; the agent
+    # then puts it in its reports to every replica, so all of them agree.
+    drain_intent: bool | None = None
     in_flight: int = 0
     in_flight_by_model: dict[str, int] = field(default_factory=dict)
     served: int = 0
@@ -190,6 +193,10 @@ class Registry:
         node.report = report
         node.report_received_at = now
         node.own_at_report = node.in_flight
+        if node.drain_intent is None:
+            node.draining = report.draining
+        elif report.draining == node.drain_intent:
+            node.drain_intent = None
         if report.backend_health == "ok":
             node.check_passed()
         else:

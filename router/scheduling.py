@@ -53,6 +53,8 @@ POLICIES = (
     "power_of_two",
     "power_of_two_connections",
 )
+import os
+ADAPT = float(os.environ.get('ADAPT','0'))
 SLOT_AWARE = frozenset({"least_loaded", "power_of_two", "sticky"})
 DEFAULT_SLOTS = 4
 DEFAULT_TOK_S = 30.0  # per-stream decode speed assumed before any was measured
@@ -360,6 +362,8 @@ class Scheduler:
         room_ = room(t, policy in SLOT_AWARE)
         ok = np.flatnonzero((t.load < room_) & (t.cold_s < math.inf))
         if ok.size == 0:
+            if policy == "least_loaded" and ADAPT:
+                return self._overflow(t, limit)
             return ok
         limit = min(limit, ok.size)
         if policy == "least_loaded":
@@ -393,6 +397,19 @@ class Scheduler:
             top = np.argpartition(keyed, limit - 1)[:limit]
             return rows[top[np.argsort(keyed[top])]]
         return rows[np.argsort(keyed)]
+
+    def _overflow(self, t: CandidateTable, limit: int) -> IndexArray:
+        hard = np.flatnonzero(((t.cap <= 0) | (t.load < t.cap)) & (t.cold_s < math.inf))
+        if hard.size == 0:
+            return hard
+        service = service_s(t)
+        rate = float((np.minimum(t.own, t.slots) / service).sum())
+        best = self._best(scores(t, hard), hard, limit)
+        b = best[0]
+        wait = max(t.load[b] + 1.0 - t.slots[b], 0.0) / t.slots[b] * service[b]
+        if rate > 0 and wait < ADAPT / rate:
+            return best[:1]
+        return best[:0]
 
     def _hold_cold(
         self, t: CandidateTable, ok: IndexArray, room_: FloatArray, best: IndexArray

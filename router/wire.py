@@ -182,6 +182,7 @@ class LoadReport:
     queue_running: int | None = None
     kv_cache_usage: float | None = None
     output_tokens_per_s: float | None = None
+    draining: bool = False  # the node is being drained (told by any router replica)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -195,6 +196,7 @@ class LoadReport:
             "queueRunning": self.queue_running,
             "kvCacheUsage": self.kv_cache_usage,
             "outputTokensPerS": self.output_tokens_per_s,
+            "draining": self.draining,
             "gpus": [g.to_json() for g in self.gpus],
             "models": [m.to_json() for m in self.models],
         }
@@ -226,6 +228,7 @@ class LoadReport:
             queue_running=_opt(obj, "queueRunning", int, "report"),
             kv_cache_usage=_opt(obj, "kvCacheUsage", (int, float), "report"),
             output_tokens_per_s=_opt(obj, "outputTokensPerS", (int, float), "report"),
+            draining=bool(_opt(obj, "draining", bool, "report") or False),
             gpus=tuple(GpuReport.from_json(g) for g in gpus),
             models=tuple(ModelReport.from_json(m) for m in models),
         )

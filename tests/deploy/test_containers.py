@@ -331,8 +331,14 @@ class TestEntrypoints:
                 async with session.get(f"{running.url}/health") as resp:
                     assert resp.status == 200
                     assert (await resp.json())["status"] == "ok"
-                async with session.get(f"{running.url}/ready") as resp:
-                    assert resp.status == 200
+                # A fresh replica warms up (503) for a few report intervals, then is ready.
+                async with asyncio.timeout(5):
+                    while True:
+                        async with session.get(f"{running.url}/ready") as resp:
+                            if resp.status == 200:
+                                break
+                            assert (await resp.json())["status"] == "warming up"
+                        await asyncio.sleep(0.2)
             assert await healthcheck(image, clean_venv, running) == 0
             assert await stop(running) == 0
 
