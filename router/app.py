@@ -23,9 +23,10 @@ from router.auth import AUTH, Authenticator, HostAllowlist, auth_middleware
 from router.dashboard import ACTIVITY, Activity, DashboardApi
 from router.dispatch import DISPATCHER, Dispatcher
 from router.errors import error_middleware
+from router.fleet_metrics import FleetMetrics
 from router.groups_api import GroupsApi
 from router.limits import BodyLimits, TenantRateLimiter
-from router.metrics import METRICS, FleetCollector, RouterMetrics, metrics_handler
+from router.metrics import FLEET, METRICS, RouterMetrics, metrics_handler
 from router.monitor import Monitor
 from router.ollama_api import OllamaApi
 from router.openai_api import OpenAIApi
@@ -138,7 +139,7 @@ def make_app(settings: RouterSettings) -> web.Application:
     app[SCHEDULER] = Scheduler()
     prometheus = CollectorRegistry()
     app[METRICS] = RouterMetrics(prometheus)
-    prometheus.register(FleetCollector(app[REGISTRY]))
+    app[FLEET] = FleetMetrics(app[REGISTRY])
     app.router.add_get("/metrics", metrics_handler)
     app[ACTIVITY] = Activity()
     app.router.add_routes(DashboardApi(app[REGISTRY]).routes())

@@ -180,8 +180,10 @@ class Dispatcher:
                 if name != model:
                     node_names[node.node_id] = name
         if not candidates:
+            cooling = any(not n.breaker_allows(now) for n in serving.values())
+            reason = " (nodes are cooling down after errors)" if cooling else ""
             raise NoCapacity(
-                f"no healthy node serves model '{model}' right now",
+                f"no healthy node serves model '{model}' right now{reason}",
                 retry_after_s=self._settings.retry_after_s,
             )
         order = self._scheduler.order(group.policy, f"{group.name}/{model}", candidates)

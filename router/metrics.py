@@ -1,15 +1,13 @@
 """The router's Prometheus metrics, on a registry passed in (never the global one).
 
 Request metrics are observed once per request from its :class:`RequestRecord`. Node and GPU
-gauges are not kept up to date on the hot path: :class:`FleetCollector` reads them from the
-:class:`Registry` when Prometheus scrapes. Label values are bounded: models are those nodes
-report (unknown ones are ``other``), tenants are capped (the rest are ``other``).
+gauges are not kept up to date on the hot path: :class:`~router.fleet_metrics.FleetMetrics`
+reads them from the :class:`Registry` when Prometheus scrapes. Label values are bounded:
+models are those nodes report (unknown ones are ``other``), tenants are capped (the rest are
+``other``).
 """
 
 from __future__ import annotations
-
-import time
-from collections.abc import Callable, Iterator
 
 from aiohttp import web
 from prometheus_client import (
@@ -20,11 +18,9 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
 
+from router.fleet_metrics import FleetMetrics
 from router.records import RequestRecord
-from router.registry import NodeState, Registry
 
 # LLM latencies run from milliseconds (a cached answer) to minutes (a long generation).
 LATENCY_BUCKETS = (
@@ -151,76 +147,18 @@ class RouterMetrics:
             self.tenant_tokens.labels(tenant).inc(tokens)
 
 
-class FleetCollector(Collector):
-    """Node, GPU and model gauges read from the registry at scrape time."""
-
-    def __init__(self, registry: Registry, clock: Callable[[], float] = time.monotonic) -> None:
-        self._registry = registry
-        self._clock = clock
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        labels = ["group", "node"]
-        state = GaugeMetricFamily(
-            "router_node_state", "1 for the node's current state.", labels=[*labels, "state"]
-        )
-        slots = GaugeMetricFamily(
-            "router_node_slots_in_use",
-            "Requests this router has in flight on the node.",
-            labels=labels,
-        )
-        reported = GaugeMetricFamily(
-            "router_node_reported_in_flight",
-            "Requests in flight the agent last reported.",
-            labels=labels,
-        )
-        queue = GaugeMetricFamily(
-            "router_node_queue_waiting", "Requests waiting in the backend's queue.", labels=labels
-        )
-        age = GaugeMetricFamily(
-            "router_node_report_age_seconds", "Age of the node's last load report.", labels=labels
-        )
-        vram_total = GaugeMetricFamily(
-            "router_gpu_memory_total_bytes", "GPU memory.", labels=[*labels, "gpu", "gpu_name"]
-        )
-        vram_used = GaugeMetricFamily(
-            "router_gpu_memory_used_bytes",
-            "GPU memory in use.",
-            labels=[*labels, "gpu", "gpu_name"],
-        )
-        models = GaugeMetricFamily(
-            "router_node_model_loaded", "1 if the model is loaded on the node, else 0.",
-            labels=[*labels, "model"],
-        )  # fmt: skip
-        threshold = self._registry.threshold
-        now = self._clock()
-        for group in self._registry.groups.values():
-            for node in group.nodes.values():
-                ids = [group.name, node.name]
-                current = node.state(threshold)
-                for s in NodeState:
-                    state.add_metric([*ids, s.value], 1.0 if s is current else 0.0)
-                slots.add_metric(ids, node.in_flight)
-                if node.report_received_at is not None:
-                    age.add_metric(ids, now - node.report_received_at)
-                report = node.report
-                if report is None:
-                    continue
-                reported.add_metric(ids, report.in_flight)
-                if report.queue_waiting is not None:
-                    queue.add_metric(ids, report.queue_waiting)
-                for gpu in report.gpus:
-                    gpu_ids = [*ids, str(gpu.index), gpu.name]
-                    vram_total.add_metric(gpu_ids, gpu.memory_total_bytes)
-                    vram_used.add_metric(gpu_ids, gpu.memory_used_bytes)
-                for m in report.models:
-                    models.add_metric([*ids, m.id], 1.0 if m.loaded else 0.0)
-        yield from (state, slots, reported, queue, age, vram_total, vram_used, models)
-
-
 METRICS = web.AppKey("metrics", RouterMetrics)
+
+
+FLEET = web.AppKey("fleet", FleetMetrics)
+
+
+def render_metrics(app: web.Application) -> bytes:
+    """The whole ``/metrics`` text: request metrics, then the fleet's gauges."""
+    return generate_latest(app[METRICS].registry) + app[FLEET].render()
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
     """``GET /metrics`` in the Prometheus text format."""
-    body = generate_latest(request.app[METRICS].registry)
+    body = render_metrics(request.app)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -85,6 +85,9 @@ def snapshot(registry: Registry, activity: Activity, now: float) -> dict[str, An
                     "tokensPerS": report.output_tokens_per_s if report else None,
                     "backend": report.backend_kind if report else None,
                     "reportAgeS": None if age is None else round(age, 2),
+                    "backendHealth": report.backend_health if report else None,
+                    "failedChecks": node.failed_checks,
+                    "breakerOpen": not node.breaker_allows(now),
                     "gpus": [g.to_json() for g in report.gpus] if report else [],
                     "models": [
                         {"id": m.id, "loaded": m.loaded, "slots": m.max_parallel}
