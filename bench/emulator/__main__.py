@@ -1,6 +1,8 @@
 """``python -m bench.emulator``: run one emulated backend until SIGINT / SIGTERM.
 
 After binding it prints exactly one line, ``EMULATOR READY <url>``, to stdout for a launcher.
+Triton's metrics URL (its own port) goes to stderr as ``EMULATOR METRICS <url>`` and is in
+``GET /_emulator/state`` as ``metricsUrl``.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from .app import serve
 from .config import KINDS, EmulatorConfig
 
 
-def parse_args(argv: Sequence[str] | None = None) -> tuple[EmulatorConfig, str, int]:
-    """The emulator's settings and the address to bind; exits with usage on a bad flag."""
+def parse_args(argv: Sequence[str] | None = None) -> tuple[EmulatorConfig, str, int, int]:
+    """The emulator's settings, the host, port and metrics port to bind; exits with usage on a
+    bad flag."""
     p = argparse.ArgumentParser(prog="python -m bench.emulator", description=__doc__)
     p.add_argument("--kind", choices=KINDS, required=True)
     p.add_argument("--model", action="append", required=True, help="repeat for several models")
@@ -27,13 +30,27 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[EmulatorConfig, str, 
     p.add_argument("--tok-s", type=float, help="per-stream decode rate (default: class midpoint)")
     p.add_argument("--ttft-ms", type=float, default=50.0)
     p.add_argument("--slots", type=int, help="parallel requests per model (default: class)")
-    p.add_argument("--max-queue", type=int, help="default: 512 on ollama, unbounded on vllm")
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        help="ollama: waiting (default 512); tgi: in flight (default 128); vllm, triton: "
+        "waiting, per model on triton (default unbounded); not on lmstudio",
+    )
     p.add_argument("--load-time-scale", type=float, default=1.0)
-    p.add_argument("--keep-alive-s", type=float, default=300.0)
+    p.add_argument(
+        "--keep-alive-s",
+        type=float,
+        help="idle seconds before unload (ollama default 300, lmstudio JIT TTL 3600)",
+    )
+    p.add_argument("--no-jit", action="store_true", help="lmstudio: no loading on demand")
     p.add_argument("--preload", action="append", help="models loaded at start (default: all)")
     p.add_argument("--served-name", action="append", help="vllm --served-model-name")
+    p.add_argument("--context-length", type=int, default=8192)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0)
+    p.add_argument(
+        "--metrics-port", type=int, default=0, help="triton's metrics server (0: a free port)"
+    )
     p.add_argument("--log-level", default="WARNING")
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr)
@@ -49,20 +66,26 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[EmulatorConfig, str, 
             max_queue=args.max_queue,
             load_time_scale=args.load_time_scale,
             keep_alive_s=args.keep_alive_s,
+            jit=not args.no_jit,
             preload=tuple(args.preload) if args.preload else None,
             served_names=tuple(args.served_name or ()),
+            context_length=args.context_length,
         )
     except ValueError as exc:
         p.error(str(exc))
-    return config, args.host, args.port
+    if args.metrics_port and config.kind != "triton":
+        p.error("--metrics-port is a triton option (other backends serve /metrics on --port)")
+    return config, args.host, args.port, args.metrics_port
 
 
-async def run(config: EmulatorConfig, host: str, port: int) -> None:
+async def run(config: EmulatorConfig, host: str, port: int, metrics_port: int = 0) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with serve(config, host, port) as running:
+    async with serve(config, host, port, metrics_port=metrics_port) as running:
+        if config.kind == "triton":
+            print(f"EMULATOR METRICS {running.metrics_url}", file=sys.stderr, flush=True)
         print(f"EMULATOR READY {running.url}", flush=True)
         await stop.wait()
 
@@ -76,9 +99,9 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    config, host, port = parse_args(argv)
+    config, host, port, metrics_port = parse_args(argv)
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(run(config, host, port))
+        runner.run(run(config, host, port, metrics_port))
 
 
 if __name__ == "__main__":

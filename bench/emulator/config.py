@@ -7,21 +7,31 @@ from pathlib import Path
 
 from .capacity import DEFAULT_CAPACITY_FILE, ModelSpec, load_capacity
 from .gpus import gib_to_bytes, per_gpu_bytes, place
+from .policy import BackendPolicy
 
-KINDS = ("vllm", "ollama")
-DEFAULT_VERSIONS = {"vllm": "0.11.0", "ollama": "0.12.6"}
-# Ollama's OLLAMA_MAX_QUEUE default; vLLM queues without bound unless a cap is asked for.
-OLLAMA_DEFAULT_MAX_QUEUE = 512
+KINDS = ("ollama", "vllm", "tgi", "triton", "lmstudio")
+DEFAULT_VERSIONS = {
+    "vllm": "0.11.0",
+    "ollama": "0.12.6",
+    "tgi": "3.3.6",
+    "triton": "2.59.0",
+    "lmstudio": "0.4.2",
+}
+SINGLE_MODEL_KINDS = ("vllm", "tgi")  # one model per server process
 
 
 @dataclass(frozen=True, slots=True)
 class EmulatorConfig:
     """What the emulated box runs and how fast.
 
-    ``max_queue`` None means the backend's own default: 512 for Ollama, unbounded for vLLM (a
-    number on vLLM emulates ``--max-num-queued-reqs``). ``keep_alive_s`` below zero keeps
-    models loaded forever (Ollama's rule). ``served_names`` (vLLM only) are the names the model
-    is served under, as ``--served-model-name``; empty means the model name itself.
+    ``max_queue`` None means the backend's own default: 512 waiting on Ollama, 128 in flight on
+    TGI (``--max-concurrent-requests``), unbounded on vLLM (a number emulates
+    ``--max-num-queued-reqs``) and on Triton (a number is each model's ``max_queue_size``); LM
+    Studio has no overload answer, so it takes none. ``keep_alive_s`` None means the backend's
+    default idle time before unload (Ollama 5 min, LM Studio's JIT TTL 60 min); below zero keeps
+    models loaded forever. ``jit`` (LM Studio) loads models on demand. ``served_names`` (vLLM
+    only) are the names the model is served under, as ``--served-model-name``.
+    ``preload`` None loads every model that fits at start (Triton ``--load-model=*``).
     """
 
     kind: str
@@ -33,7 +43,8 @@ class EmulatorConfig:
     slots: int | None = None
     max_queue: int | None = None
     load_time_scale: float = 1.0
-    keep_alive_s: float = 300.0
+    keep_alive_s: float | None = None
+    jit: bool = True
     preload: tuple[str, ...] | None = None
     version: str | None = None
     served_names: tuple[str, ...] = ()
@@ -42,9 +53,19 @@ class EmulatorConfig:
     # Derived in __post_init__.
     specs: tuple[ModelSpec, ...] = field(init=False, repr=False, compare=False)
     start_loaded: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    policy: BackendPolicy = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self._check_scalars()
+        policy = BackendPolicy.for_kind(
+            self.kind,
+            models=len(self.models),
+            gpus=len(self.gpu_memory_gb),
+            keep_alive_s=self.keep_alive_s,
+            max_queue=self.max_queue,
+            jit=self.jit,
+        )
+        object.__setattr__(self, "policy", policy)
         table = load_capacity(self.capacity_file)
         unknown = [m for m in self.models if m not in table]
         if unknown:
@@ -73,10 +94,18 @@ class EmulatorConfig:
             raise ValueError("at least one model is required")
         if len(set(self.models)) != len(self.models):
             raise ValueError("models must not repeat")
-        if self.kind == "vllm" and len(self.models) != 1:
-            raise ValueError(f"vllm serves exactly one model per process, got {len(self.models)}")
+        if self.kind in SINGLE_MODEL_KINDS and len(self.models) != 1:
+            raise ValueError(
+                f"{self.kind} serves exactly one model per process, got {len(self.models)}"
+            )
         if self.kind != "vllm" and self.served_names:
             raise ValueError("served_names is a vllm option")
+        if self.kind != "lmstudio" and not self.jit:
+            raise ValueError("jit is an lmstudio option")
+        if self.kind == "lmstudio" and self.max_queue is not None:
+            raise ValueError("lmstudio has no request queue limit (max_queue must be None)")
+        if self.kind == "triton" and any("/" in m for m in self.models):
+            raise ValueError("triton model names are repository folder names: no '/'")
         if not self.gpu_memory_gb or any(g <= 0 for g in self.gpu_memory_gb):
             raise ValueError("gpu_memory_gb must list at least one positive size")
         if self.tok_s is not None and self.tok_s <= 0:
@@ -91,7 +120,7 @@ class EmulatorConfig:
             raise ValueError("context_length must be positive")
 
     def _resolve_preload(self, specs: tuple[ModelSpec, ...], totals: list[int]) -> tuple[str, ...]:
-        if self.kind == "vllm":
+        if self.kind in SINGLE_MODEL_KINDS:
             return self.models
         if self.preload is not None:
             missing = [m for m in self.preload if m not in self.models]
@@ -101,7 +130,7 @@ class EmulatorConfig:
         for spec in specs:
             if self.preload is not None and spec.name not in self.preload:
                 continue
-            if len(chosen) >= self.max_loaded:
+            if len(chosen) >= self.policy.max_loaded:
                 break
             where = place(free, spec)
             if where is None:
@@ -115,15 +144,8 @@ class EmulatorConfig:
 
     @property
     def queue_limit(self) -> int | None:
-        """Most requests that may wait at once; None is unbounded."""
-        if self.max_queue is None and self.kind == "ollama":
-            return OLLAMA_DEFAULT_MAX_QUEUE
-        return self.max_queue
-
-    @property
-    def max_loaded(self) -> int:
-        """Most models resident at once (Ollama's default: three per GPU)."""
-        return len(self.models) if self.kind == "vllm" else 3 * len(self.gpu_memory_gb)
+        """Most requests that may wait (or, on TGI, be in flight) at once; None is unbounded."""
+        return self.policy.queue_limit
 
     @property
     def names(self) -> tuple[str, ...]:

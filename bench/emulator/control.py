@@ -2,7 +2,8 @@
 
 ``GET /_emulator/gpus`` is the GPU source a node agent reads in "emulated" mode;
 ``GET /_emulator/requests`` lets tests see what reached the backend (headers included);
-``POST /_emulator/faults`` injects a fault; ``GET /_emulator/state`` shows models and queues.
+``POST /_emulator/faults`` injects a fault; ``GET /_emulator/state`` shows models, queues and
+where the emulator listens (``metricsUrl``). They answer the same on every face.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from .appkeys import ENGINE, JOURNAL, JOURNAL_ENTRY
+from .appkeys import ENDPOINTS, ENGINE, JOURNAL, JOURNAL_ENTRY
 from .faults import Fault
 from .streaming import json_response
 
@@ -75,7 +76,11 @@ async def set_fault(request: web.Request) -> web.Response:
 
 
 async def state(request: web.Request) -> web.Response:
-    return json_response(request.app[ENGINE].snapshot())
+    """The engine's snapshot plus where the emulator listens (``metricsUrl``: the Prometheus
+    endpoint, on its own port for Triton; null for backends without one)."""
+    endpoints = request.app[ENDPOINTS]
+    where = {"url": endpoints.url, "metricsUrl": endpoints.metrics_url}
+    return json_response({**request.app[ENGINE].snapshot(), **where})
 
 
 def add_routes(app: web.Application) -> None:

@@ -5,7 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-FAULT_MODES = ("none", "error_500", "hang", "die_mid_stream", "slow", "garbage")
+FAULT_MODES = (
+    "none",
+    "error_500",
+    "hang",
+    "die_mid_stream",
+    "error_mid_stream",
+    "slow",
+    "garbage",
+)
+FAULT_MESSAGE = "emulated fault: the backend failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -13,7 +22,8 @@ class Fault:
     """The active fault.
 
     ``factor`` scales every token delay (first token included) in ``slow`` mode; ``after`` is how
-    many tokens ``die_mid_stream`` sends before it aborts the connection.
+    many tokens ``die_mid_stream`` sends before it aborts the connection, and
+    ``error_mid_stream`` before it ends the stream with the face's in-stream error event.
     """
 
     mode: str = "none"
@@ -27,6 +37,10 @@ class Fault:
             raise ValueError("factor must be positive")
         if self.after < 0:
             raise ValueError("after must not be negative")
+
+    def cut_after(self) -> int | None:
+        """Tokens sent before a mid-stream fault strikes; None when none is set."""
+        return self.after if self.mode in ("die_mid_stream", "error_mid_stream") else None
 
     @property
     def delay_factor(self) -> float:

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import re
 import time
 from collections.abc import Iterable
 from typing import Any
 
 from .capacity import ModelSpec
-from .engine import ModelState
+from .catalog import QUANTIZATION, facts
 from .gotime import FOREVER_S, rfc3339
-
-DISK_SHARE = 0.6  # a Q4 GGUF file is about 60% of the VRAM the class reserves
+from .residency import ModelState
 
 
 def display_name(name: str) -> str:
@@ -33,20 +31,14 @@ def owner(name: str) -> str:
 
 
 def _details(spec: ModelSpec) -> dict[str, Any]:
-    base = spec.name.rsplit("/", 1)[-1].lower()
-    family = re.match(r"[a-z]*", base)
-    size = re.search(r"(\d+(?:\.\d+)?)b", base.split(":")[-1]) or re.search(
-        r"(\d+(?:\.\d+)?)b", base
-    )
-    param = f"{float(size.group(1)):.1f}B" if size else spec.cls.name.upper()
-    fam = (family.group(0) if family else "") or "llama"
+    about = facts(spec)
     return {
         "parent_model": "",
         "format": "gguf",
-        "family": fam,
-        "families": [fam],
-        "parameter_size": param,
-        "quantization_level": "Q4_K_M",
+        "family": about.family,
+        "families": [about.family],
+        "parameter_size": about.parameter_size,
+        "quantization_level": QUANTIZATION,
     }
 
 
@@ -60,7 +52,7 @@ def tag_entry(spec: ModelSpec, modified_unix: float) -> dict[str, Any]:
         "name": name,
         "model": name,
         "modified_at": rfc3339(modified_unix),
-        "size": int(spec.cls.vram_bytes * DISK_SHARE),
+        "size": facts(spec).disk_bytes,
         "digest": _digest(spec.name),
         "details": _details(spec),
     }

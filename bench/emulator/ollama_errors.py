@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
+from .errors import FaceError, face_middleware
 from .streaming import json_response
 
 GIN_JSON = "application/json; charset=utf-8"
@@ -15,12 +15,11 @@ _GIN_TEXT = {"Content-Type": "text/plain"}
 _OPENAI_TYPES = {400: "invalid_request_error", 404: "not_found_error"}
 
 
-class OllamaError(Exception):
-    """An error Ollama answers with ``status``; :func:`middleware` picks the shape."""
+class OllamaError(FaceError):
+    """An error Ollama answers with ``status``; :data:`middleware` picks the shape."""
 
     def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status, self.message = status, message
+        super().__init__(status, message)
 
 
 def native_error(status: int, message: str) -> web.Response:
@@ -49,13 +48,14 @@ def go_json_error(raw: bytes, pos: int) -> str:
     return f"invalid character '{text[pos]}' looking for beginning of value"
 
 
-@web.middleware
-async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except OllamaError as exc:
-        return error_for(request, exc.status, exc.message)
-    except web.HTTPNotFound:
-        return web.Response(status=404, body=b"404 page not found", headers=_GIN_TEXT)
-    except web.HTTPMethodNotAllowed:
-        return web.Response(status=405, body=b"405 method not allowed", headers=_GIN_TEXT)
+def _render(request: web.Request, exc: FaceError) -> web.Response:
+    return error_for(request, exc.status, exc.message)
+
+
+def _unmatched(_request: web.Request, status: int) -> web.Response:
+    """gin's plain-text answers for unknown routes and wrong methods."""
+    body = b"404 page not found" if status == 404 else b"405 method not allowed"
+    return web.Response(status=status, body=body, headers=_GIN_TEXT)
+
+
+middleware = face_middleware(_render, _unmatched)

@@ -10,40 +10,36 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import orjson
 from aiohttp import web
 
 from .appkeys import CONFIG, ENGINE
-from .control import note
-from .engine import EngineBusy, Job
+from .engine import EngineBusy
+from .errors import FaceError
 from .gotime import keep_alive_seconds, rfc3339
+from .job import Job
 from .ollama_catalog import ps_entries, resolve, tag_entry
-from .ollama_errors import BUSY_MESSAGE, GIN_JSON, OllamaError, go_json_error, native_error
+from .ollama_errors import BUSY_MESSAGE, GIN_JSON, OllamaError, go_json_error
 from .openai_fields import FieldError, embedding_inputs, message_prompt_tokens
-from .streaming import StreamFormat, collect, injected_fault, json_response, ndjson, relay
+from .request_body import json_object
+from .streaming import StreamFormat, injected_fault, json_response, ndjson, respond
 from .tokens import embedding, prompt_tokens, token_id
 
 NDJSON_CONTENT_TYPE = "application/x-ndjson"
 
 
-async def read_body(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
-    if not raw.strip():
-        raise OllamaError(400, "missing request body")
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise OllamaError(400, go_json_error(raw, exc.pos)) from exc
-    if not isinstance(body, dict):
-        raise OllamaError(400, "json: cannot unmarshal into Go value of type api request")
-    model = body.get("model")
-    stream = body.get("stream")
-    note(
+async def read_body(request: web.Request, api: str = "api") -> dict[str, Any]:
+    """The body in Go's words; the native API (``api``) refuses an empty body, streams by
+    default and says ``api request``, the OpenAI face says ``openai request``."""
+    native = api == "api"
+    return await json_object(
         request,
-        model if isinstance(model, str) else None,
-        stream if isinstance(stream, bool) else None,
+        lambda raw, exc: OllamaError(400, go_json_error(raw, exc.pos)),
+        lambda _raw: OllamaError(
+            400, f"json: cannot unmarshal into Go value of type {api} request"
+        ),
+        empty=OllamaError(400, "missing request body") if native else None,
+        stream_default=None if native else False,
     )
-    return body
 
 
 def served_model(request: web.Request, body: dict[str, Any]) -> str:
@@ -119,7 +115,7 @@ def _stream(body: dict[str, Any]) -> bool:
 async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
     engine = request.app[ENGINE]
     body = await read_body(request)
-    if (faulted := await injected_fault(engine, native_error)) is not None:
+    if (faulted := await injected_fault(engine)) is not None:
         return faulted
     name = served_model(request, body)
     requested: str = body["model"]
@@ -159,17 +155,24 @@ async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
                 extra["context"] = ids
             return reply(text, **extra, **timings(job))
 
-        if stream:
-            fmt = StreamFormat(
-                NDJSON_CONTENT_TYPE,
-                token=lambda _i, text, _last: ndjson(reply(text, done=False)),
-                tail=lambda: [ndjson(final(""))],
-            )
-            return await relay(request, job, fmt)
-        text = await collect(request, job, GIN_JSON)
-        if isinstance(text, web.StreamResponse):
-            return text
-        return json_response(final(text), 200, GIN_JSON)
+        fmt = StreamFormat(
+            NDJSON_CONTENT_TYPE,
+            token=lambda _i, text, _last: ndjson(reply(text, done=False)),
+            tail=lambda: [ndjson(final(""))],
+            error=_stream_error,
+        )
+        return await respond(
+            request,
+            job,
+            fmt if stream else None,
+            lambda text: json_response(final(text), 200, GIN_JSON),
+            GIN_JSON,
+        )
+
+
+def _stream_error(exc: FaceError) -> list[bytes]:
+    """Once the NDJSON stream has begun, an error is its last line."""
+    return [ndjson({"error": exc.message})]
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
@@ -184,18 +187,15 @@ async def run_embedding(
     request: web.Request, name: str, texts: list[str], keep_alive: float | None
 ) -> tuple[list[list[float]], Job]:
     """Load the model, take a slot for the prefill, and return one vector per text."""
-    prompt = prompt_tokens(texts)
-    async with admit(request, name, prompt, 0, keep_alive) as job:
-        await job.ready()
-        async for _ in job.tokens():
-            pass
+    async with admit(request, name, prompt_tokens(texts), 0, keep_alive) as job:
+        await job.run_to_end()
     return [embedding(t) for t in texts], job
 
 
 async def embed(request: web.Request) -> web.StreamResponse:
     engine = request.app[ENGINE]
     body = await read_body(request)
-    if (faulted := await injected_fault(engine, native_error)) is not None:
+    if (faulted := await injected_fault(engine)) is not None:
         return faulted
     name = served_model(request, body)
     if not body.get("input"):

@@ -9,58 +9,32 @@ finish chunk has an empty delta, and errors are wrapped with ``param``/``code`` 
 from __future__ import annotations
 
 import random
-import time
-from collections.abc import Iterable
 from typing import Any
 
-import orjson
 from aiohttp import web
 
 from .appkeys import CONFIG, ENGINE
-from .control import note
-from .engine import Job
 from .ollama_catalog import openai_model, resolve
-from .ollama_errors import OllamaError, error_for, go_json_error, openai_error
-from .ollama_face import admit, run_embedding, served_model
+from .ollama_errors import OllamaError, openai_error
+from .ollama_face import admit, read_body, run_embedding, served_model
 from .openai_fields import (
     FieldError,
-    completion_prompt_tokens,
     embedding_inputs,
-    message_prompt_tokens,
-    optional_int,
-    wants_stream,
-    wants_usage,
+    read_generation,
 )
-from .streaming import SSE_DONE, StreamFormat, collect, injected_fault, json_response, relay, sse
+from .openai_reply import OpenAIReply
+from .streaming import injected_fault, json_response, respond
 
 SSE_CONTENT_TYPE = "text/event-stream"
 FINGERPRINT = "fp_ollama"
 
 
 async def _read_body(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise OllamaError(400, go_json_error(raw, exc.pos)) from exc
-    if not isinstance(body, dict):
-        raise OllamaError(400, "json: cannot unmarshal into Go value of type openai request")
-    model = body.get("model")
-    note(request, model if isinstance(model, str) else None, body.get("stream") is True)
-    return body
+    return await read_body(request, "openai")
 
 
 async def _fault(request: web.Request) -> web.Response | None:
-    return await injected_fault(request.app[ENGINE], lambda s, m: error_for(request, s, m))
-
-
-def _usage(job: Job) -> dict[str, int]:
-    total = job.prompt_tokens + job.generated
-    return {
-        "prompt_tokens": job.prompt_tokens,
-        "completion_tokens": job.generated,
-        "total_tokens": total,
-    }
+    return await injected_fault(request.app[ENGINE])
 
 
 async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
@@ -71,63 +45,24 @@ async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
         return faulted
     name = served_model(request, body)
     try:
-        if chat:
-            prompt = message_prompt_tokens(body["messages"])
-        elif isinstance(body.get("prompt"), str):
-            prompt = completion_prompt_tokens(body["prompt"])
-        else:
-            raise FieldError("prompt", "prompt must be a string")
-        max_tokens = optional_int(body, "max_tokens")
-        stream = wants_stream(body)
+        ask = read_generation(body, chat, text_prompt=True)
     except FieldError as exc:
         raise OllamaError(400, str(exc)) from exc
-    rid = f"chatcmpl-{random.randrange(999)}" if chat else f"cmpl-{random.randrange(999)}"
-    kind = "chat.completion" if chat else "text_completion"
-    created = int(time.time())
+    reply = OpenAIReply(
+        chat=chat,
+        rid=f"{'chatcmpl' if chat else 'cmpl'}-{random.randrange(999)}",
+        model=body["model"],
+        fingerprint=FINGERPRINT,
+        logprobs=False,
+        created_on_first_token=True,
+    )
+    async with admit(request, name, ask.prompt_tokens, ask.max_tokens, None) as job:
 
-    def envelope(choices: list[dict[str, Any]], suffix: str = ".chunk") -> dict[str, Any]:
-        obj = kind + suffix if chat else kind
-        return {
-            "id": rid,
-            "object": obj,
-            "created": created,
-            "model": body["model"],
-            "system_fingerprint": FINGERPRINT,
-            "choices": choices,
-        }
+        def full(text: str) -> web.Response:
+            return json_response(reply.body(job, text), newline=True)  # Go's encoder adds "\n"
 
-    def choice(text: str | None, finish: str | None) -> dict[str, Any]:
-        if not chat:
-            return {"text": text or "", "index": 0, "finish_reason": finish}
-        delta = {} if text is None else {"role": "assistant", "content": text}
-        return {"index": 0, "delta": delta, "finish_reason": finish}
-
-    async with admit(request, name, prompt, max_tokens, None) as job:
-        if stream:
-
-            def token(index: int, text: str, _last: bool) -> bytes:
-                nonlocal created
-                if index == 0:
-                    created = int(time.time())
-                return sse(envelope([choice(text, None)]))
-
-            def tail() -> Iterable[bytes]:
-                yield sse(envelope([choice(None, job.finish_reason)]))
-                if wants_usage(body):
-                    yield sse({**envelope([]), "usage": _usage(job)})
-                yield SSE_DONE
-
-            return await relay(request, job, StreamFormat(SSE_CONTENT_TYPE, token, tail=tail))
-        text = await collect(request, job, "application/json")
-        if isinstance(text, web.StreamResponse):
-            return text
-        if chat:
-            done = {"index": 0, "message": {"role": "assistant", "content": text}}
-            done["finish_reason"] = job.finish_reason
-        else:
-            done = choice(text, job.finish_reason)
-        answer = {**envelope([done], suffix=""), "usage": _usage(job)}
-        return json_response(answer, newline=True)
+        fmt = reply.stream_format(job, SSE_CONTENT_TYPE, ask.usage) if ask.stream else None
+        return await respond(request, job, fmt, full)
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:

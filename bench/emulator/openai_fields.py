@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
+from .job import Job
 from .tokens import prompt_tokens
 
 
@@ -75,3 +77,47 @@ def wants_stream(body: dict[str, Any]) -> bool:
 def wants_usage(body: dict[str, Any]) -> bool:
     options = body.get("stream_options")
     return isinstance(options, dict) and bool(options.get("include_usage"))
+
+
+def usage_for(prompt: int, completion: int) -> dict[str, int]:
+    """OpenAI's ``usage``: prompt, completion and total tokens."""
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+def usage_of(job: Job) -> dict[str, int]:
+    return usage_for(job.prompt_tokens, job.generated)
+
+
+@dataclass(frozen=True, slots=True)
+class Generation:
+    """What an OpenAI-style generation body asks for."""
+
+    prompt_tokens: int
+    max_tokens: int | None
+    stream: bool
+    usage: bool
+
+
+def read_generation(
+    body: dict[str, Any],
+    chat: bool,
+    text_prompt: bool = False,
+    max_keys: tuple[str, ...] = ("max_tokens",),
+) -> Generation:
+    """Prompt size, output cap (the first of ``max_keys`` present), stream and usage flags;
+    ``text_prompt``: a completions ``prompt`` must be one string. Raises :class:`FieldError`."""
+    if chat:
+        prompt = message_prompt_tokens(body.get("messages"))
+    elif text_prompt and not isinstance(body.get("prompt"), str):
+        raise FieldError("prompt", "prompt must be a string")
+    else:
+        prompt = completion_prompt_tokens(body.get("prompt"))
+    max_tokens = None
+    for key in max_keys:
+        if (max_tokens := optional_int(body, key)) is not None:
+            break
+    return Generation(prompt, max_tokens, wants_stream(body), wants_usage(body))

@@ -14,59 +14,57 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from aiohttp import web
-from aiohttp.typedefs import Handler
 from prometheus_client.exposition import choose_encoder
 
 from .appkeys import CONFIG, ENGINE, METRICS
-from .control import note
-from .engine import EngineBusy, Job
+from .engine import Engine, EngineBusy
+from .errors import FaceError, face_middleware
+from .job import Job
 from .openai_fields import (
     FieldError,
-    completion_prompt_tokens,
-    message_prompt_tokens,
-    optional_int,
-    wants_stream,
-    wants_usage,
+    read_generation,
 )
-from .streaming import SSE_DONE, StreamFormat, collect, injected_fault, json_response, relay, sse
+from .request_body import json_object
+from .streaming import SSE_DONE, StreamFormat, injected_fault, json_response, respond, sse
+from .vllm_metrics import vllm_registry
 
 SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"
 
 
-class VllmError(Exception):
-    """An error vLLM answers in its envelope; mapped to a response by :func:`middleware`."""
+class VllmError(FaceError):
+    """An error vLLM answers in its envelope (``type`` is ``kind``)."""
 
     def __init__(self, status: int, message: str, kind: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.kind, self.param = status, message, kind, param
+        super().__init__(status, message, kind, param)
 
-    def response(self) -> web.Response:
-        error = {"message": self.message, "type": self.kind, "param": self.param}
-        return json_response({"error": {**error, "code": self.status}}, self.status)
+
+def _envelope(exc: FaceError) -> dict[str, Any]:
+    """vLLM's error body: an integer ``code`` (the HTTP status)."""
+    kind = exc.kind or ("InternalServerError" if exc.status >= 500 else "BadRequestError")
+    return {"error": {"message": exc.message, "type": kind, "param": exc.param, "code": exc.status}}
+
+
+def _render(_request: web.Request, exc: FaceError) -> web.Response:
+    return json_response(_envelope(exc), exc.status)
+
+
+def _unmatched(_request: web.Request, status: int) -> web.Response:
+    """FastAPI's ``{"detail"}`` for unknown routes and wrong methods."""
+    return json_response({"detail": "Not Found" if status == 404 else "Method Not Allowed"}, status)
+
+
+def _stream_error(exc: FaceError) -> Iterable[bytes]:
+    """An error once streaming has begun: the envelope as an event, then ``[DONE]``."""
+    return (sse(_envelope(exc)), SSE_DONE)
+
+
+middleware = face_middleware(_render, _unmatched)
 
 
 def _schema_error(kind: str, field: str, msg: str) -> VllmError:
     """FastAPI's request-validation error, as vLLM's handler words it."""
     return VllmError(400, str([{"type": kind, "loc": ("body", field), "msg": msg}]), "Bad Request")
-
-
-def _fault_error(status: int, message: str) -> web.Response:
-    return VllmError(status, message, "InternalServerError").response()
-
-
-@web.middleware
-async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """vLLM's error shapes: its envelope, and FastAPI's ``{"detail"}`` for unknown routes."""
-    try:
-        return await handler(request)
-    except VllmError as exc:
-        return exc.response()
-    except web.HTTPNotFound:
-        return json_response({"detail": "Not Found"}, 404)
-    except web.HTTPMethodNotAllowed:
-        return json_response({"detail": "Method Not Allowed"}, 405)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,16 +79,13 @@ class _Ask:
 
 
 async def _read_body(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise _schema_error("json_invalid", "0", f"JSON decode error: {exc}") from exc
-    if not isinstance(body, dict):
-        raise _schema_error("model_attributes_type", "0", "Input should be a valid dictionary")
-    model = body.get("model")
-    note(request, model if isinstance(model, str) else None, body.get("stream") is True)
-    return body
+    return await json_object(
+        request,
+        lambda _raw, exc: _schema_error("json_invalid", "0", f"JSON decode error: {exc}"),
+        lambda _raw: _schema_error(
+            "model_attributes_type", "0", "Input should be a valid dictionary"
+        ),
+    )
 
 
 def _parse(request: web.Request, body: dict[str, Any], prompt_field: str) -> _Ask:
@@ -101,16 +96,12 @@ def _parse(request: web.Request, body: dict[str, Any], prompt_field: str) -> _As
     try:
         if prompt_field not in body:
             raise FieldError(prompt_field, "Field required")
-        if prompt_field == "messages":
-            prompt = message_prompt_tokens(body["messages"])
-        else:
-            prompt = completion_prompt_tokens(body["prompt"])
-        max_tokens = optional_int(body, "max_completion_tokens")
-        if max_tokens is None:
-            max_tokens = optional_int(body, "max_tokens")
-        stream = wants_stream(body)
+        ask = read_generation(
+            body, prompt_field == "messages", max_keys=("max_completion_tokens", "max_tokens")
+        )
     except FieldError as exc:
         raise _schema_error("value_error", exc.field, str(exc)) from exc
+    prompt, max_tokens = ask.prompt_tokens, ask.max_tokens
     if max_tokens is not None and max_tokens < 1:
         raise VllmError(400, f"max_tokens must be at least 1, got {max_tokens}.", "BadRequestError")
     limit = config.context_length
@@ -123,7 +114,7 @@ def _parse(request: web.Request, body: dict[str, Any], prompt_field: str) -> _As
             "BadRequestError",
         )
     served = model if isinstance(model, str) else config.names[0]
-    return _Ask(served, prompt, max_tokens, stream, wants_usage(body))
+    return _Ask(served, prompt, max_tokens, ask.stream, ask.usage)
 
 
 def _admit(request: web.Request, ask: _Ask) -> Job:
@@ -191,7 +182,9 @@ class _Reply:
                 yield sse({**self.envelope([], chunk=True), "usage": _usage(job)})
             yield SSE_DONE
 
-        return StreamFormat(SSE_CONTENT_TYPE, token, head, tail, early_headers=True)
+        return StreamFormat(
+            SSE_CONTENT_TYPE, token, head, tail, error=_stream_error, early_headers=True
+        )
 
     def full(self, job: Job, text: str) -> dict[str, Any]:
         choice: dict[str, Any] = {"index": 0}
@@ -224,19 +217,15 @@ class _Reply:
 async def _generate(request: web.Request, prompt_field: str) -> web.StreamResponse:
     engine = request.app[ENGINE]
     body = await _read_body(request)
-    if (faulted := await injected_fault(engine, _fault_error)) is not None:
+    if (faulted := await injected_fault(engine)) is not None:
         return faulted
     ask = _parse(request, body, prompt_field)
     chat = prompt_field == "messages"
     rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
     reply = _Reply(chat, ask.served, rid, int(time.time()))
     async with _admit(request, ask) as job:
-        if ask.stream:
-            return await relay(request, job, reply.stream_format(job, ask.usage))
-        text = await collect(request, job, "application/json")
-        if isinstance(text, web.StreamResponse):
-            return text
-        return json_response(reply.full(job, text))
+        fmt = reply.stream_format(job, ask.usage) if ask.stream else None
+        return await respond(request, job, fmt, lambda text: json_response(reply.full(job, text)))
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -297,6 +286,11 @@ async def models(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
     return web.Response(body=encoder(request.app[METRICS]), headers={"Content-Type": content_type})
+
+
+def attach(app: web.Application, engine: Engine) -> None:
+    """vLLM's Prometheus registry, read from the engine at scrape time."""
+    app[METRICS] = vllm_registry(engine, app[CONFIG].names[0])
 
 
 def add_routes(app: web.Application) -> None:

@@ -38,7 +38,7 @@ class VllmCollector:
             (
                 "vllm:kv_cache_usage_perc",
                 "KV-cache usage. 1 means 100 percent usage.",
-                state.kv_usage(),
+                engine.kv_usage(state),
             ),
         )
         for name, doc, value in gauges:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
 import pytest
+from openai import AsyncOpenAI
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.emulator import EmulatorConfig
 
@@ -61,25 +63,34 @@ def capacity_file(tmp_path: Path) -> Path:
     return path
 
 
-def vllm_config(**overrides: Any) -> EmulatorConfig:
-    base: dict[str, Any] = {
-        "kind": "vllm",
-        "models": (VLLM_MODEL,),
-        "tok_s": 1000.0,
-        "ttft_s": 0.01,
-    }
-    return EmulatorConfig(**(base | overrides))
+TWO_MODELS = ("llama3.1:8b", "mistral:7b")
+DEFAULT_MODELS = {
+    "vllm": (VLLM_MODEL,),
+    "tgi": (VLLM_MODEL,),
+    "ollama": TWO_MODELS,
+    "triton": TWO_MODELS,
+    "lmstudio": TWO_MODELS,
+}
 
 
-def ollama_config(**overrides: Any) -> EmulatorConfig:
+def fast_config(kind: str, **overrides: Any) -> EmulatorConfig:
+    """A config of ``kind`` that answers in milliseconds (loads take 1% of the table's time)."""
     base: dict[str, Any] = {
-        "kind": "ollama",
-        "models": ("llama3.1:8b", "mistral:7b"),
+        "kind": kind,
+        "models": DEFAULT_MODELS[kind],
         "tok_s": 1000.0,
         "ttft_s": 0.01,
         "load_time_scale": 0.01,
     }
     return EmulatorConfig(**(base | overrides))
+
+
+def vllm_config(**overrides: Any) -> EmulatorConfig:
+    return fast_config("vllm", **overrides)
+
+
+def ollama_config(**overrides: Any) -> EmulatorConfig:
+    return fast_config("ollama", **overrides)
 
 
 @pytest.fixture
@@ -88,20 +99,48 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-def sse_events(raw: bytes) -> list[bytes]:
-    """Split an SSE body into event payloads, checking every event is ``data: ...\\n\\n``."""
+def sse_events(raw: bytes, prefix: bytes = b"data: ") -> list[bytes]:
+    """Split an SSE body into event payloads, checking every event is ``<prefix>...\\n\\n``
+    (``prefix=b"data:"`` checks TGI's form: the next byte must not be a space)."""
     assert raw.endswith(b"\n\n"), raw[-40:]
     events = raw[:-2].split(b"\n\n")
     for event in events:
-        assert event.startswith(b"data: "), event
-    return [event[len(b"data: ") :] for event in events]
+        assert event.startswith(prefix), event
+        assert not event[len(prefix) :].startswith(b" "), event
+    return [event[len(prefix) :] for event in events]
 
 
-def sse_json(raw: bytes) -> list[dict[str, Any]]:
-    """The JSON events of an SSE body that ends with ``data: [DONE]``."""
-    events = sse_events(raw)
+def sse_json(raw: bytes, prefix: bytes = b"data: ") -> list[dict[str, Any]]:
+    """The JSON events of an SSE body that ends with ``[DONE]``."""
+    events = sse_events(raw, prefix)
     assert events[-1] == b"[DONE]"
+    assert b"[DONE]" not in b"".join(events[:-1])
     return [orjson.loads(e) for e in events[:-1]]
+
+
+def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a Prometheus text, keyed by name and sorted labels."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+async def post_raw(
+    http: aiohttp.ClientSession, url: str, body: Any
+) -> tuple[int, bytes, Mapping[str, str]]:
+    """POST ``body`` (JSON, or bytes as they are) and return status, raw body and headers."""
+    kwargs = {"data": body} if isinstance(body, bytes) else {"json": body}
+    async with http.post(url, **kwargs) as resp:
+        return resp.status, await resp.read(), resp.headers
+
+
+async def set_fault(http: aiohttp.ClientSession, url: str, **body: Any) -> dict[str, Any]:
+    async with http.post(url + "/_emulator/faults", json=body) as resp:
+        assert resp.status == 200
+        answer: dict[str, Any] = await resp.json()
+        return answer
 
 
 async def eventually(check: Callable[[], Any], within_s: float = 3.0) -> None:
@@ -111,6 +150,26 @@ async def eventually(check: Callable[[], Any], within_s: float = 3.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.01)
+
+
+async def sdk_chat_stream(base_url: str, model: str, max_tokens: int) -> tuple[str, int | None]:
+    """Stream a chat through the official openai SDK; the text and the completion tokens of
+    the usage chunk (None when none came)."""
+    async with AsyncOpenAI(base_url=base_url, api_key="-", max_retries=0) as client:
+        stream = await client.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=max_tokens,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        pieces: list[str] = []
+        completion_tokens = None
+        async for chunk in stream:
+            pieces.extend(c.delta.content or "" for c in chunk.choices)
+            if chunk.usage is not None:
+                completion_tokens = chunk.usage.completion_tokens
+    return "".join(pieces), completion_tokens
 
 
 CHAT = {"messages": [{"role": "user", "content": "Say something, please."}]}

@@ -22,9 +22,25 @@ class TestValidation:
         with pytest.raises(ValueError, match="exactly one model"):
             EmulatorConfig(kind="vllm", models=("llama3.1:8b", "mistral:7b"))
 
+    @pytest.mark.parametrize(
+        ("kind", "overrides", "message"),
+        [
+            ("tgi", {"models": ("llama3.1:8b", "mistral:7b")}, "tgi serves exactly one model"),
+            ("lmstudio", {"max_queue": 4}, "lmstudio has no request queue limit"),
+            ("ollama", {"jit": False}, "jit is an lmstudio option"),
+            ("triton", {"models": (VLLM_MODEL,)}, "triton model names"),
+        ],
+    )
+    def test_backend_specific_rules(
+        self, kind: str, overrides: dict[str, object], message: str
+    ) -> None:
+        settings: dict[str, object] = {"kind": kind, "models": ("llama3.1:8b",), **overrides}
+        with pytest.raises(ValueError, match=message):
+            EmulatorConfig(**settings)  # type: ignore[arg-type]
+
     def test_unknown_kind_is_refused(self) -> None:
         with pytest.raises(ValueError, match="kind must be one of"):
-            EmulatorConfig(kind="tgi", models=("llama3.1:8b",))
+            EmulatorConfig(kind="nope", models=("llama3.1:8b",))
 
     def test_model_larger_than_the_gpus_is_refused(self) -> None:
         with pytest.raises(ValueError, match=r"llama3\.1:70b.*48 GiB over 2 GPU"):
@@ -64,6 +80,21 @@ class TestDefaults:
         assert EmulatorConfig(kind="ollama", models=("llama3.1:8b",)).queue_limit == 512
         assert EmulatorConfig(kind="vllm", models=(VLLM_MODEL,)).queue_limit is None
         assert EmulatorConfig(kind="vllm", models=(VLLM_MODEL,), max_queue=3).queue_limit == 3
+
+    def test_backend_defaults(self) -> None:
+        tgi = EmulatorConfig(kind="tgi", models=(VLLM_MODEL,))
+        assert (tgi.queue_limit, tgi.policy.queue_scope) == (128, "in_flight")
+        lms = EmulatorConfig(kind="lmstudio", models=("llama3.1:8b",))
+        assert (lms.policy.keep_alive_s, lms.policy.on_demand, lms.queue_limit) == (
+            3600.0,
+            True,
+            None,
+        )
+        ollama = EmulatorConfig(kind="ollama", models=("llama3.1:8b",))
+        assert ollama.policy.keep_alive_s == 300.0
+        triton = EmulatorConfig(kind="triton", models=("llama3.1:8b", "codellama:34b"))
+        assert (triton.policy.on_demand, triton.policy.evict) == (False, "none")
+        assert triton.start_loaded == ("llama3.1:8b",)  # the 34b does not fit beside it
 
     def test_version_defaults_per_kind(self) -> None:
         assert EmulatorConfig(kind="vllm", models=(VLLM_MODEL,)).version == "0.11.0"

@@ -13,14 +13,15 @@ import pytest
 from bench.emulator import serve
 from router.wire import GpuReport
 
-from .conftest import CHAT, eventually, ollama_config, sse_events, vllm_config
-
-
-async def set_fault(http: aiohttp.ClientSession, url: str, **body: Any) -> dict[str, Any]:
-    async with http.post(url + "/_emulator/faults", json=body) as resp:
-        assert resp.status == 200
-        answer: dict[str, Any] = await resp.json()
-        return answer
+from .conftest import (
+    CHAT,
+    eventually,
+    fast_config,
+    ollama_config,
+    set_fault,
+    sse_events,
+    vllm_config,
+)
 
 
 async def read_into(resp: aiohttp.ClientResponse, parts: list[bytes]) -> None:
@@ -195,3 +196,57 @@ class TestFaults:
                 assert resp.headers["Content-Type"] == "text/html"
         with pytest.raises(orjson.JSONDecodeError):
             orjson.loads(raw)
+
+
+class TestEveryFace:
+    """The /_emulator/ endpoints answer the same on every backend kind."""
+
+    @pytest.mark.parametrize("kind", ["ollama", "vllm", "tgi", "triton", "lmstudio"])
+    async def test_state_gpus_faults_and_journal(
+        self, http: aiohttp.ClientSession, kind: str
+    ) -> None:
+        async with serve(fast_config(kind)) as running:
+            url = running.url
+            async with http.get(url + "/_emulator/state") as resp:
+                state = await resp.json()
+            async with http.get(url + "/_emulator/gpus") as resp:
+                gpus = (await resp.json())["gpus"]
+            echo = await set_fault(http, url, mode="slow", factor=2)
+            async with http.get(url + "/v1/models") as resp:
+                assert resp.status == (404 if kind == "triton" else 200)
+            async with http.get(url + "/_emulator/requests") as resp:
+                journal = (await resp.json())["requests"]
+        assert (state["kind"], state["url"]) == (kind, url)
+        assert state["metricsUrl"] == running.metrics_url
+        assert (state["metricsUrl"] is None) == (kind in ("ollama", "lmstudio"))
+        assert [g["index"] for g in gpus] == [0]
+        assert echo["mode"] == "slow"
+        assert [e["path"] for e in journal] == ["/v1/models"]
+
+
+class TestErrorMidStream:
+    """error_mid_stream ends a started stream with the face's own error event."""
+
+    async def test_vllm_error_event_then_done(self, http: aiohttp.ClientSession) -> None:
+        async with serve(vllm_config()) as running:
+            await set_fault(http, running.url, mode="error_mid_stream", after=1)
+            body = {**CHAT, "stream": True}
+            async with http.post(running.url + "/v1/chat/completions", json=body) as resp:
+                raw = await resp.read()
+            await eventually(lambda: running.engine.cancelled == 1)
+        events = sse_events(raw)
+        assert len(events) == 4  # role chunk, one token, the error, [DONE]
+        assert orjson.loads(events[2])["error"]["code"] == 500
+        assert events[3] == b"[DONE]"
+
+    async def test_ollama_native_error_line(self, http: aiohttp.ClientSession) -> None:
+        async with serve(ollama_config()) as running:
+            await set_fault(http, running.url, mode="error_mid_stream", after=2)
+            body = {"model": "llama3.1:8b", **CHAT}
+            async with http.post(running.url + "/api/chat", json=body) as resp:
+                lines = (await resp.read()).splitlines()
+            async with http.post(running.url + "/api/chat", json={**body, "stream": False}) as resp:
+                whole = (resp.status, await resp.json())
+        assert len(lines) == 3
+        assert orjson.loads(lines[-1]) == {"error": "emulated fault: the backend failed"}
+        assert whole == (500, {"error": "emulated fault: the backend failed"})

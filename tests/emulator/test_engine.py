@@ -242,3 +242,14 @@ class TestLoading:
         await asyncio.sleep(0.1)
         assert not engine.models["small-a"].loaded
         assert engine.gpu_reports()[0].memory_used_bytes == 0
+
+    async def test_request_without_keep_alive_uses_the_default(
+        self, engine_factory: list[Engine], capacity_file: Path
+    ) -> None:
+        config = ollama_config(models=("small-a",), capacity_file=capacity_file)
+        engine = await started(engine_factory, Engine(config))
+        engine.unload("small-a")
+        assert not engine.models["small-a"].loaded
+        await run(engine, "small-a", 1)
+        assert engine.models["small-a"].loaded
+        assert engine.models["small-a"].keep_alive_s == 300.0

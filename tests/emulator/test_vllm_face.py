@@ -12,12 +12,11 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from openai import AsyncOpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.emulator import RunningEmulator, serve
 
-from .conftest import CHAT, VLLM_MODEL, sse_json, vllm_config
+from .conftest import CHAT, VLLM_MODEL, sdk_chat_stream, sse_json, vllm_config
 
 
 @pytest.fixture
@@ -251,19 +250,5 @@ class TestOpenAISdk:
     """The official openai SDK streams from the vLLM face."""
 
     async def test_sdk_streams_chat(self, vllm: RunningEmulator) -> None:
-        async with AsyncOpenAI(base_url=vllm.url + "/v1", api_key="x", max_retries=0) as client:
-            stream = await client.chat.completions.create(
-                model=VLLM_MODEL,
-                messages=[{"role": "user", "content": "hi"}],
-                max_tokens=5,
-                stream=True,
-                stream_options={"include_usage": True},
-            )
-            pieces: list[str] = []
-            usage = None
-            async for chunk in stream:
-                pieces.extend(c.delta.content or "" for c in chunk.choices)
-                usage = chunk.usage or usage
-        assert "".join(pieces) == " the quick brown fox jumps"
-        assert usage is not None
-        assert usage.completion_tokens == 5
+        text, completion_tokens = await sdk_chat_stream(vllm.url + "/v1", VLLM_MODEL, 5)
+        assert (text, completion_tokens) == (" the quick brown fox jumps", 5)
