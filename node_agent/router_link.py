@@ -106,7 +106,7 @@ class RouterLink:
             "PUT", f"{self._nodes_url}/{self.node_id}/report", report.to_json()
         )
         if status // 100 == 2:
-            self._heard(raw)
+            self._heard(raw, sent=report.draining)
         if status == 404:
             log.info("router %s forgot node %s; registering again", self.router_url, self.node_id)
             self.node_id = None
@@ -137,7 +137,7 @@ class RouterLink:
         if not isinstance(node_id, str) or not node_id:
             raise LinkError("registration answer has no nodeId")
         self.node_id = node_id
-        self._heard(answer)
+        self._heard(answer, sent=report.draining)
         log.info("registered with %s as node %s", self.router_url, node_id)
 
     async def deregister(self) -> None:
@@ -158,15 +158,16 @@ class RouterLink:
             return
         log.info("deregistered node %s from %s (%s)", node_id, self.router_url, status)
 
-    def _heard(self, raw: bytes | dict[str, Any]) -> None:
+    def _heard(self, raw: bytes | dict[str, Any], sent: bool) -> None:
         """A router's answer may tell the node to drain or resume (an operator's action at that
-        replica); the agent then says so in its reports to every replica."""
+        replica); the agent then says so in its reports to every replica. An answer that only
+        echoes what this report said carries no news (and may be stale), so it is ignored."""
         try:
             answer = orjson.loads(raw) if isinstance(raw, bytes) else raw
         except orjson.JSONDecodeError:
             return
         drain = answer.get("drain") if isinstance(answer, dict) else None
-        if isinstance(drain, bool) and self._on_drain is not None:
+        if isinstance(drain, bool) and drain != sent and self._on_drain is not None:
             self._on_drain(drain)
 
     async def _call(self, method: str, url: str, body: dict[str, Any] | None) -> tuple[int, bytes]:

@@ -108,7 +108,7 @@ async def _ready(request: web.Request) -> web.Response:
     app = request.app
     if app[STOPPING].is_set():
         return web.json_response({"status": "stopping"}, status=503)
-    warmup_s = 2 * app[SETTINGS].report_interval_s
+    warmup_s = app[SETTINGS].warmup
     heard = any(
         n.report is not None for g in app[REGISTRY].groups.values() for n in g.nodes.values()
     )

@@ -75,6 +75,11 @@ class Dispatcher:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._rate_limiter = rate_limiter
+        self._started = clock()
+        # A fresh replica has not heard from every agent yet: an unknown model then means
+        # "not yet", so it answers 503 (retry, elsewhere) rather than 404.
+        self._warmup_s = settings.warmup
+
         self._settings = settings
         self._registry = registry
         self._scheduler = scheduler
@@ -159,6 +164,11 @@ class Dispatcher:
             }
         if not serving:
             record.model = "other"
+            if self._clock() - self._started < self._warmup_s:
+                raise NoCapacity(
+                    f"this router is starting and has not yet heard of a node serving '{model}'",
+                    retry_after_s=1,
+                )
             raise ModelNotFound(
                 f"model '{model}' is not served by group '{group.name}'"
                 + (" on a backend that speaks this API" if target.kinds else ""),

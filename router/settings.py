@@ -110,6 +110,9 @@ class RouterSettings:
     client_header_timeout_s: float = 10.0
     client_body_timeout_s: float = 30.0
     slow_client_timeout_s: float = 30.0
+    # How long a fresh replica waits to hear from agents before it is ready and before an
+    # unknown model is a 404 (503 until then); None: three report intervals.
+    warmup_s: float | None = None
     upstream_ca_file: str | None = None
     tenant_requests_per_minute: int = 0
     tenant_tokens_per_minute: int = 0
@@ -149,6 +152,10 @@ class RouterSettings:
             if len(value) != 64 or not all(c in "0123456789abcdef" for c in value):
                 raise SettingsError("secrets in settings must be lowercase SHA-256 hex digests")
 
+    @property
+    def warmup(self) -> float:
+        return 3 * self.report_interval_s if self.warmup_s is None else self.warmup_s
+
     def timeouts_for(self, group: str) -> Timeouts:
         settings = self.group(group)
         return settings.timeouts if settings and settings.timeouts else self.timeouts
@@ -182,6 +189,7 @@ _SCALARS: dict[str, type] = {
     "client_header_timeout_s": float,
     "client_body_timeout_s": float,
     "slow_client_timeout_s": float,
+    "warmup_s": float,
     "upstream_ca_file": str,
     "tenant_requests_per_minute": int,
     "tenant_tokens_per_minute": int,

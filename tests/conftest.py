@@ -19,6 +19,7 @@ def router_settings(**overrides: object) -> RouterSettings:
         "health_interval_s": 0.5,
         "shutdown_grace_s": 2.0,
         "max_body_bytes": 64 * 1024,
+        "warmup_s": 0.0,
         "timeouts": Timeouts(connect_s=1.0, first_byte_s=3.0, idle_s=3.0, total_s=30.0),
     }
     base.update(overrides)
