@@ -62,6 +62,8 @@ class Target:
     body: bytes
     kinds: frozenset[str] | None = None  # backend kinds that speak this surface; None = all
     model_in_body: bool = True
+    stream: bool | None = None  # what kind of answer is due (None: do not check it)
+    done_marker: bool = False  # an OpenAI stream, ending with data: [DONE]
 
 
 class Dispatcher:
@@ -206,6 +208,8 @@ class Dispatcher:
             session_id=id_header(request.headers, "X-Octopus-Session-Id"),
             node_models=node_names,
             model_in_body=target.model_in_body,
+            stream=target.stream,
+            done_marker=target.done_marker,
         )
         return await request.config_dict[FORWARDER].forward(request, group, order, out, record)
 

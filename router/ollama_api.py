@@ -31,7 +31,9 @@ def _ollama_target(path: str) -> Any:
             raise InvalidRequest(f"request body is not valid JSON: {exc}") from exc
         if not isinstance(parsed, dict):
             raise InvalidRequest("request body must be a JSON object")
-        return Target(path, check_model(parsed), body, kinds=OLLAMA)
+        # Ollama streams unless told not to; /api/embed never streams.
+        stream = path != "/api/embed" and parsed.get("stream") is not False
+        return Target(path, check_model(parsed), body, kinds=OLLAMA, stream=stream)
 
     return build
 

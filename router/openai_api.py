@@ -103,8 +103,8 @@ class OpenAIApi:
     def _handler(self, endpoint: Endpoint) -> Any:
         async def handle(request: web.Request) -> web.StreamResponse:
             def build(body: bytes) -> Target:
-                model = parse_body(body, endpoint, self._limits)["model"]
-                return Target(endpoint.path, model, body, kinds=OPENAI_KINDS)
+                parsed = parse_body(body, endpoint, self._limits)
+                return _openai_target(endpoint, parsed, body)
 
             return await request.app[DISPATCHER].dispatch(request, endpoint.path, build)
 
@@ -121,8 +121,7 @@ class OpenAIApi:
             nonlocal prompt_shape
             parsed = _load_object(body)
             if "messages" in parsed:
-                model = parse_body(body, CHAT, self._limits)["model"]
-                return Target(CHAT.path, model, body, kinds=OPENAI_KINDS)
+                return _openai_target(CHAT, parse_body(body, CHAT, self._limits), body)
             prompt = parsed.get("prompt")
             if not isinstance(prompt, str) or not prompt:
                 raise InvalidRequest(
@@ -143,7 +142,7 @@ class OpenAIApi:
                 "stream": False,
             }
             prompt_shape = True
-            return Target(CHAT.path, check_model(chat), orjson.dumps(chat), kinds=OPENAI_KINDS)
+            return _openai_target(CHAT, chat, orjson.dumps(chat))
 
         response = await dispatcher.dispatch(request, "/infer", build)
         if not prompt_shape or not isinstance(response, web.Response) or response.status != 200:
@@ -192,6 +191,18 @@ class OpenAIApi:
         if card is None:
             raise ModelNotFound(f"model '{model}' is not served by this group", param="model")
         return web.json_response(card, dumps=_dumps)
+
+
+def _openai_target(endpoint: Endpoint, parsed: dict[str, Any], body: bytes) -> Target:
+    stream = parsed.get("stream") is True
+    return Target(
+        endpoint.path,
+        check_model(parsed),
+        body,
+        kinds=OPENAI_KINDS,
+        stream=stream,
+        done_marker=stream,
+    )
 
 
 def _infer_answer(response: web.Response) -> web.Response:

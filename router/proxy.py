@@ -48,6 +48,8 @@ class Outbound:
     session_id: str | None
     node_models: Mapping[str, str] = field(default_factory=dict)  # node id -> its model name
     model_in_body: bool = True
+    stream: bool | None = None  # whether the client asked for a stream (None: not known)
+    done_marker: bool = False  # an OpenAI stream, which must end with data: [DONE]
 
     def for_node(self, node: Node) -> tuple[str, bytes, str]:
         """Path, body and model name as this node knows the model (aliases applied)."""
@@ -71,6 +73,10 @@ class _Failed(Exception):
 def stream_error_event(message: str) -> bytes:
     event = envelope(message, "upstream_error", None, "stream_interrupted")
     return b"data: " + orjson.dumps(event) + b"\n\ndata: [DONE]\n\n"
+
+
+def _ends_with_done(tail: bytes) -> bool:
+    return tail.rstrip().endswith(b"data: [DONE]") or tail.rstrip().endswith(b"data:[DONE]")
 
 
 def _cut_notice(content_type: str, message: str) -> bytes:
@@ -245,7 +251,30 @@ class Forwarder:
                 node_fault=resp.status in NODE_FAILURE_STATUSES,
                 overloaded=resp.status in (429, 503),
             )
+        if resp.status < 300 and out.stream is not None:
+            await self._check_answer(node, out, resp)
         return resp
+
+    @staticmethod
+    async def _check_answer(node: Node, out: Outbound, resp: aiohttp.ClientResponse) -> None:
+        """Refuse garbage while nothing has reached the client, so it can go elsewhere: a
+        stream answered with something that is not a stream, or a whole answer that is not
+        (complete) JSON."""
+        ctype = resp.headers.get("Content-Type", "")
+        if out.stream:
+            if not ctype.startswith(STREAM_TYPES):
+                resp.close()
+                raise _Failed(f"{node.name} answered a stream as {ctype!r}", node_fault=True)
+            return
+        try:
+            body = await resp.read()  # kept by aiohttp: the relay reads it again for free
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            resp.close()
+            raise _Failed(f"{node.name} broke off its answer: {exc!r}", node_fault=True) from exc
+        text = body.strip()
+        if "json" not in ctype or not text or text[:1] not in b"{[" or text[-1:] not in b"}]":
+            resp.close()
+            raise _Failed(f"{node.name} answered something that is not JSON", node_fault=True)
 
     async def _relay(
         self,
@@ -261,7 +290,7 @@ class Forwarder:
         ctype = upstream.headers.get("Content-Type", "")
         if upstream.status < 400 and ctype.startswith(STREAM_TYPES):
             headers = _response_headers(upstream.headers, node, out, record)
-            return await self._relay_stream(request, upstream, node, headers, record, rename)
+            return await self._relay_stream(request, upstream, node, out, headers, record, rename)
         try:
             body = await upstream.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -283,6 +312,7 @@ class Forwarder:
         request: web.Request,
         upstream: aiohttp.ClientResponse,
         node: Node,
+        out: Outbound,
         headers: dict[str, str],
         record: RequestRecord,
         rename: tuple[tuple[bytes, bytes], ...] | None,
@@ -294,6 +324,10 @@ class Forwarder:
         self._idle.clear()
         try:
             await self._pump(request, upstream, response, node, headers, record, rename)
+            if out.done_marker and not record.error and not _ends_with_done(record.tail):
+                record.error = "stream_interrupted"
+                message = f"the stream from node {node.name} ended without [DONE]"
+                await response.write(_cut_notice(headers["Content-Type"], message))
         finally:
             self._live.discard(upstream)
             if not self._live:

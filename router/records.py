@@ -43,6 +43,7 @@ class RequestRecord:
     tokens: int = 0
     usage_tokens: int | None = None
     queue_wait_s: float = 0.0
+    tail: bytes = b""  # the last bytes of a relayed stream
 
     @property
     def overhead_s(self) -> float | None:
@@ -71,6 +72,7 @@ class RequestRecord:
 
     def watch(self, chunk: bytes, now: float) -> None:
         """Account one relayed stream chunk."""
+        self.tail = chunk[-32:] if len(chunk) >= 32 else (self.tail + chunk)[-32:]
         found = chunk.count(_CONTENT)
         if found:
             tokens = found - chunk.count(_EMPTY_CONTENT)

@@ -54,7 +54,8 @@ POLICIES = (
     "power_of_two_connections",
 )
 import os
-ADAPT = float(os.environ.get('ADAPT','0'))
+
+ADAPT = float(os.environ.get("ADAPT", "0"))
 SLOT_AWARE = frozenset({"least_loaded", "power_of_two", "sticky"})
 DEFAULT_SLOTS = 4
 DEFAULT_TOK_S = 30.0  # per-stream decode speed assumed before any was measured
@@ -362,9 +363,7 @@ class Scheduler:
         room_ = room(t, policy in SLOT_AWARE)
         ok = np.flatnonzero((t.load < room_) & (t.cold_s < math.inf))
         if ok.size == 0:
-            if policy == "least_loaded" and ADAPT:
-                return self._overflow(t, limit)
-            return ok
+            return self._overflow(t, limit) if policy == "least_loaded" else ok
         limit = min(limit, ok.size)
         if policy == "least_loaded":
             return self._hold_cold(t, ok, room_, self._best(scores(t, ok), ok, limit))
@@ -399,16 +398,20 @@ class Scheduler:
         return rows[np.argsort(keyed)]
 
     def _overflow(self, t: CandidateTable, limit: int) -> IndexArray:
-        hard = np.flatnonzero(((t.cap <= 0) | (t.load < t.cap)) & (t.cold_s < math.inf))
+        """Every node's slots are busy: queue at the node that frees one soonest if that is
+        sooner than this router's own next completion (which is all it can count on: with
+        several router replicas it does not see the others' completions until a report),
+        else nothing (the request waits in the router's queue)."""
+        hard = np.flatnonzero((t.load < room(t, False)) & (t.cold_s < math.inf))
         if hard.size == 0:
             return hard
         service = service_s(t)
-        rate = float((np.minimum(t.own, t.slots) / service).sum())
+        own_rate = float((np.minimum(t.own, t.slots) / service).sum())
         best = self._best(scores(t, hard), hard, limit)
-        b = best[0]
-        wait = max(t.load[b] + 1.0 - t.slots[b], 0.0) / t.slots[b] * service[b]
-        if rate > 0 and wait < ADAPT / rate:
-            return best[:1]
+        first = best[0]
+        wait = (t.load[first] + 1.0 - t.slots[first]) / t.slots[first] * service[first]
+        if own_rate > 0 and wait * own_rate < 1.0:
+            return best
         return best[:0]
 
     def _hold_cold(

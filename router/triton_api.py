@@ -45,8 +45,11 @@ class TritonApi:
                 raise InvalidRequest("bad model name in the path", param="model")
             path = "/v2/models/{model}" + (f"/versions/{version}" if version else "") + f"/{op}"
 
+            # infer may answer binary tensors: only the generate extension is checked.
+            stream = {"generate": False, "generate_stream": True}.get(op)
+
             def build(body: bytes) -> Target:
-                return Target(path, model, body, kinds=TRITON, model_in_body=False)
+                return Target(path, model, body, kinds=TRITON, model_in_body=False, stream=stream)
 
             return await request.app[DISPATCHER].dispatch(request, f"/v2/{op}", build)
 
