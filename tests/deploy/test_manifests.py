@@ -464,11 +464,12 @@ class TestInferenceNodes:
             assert self.agent_settings(built, w).group in groups
 
     def test_agents_report_to_every_router_replica(self, built: list[Manifest]) -> None:
-        """The router URL is the headless Service (one address per replica) on its port."""
+        """The agent follows the headless Service's name (one address per replica) on its port."""
         services = {s["metadata"]["name"]: s for s in built if s["kind"] == "Service"}
         deployment = router_deployment(built)
         for w in gpu_workloads(built):
-            (url,) = self.agent_settings(built, w).router_urls
+            url = self.agent_settings(built, w).router_dns
+            assert url is not None
             parts = urlsplit(url)
             svc = services[parts.hostname or ""]
             assert svc["spec"]["clusterIP"] == "None"
