@@ -1,7 +1,8 @@
 """The agent's aiohttp application and :func:`serve`, which runs it on a socket.
 
 Routes: ``GET /health`` (the seed's semantics), ``GET /status`` (the current load report),
-``GET /metrics`` (the agent's own Prometheus metrics), the proxied OpenAI paths, ``POST /infer``
+``GET /metrics`` (the agent's own Prometheus metrics), the OpenAI paths (relayed, or translated
+to the generate extension on a Triton node: :mod:`node_agent.triton_openai`), ``POST /infer``
 in both Octopus shapes (:mod:`node_agent.infer`) and the backends' native APIs
 (:mod:`node_agent.native`). Long-lived resources (client sessions, backend adapter, GPU source,
 reporter) live in ``cleanup_ctx`` under the typed keys of :mod:`node_agent.appkeys`.
@@ -39,10 +40,11 @@ from .reporter import Reporter
 from .router_directory import Resolver, dns_resolver
 from .settings import AgentSettings
 from .traffic import TrafficStats
+from .triton_openai import serve_openai
 
 log = logging.getLogger("node_agent.app")
 
-# (method, agent path, backend path)
+# (method, agent path, backend path); on Triton these are translated, not relayed.
 PROXY_ROUTES = (
     ("POST", "/v1/chat/completions", "/v1/chat/completions"),
     ("POST", "/v1/completions", "/v1/completions"),
@@ -146,7 +148,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 def _forward_to(path: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def forward(request: web.Request) -> web.StreamResponse:
-        return await request.app[PROXY].forward(request, path)
+        return await serve_openai(request, path)
 
     return forward
 

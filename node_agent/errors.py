@@ -6,6 +6,8 @@
     ├── BackendUnreachable        502 api_error   backend_unreachable
     ├── BackendBadAnswer          502 api_error   backend_bad_answer
     ├── BackendTimeout            504 api_error   backend_timeout
+    ├── BackendRefused            the backend's 4xx/5xx (OpenAI on Triton: its own errors)
+    │                             4xx invalid_request_error, 5xx api_error; code by status
     ├── BadRequest                400 invalid_request_error bad_request
     └── RouteNotServed            404 invalid_request_error not_found
 
@@ -55,6 +57,29 @@ class BackendTimeout(AgentError):
 
     status = 504
     code = "backend_timeout"
+
+
+_REFUSAL_CODES = {
+    400: "bad_request",
+    404: "model_not_found",
+    429: "rate_limit_exceeded",
+    500: "backend_error",
+    501: "not_implemented",
+    503: "backend_unavailable",
+}
+
+
+class BackendRefused(AgentError):
+    """The backend answered with an error in its own shape: its status kept, its message shown.
+
+    Only for routes the agent translates (the relayed ones pass the backend's body on as is).
+    """
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.type = "invalid_request_error" if status < 500 else "api_error"
+        self.code = _REFUSAL_CODES.get(status, f"backend_{status}")
 
 
 class BadRequest(AgentError):

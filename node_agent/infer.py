@@ -1,7 +1,7 @@
 """``POST /infer`` in both shapes Octopus uses (reference/octopus.md).
 
 - A chat-completions body (the seed's node): relayed to ``/v1/chat/completions`` as is,
-  streamed or not.
+  streamed or not (on Triton, translated to its generate extension like that route).
 - ``{"prompt": str, "maxTokens"?: int, "model"?: str}``: one non-streamed generation with
   ``max_tokens`` (default 512), answered ``{"text", "tokensUsed", "model"}``. The model defaults
   to the first loaded one the node reports (TGI: left out, meaning its base model). It goes to
@@ -25,6 +25,7 @@ from router.wire import LoadReport
 
 from .appkeys import BACKEND, PROXY, REPORTER
 from .errors import BackendBadAnswer, BadRequest
+from .triton_openai import serve_openai
 
 CHAT_PATH = "/v1/chat/completions"
 DEFAULT_MAX_TOKENS = 512
@@ -128,7 +129,7 @@ async def infer(request: web.Request) -> web.StreamResponse:
     shaped = prompt_shape(raw)
     proxy = request.app[PROXY]
     if shaped is None:
-        return await proxy.forward(request, CHAT_PATH)
+        return await serve_openai(request, CHAT_PATH)
     ask = PromptRequest.from_json(shaped)
     model = ask.model or default_model(await request.app[REPORTER].current())
     kind = await request.app[BACKEND].resolved_kind()

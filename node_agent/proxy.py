@@ -6,7 +6,9 @@ buffered), with the seed's header mapping: ``X-Octopus-Tenant-Id`` → ``X-Tenan
 ``X-Octopus-Session-Id`` passed through. The OpenAI routes and the backends' native ones (Ollama
 NDJSON, TGI and Triton SSE) share this code; only the framing of a cut stream differs
 (:mod:`node_agent.framing`). Requests in flight are counted exactly; a client that goes away
-closes the upstream response so the backend stops generating.
+closes the upstream response so the backend stops generating. A route that translates between
+APIs (OpenAI on Triton, :mod:`node_agent.triton_openai`) holds the backend's answer open with
+:meth:`BackendProxy.opened` and gets the same accounting, headers and cancellation.
 """
 
 from __future__ import annotations
@@ -14,14 +16,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
 
-from .errors import AgentError, BackendTimeout, BackendUnreachable
+from .errors import AgentError, BackendBadAnswer, BackendTimeout, BackendUnreachable
 from .framing import Framing, count_content_events, cut_event, framing_of, usage_tokens
 from .metrics import CLIENT_GONE, RequestMetrics
 from .traffic import TrafficStats
@@ -78,6 +80,84 @@ class _Track:
 
     def since_start(self) -> float:
         return time.perf_counter() - self.start
+
+
+class Upstream:
+    """A backend answer held open for a translating handler (:meth:`BackendProxy.opened`).
+
+    Until the first bytes of the body come, a read may take the first-byte timeout (a backend
+    may send its headers before it starts generating); after, the idle timeout. Errors come as
+    :class:`AgentError` s, so a handler can raise them before it answers and write them into its
+    own stream after.
+    """
+
+    __slots__ = ("_first_byte_s", "_idle_s", "_stats", "_track", "done", "response")
+
+    def __init__(
+        self,
+        response: aiohttp.ClientResponse,
+        track: _Track,
+        stats: TrafficStats,
+        *,
+        first_byte_s: float,
+        idle_s: float,
+    ) -> None:
+        self.response = response
+        self._track = track
+        self._stats = stats
+        self._first_byte_s = first_byte_s
+        self._idle_s = idle_s
+        self.done = False  # the body was read to its end (the connection can be reused)
+
+    @property
+    def status(self) -> int:
+        return self.response.status
+
+    @property
+    def content_type(self) -> str:
+        return self.response.headers.get("Content-Type", "")
+
+    async def read(self) -> bytes:
+        """The whole body."""
+        raw = await self._timed(self.response.read(), "answer")
+        self.done = True
+        return raw
+
+    async def readline(self) -> bytes:
+        """The next line of the body as it arrives; ``b""`` at its end."""
+        try:
+            line = await self._timed(self.response.content.readline(), "stream")
+        except ValueError as exc:  # aiohttp: "Line is too long"
+            raise BackendBadAnswer(f"backend sent an oversized line: {exc}") from exc
+        if not line:
+            self.done = True
+        return line
+
+    async def _timed(self, read: Awaitable[bytes], what: str) -> bytes:
+        started = self._track.first_byte_s is not None
+        try:
+            async with asyncio.timeout(self._idle_s if started else self._first_byte_s):
+                data = await read
+        except TimeoutError as exc:
+            raise BackendTimeout(f"backend stalled mid-{what}") from exc
+        except aiohttp.ClientError as exc:
+            raise BackendUnreachable(f"backend dropped the {what}: {exc}") from exc
+        if data and self._track.first_byte_s is None:
+            self._track.first_byte_s = self._track.since_start()
+        return data
+
+    def add_tokens(self, count: int) -> None:
+        """Output tokens the handler counted in the answer."""
+        self._stats.add_tokens(count)
+
+    def finish(self, *, failed: bool) -> None:
+        """The handler's verdict: ``failed`` when the backend failed the request."""
+        self._track.failed = failed or self.status >= 500
+
+    def client_gone(self) -> None:
+        """The client went away mid-answer (the backend is stopped on exit)."""
+        self._track.status = CLIENT_GONE
+        self._track.failed = False
 
 
 def route_label(request: web.Request) -> str:
@@ -206,6 +286,36 @@ class BackendProxy:
                 self._stats.add_tokens(usage_tokens(raw[-4096:]) or 0)
             ctype = upstream.headers.get("Content-Type", "application/json")
             return Exchange(upstream.status, ctype, raw)
+
+    @asynccontextmanager
+    async def opened(self, request: web.Request, path: str, body: bytes) -> AsyncIterator[Upstream]:
+        """POST a JSON body to ``{backend}{path}`` and hold the answer open for the block.
+
+        Counted in flight and observed like :meth:`forward`, with the same header mapping. The
+        connection goes back to the pool when the block read the body to its end; otherwise
+        (an error, a cut, a client gone, a cancellation) it is closed, so the backend stops.
+        """
+        headers = self.upstream_headers(request) | {"Content-Type": "application/json"}
+        for name in ("Accept", "Inference-Header-Content-Length"):
+            headers.pop(name, None)
+        with self._track(request) as track:
+            response = await self._open("POST", self._base + path, body, headers)
+            track.status = response.status
+            track.headers_s = track.since_start()
+            upstream = Upstream(
+                response,
+                track,
+                self._stats,
+                first_byte_s=self._first_byte_s,
+                idle_s=self._idle_s,
+            )
+            try:
+                yield upstream
+            finally:
+                if upstream.done:
+                    response.release()
+                else:
+                    response.close()
 
     async def _open(
         self, method: str, url: str, body: bytes | None, headers: dict[str, str]

@@ -20,8 +20,10 @@ from router.limits import BodyLimits
 from router.registry import ROUTABLE, Group, Registry
 
 MAX_MODEL_NAME = 256
-# Triton's HTTP port speaks KServe v2, not OpenAI (its OpenAI front end is another process).
-OPENAI_KINDS = frozenset({"ollama", "vllm", "tgi", "lmstudio", "openai"})
+# Every kind speaks OpenAI chat and completions (for Triton the agent translates them to its
+# generate extension); embeddings are not offered by the agent on Triton nodes.
+OPENAI_KINDS = frozenset({"ollama", "vllm", "tgi", "lmstudio", "openai", "triton"})
+EMBEDDING_KINDS = OPENAI_KINDS - {"triton"}
 INFER_DEFAULT_MAX_TOKENS = 512
 
 
@@ -199,7 +201,7 @@ def _openai_target(endpoint: Endpoint, parsed: dict[str, Any], body: bytes) -> T
         endpoint.path,
         check_model(parsed),
         body,
-        kinds=OPENAI_KINDS,
+        kinds=EMBEDDING_KINDS if endpoint is EMBEDDINGS else OPENAI_KINDS,
         stream=stream,
         done_marker=stream,
     )

@@ -210,7 +210,8 @@ class Registry:
         node.failures += 1
         node.check_failed(self.threshold)
         node.breaker_trips += 1
-        cooldown = min(BREAKER_MAX_S, BREAKER_BASE_S * 2 ** (node.breaker_trips - 1))
+        doublings = min(node.breaker_trips - 1, 16)  # the cap comes long before 2**16
+        cooldown = min(BREAKER_MAX_S, BREAKER_BASE_S * 2**doublings)
         node.breaker_until = now + cooldown
 
     @staticmethod

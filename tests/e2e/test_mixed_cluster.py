@@ -78,14 +78,15 @@ class TestSurfaces:
     """OpenAI, Ollama and Triton clients each reach the models they can through one router."""
 
     async def test_openai_ollama_and_triton_clients(self) -> None:
-        """The OpenAI SDK chats with every OpenAI-speaking model; the ollama package chats
+        """The OpenAI SDK chats with every model (Triton's too, translated by its agent); the
+        ollama package chats
         with the Ollama-backed model; a Triton generate_stream streams through the router."""
         async with _cluster(MIXED) as mixed:
             client = openai.AsyncOpenAI(base_url=f"{mixed.group_url}/v1", api_key="unused")
             try:
                 listed = {m.id for m in (await client.models.list()).data}
                 for model in ("llama3.1:8b", "llama2:13b", "meta-llama/Llama-3.1-8B-Instruct",
-                              "codellama:34b"):  # fmt: skip
+                              "codellama:34b", "mistral:7b"):  # fmt: skip
                     assert model in listed
                     reply = await client.chat.completions.create(
                         model=model,
@@ -96,14 +97,14 @@ class TestSurfaces:
             finally:
                 await client.close()
 
-            ollama_client = ollama.AsyncClient(host=mixed.group_url)
-            pieces = []
-            async for part in await ollama_client.chat(
-                model="llama3.1:8b", messages=HELLO, stream=True, options={"num_predict": 6}
-            ):
-                pieces.append(part["message"]["content"])
+            async with ollama.AsyncClient(host=mixed.group_url) as ollama_client:
+                pieces = []
+                async for part in await ollama_client.chat(
+                    model="llama3.1:8b", messages=HELLO, stream=True, options={"num_predict": 6}
+                ):
+                    pieces.append(part["message"]["content"])
+                tags = await ollama_client.list()
             assert len(pieces) >= 6
-            tags = await ollama_client.list()
             assert [m.model for m in tags.models] == ["llama3.1:8b"]
 
             url = f"{mixed.group_url}/v2/models/mistral:7b/generate_stream"

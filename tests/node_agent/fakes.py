@@ -165,6 +165,8 @@ class TritonState(Controls):
 
     ready: bool = True
     exiting: bool = False
+    refuse: tuple[int, str] | None = None  # answer generate(_stream) with this error instead
+    error_at: int | None = None  # the generate_stream event replaced by an error event
     index: list[dict[str, str]] = field(
         default_factory=lambda: [
             {"name": "ensemble"},
@@ -249,9 +251,17 @@ class FakeTriton:
             headers["Inference-Header-Content-Length"] = str(len(json.dumps(answer)))
         return web.json_response(answer, headers=headers)
 
+    def _refusal(self) -> web.Response | None:
+        if self.ctl.refuse is None:
+            return None
+        status, message = self.ctl.refuse
+        return web.json_response({"error": message}, status=status)
+
     async def generate(self, request: web.Request) -> web.Response:
         name = self._known(request)
         await record(request, self.ctl)
+        if (refused := self._refusal()) is not None:
+            return refused
         return web.json_response(
             {"model_name": name, "model_version": "1", "text_output": "".join(TOKENS)}
         )
@@ -259,12 +269,17 @@ class FakeTriton:
     async def generate_stream(self, request: web.Request) -> web.StreamResponse:
         name = self._known(request)
         await record(request, self.ctl)
+        if (refused := self._refusal()) is not None:
+            return refused
         frames = [
             b"data: "
             + dumps({"model_name": name, "model_version": "1", "text_output": t})
             + b"\n\n"
             for t in TOKENS
         ]  # no [DONE]: the stream just ends
+        if self.ctl.error_at is not None:  # Triton's error after the stream started
+            error = b'data: {"error":"CUDA out of memory"}\n\n'
+            frames = [*frames[: self.ctl.error_at], error]
         return await stream_frames(request, self.ctl, frames, "text/event-stream; charset=utf-8")
 
     async def metrics(self, request: web.Request) -> web.Response:

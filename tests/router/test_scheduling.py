@@ -145,3 +145,23 @@ class TestReservations:
         for r in held:
             r.release()
         assert all(n.in_flight == 0 and not n.in_flight_by_model for n in nodes)
+
+
+class TestBreaker:
+    """The circuit breaker opens on a failed connection, for longer each time, up to a cap."""
+
+    def test_backoff_is_capped_after_many_failures(self) -> None:
+        """Thousands of failures in a row keep the cooldown at the cap (and never overflow)."""
+        from router.registry import BREAKER_MAX_S
+
+        registry = Registry("least_loaded", 3)
+        node = _node(registry, "n")
+        registry.connection_failed(node, 100.0)
+        assert not node.breaker_allows(100.5)
+        assert node.breaker_allows(101.0)  # half-open after 1 s: one probe
+        for _ in range(5000):
+            registry.connection_failed(node, 100.0)
+        assert not node.breaker_allows(100.0 + BREAKER_MAX_S - 0.1)
+        assert node.breaker_allows(100.0 + BREAKER_MAX_S)
+        registry.connection_ok(node)
+        assert node.breaker_allows(100.0)
