@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint check clean
+.PHONY: run test bench bench-ci lint check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,12 @@ test: $(STAMP)  ## lint, type-check and run the test suite
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/pytest -q
+
+bench: $(STAMP)  ## validate the demo cluster's per-model capacity (results/bench/default/)
+	$(BIN)/python -m bench run --scenario default
+
+bench-ci: $(STAMP)  ## performance regression gate: ratios against references in the same run
+	$(BIN)/python -m bench ci
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -4,17 +4,20 @@ A node is full for a model when it holds its concurrency cap of requests for it 
 leaves full nodes out: :meth:`router.scheduling.Scheduler.order` returns nothing). The request
 then waits in its group's queue, bounded in length and in time:
 
-* **Fair across tenants.** :class:`FairQueue` keeps one FIFO per tenant and serves them by
-  start-time fair queuing: each tenant has a virtual clock that advances by ``1 / weight`` per
-  request served, the backlogged tenant with the earliest clock goes next, and a tenant that
-  comes back from idle starts at the earliest clock of the others (no banked credit). A tenant
-  flooding the router therefore gets its weighted share of freed slots and no more.
+* **Fair across tenants.** :class:`FairQueue` keeps one FIFO per tenant. A freed slot goes
+  to the waiting tenant with the fewest requests in service per unit of weight (max-min fair
+  in slots held), ties to the one served least recently by a virtual clock that advances by
+  ``1 / weight`` per request served (start-time fair queuing; a tenant back from idle starts
+  at the earliest clock of the others, so it banks no credit). A tenant flooding the router
+  only gets the slots nobody with fewer in service is waiting for, and a light tenant waits
+  for one freed slot, not behind the flood.
 * **Bounded.** When the queue is full, the tenant with the longest weighted backlog loses its
   newest waiter (429 queue full), so a flood pushes out its own requests, not other tenants'.
   A waiter not served within ``max_wait_s`` gets 503 (no capacity). Both carry ``Retry-After``.
 * **No gap between choosing and counting.** ``try_pick`` runs synchronously when a slot frees
-  and must reserve what it picks; the reserved grant is handed to the waiter, and released
-  again if the waiter left in between (``Grant.release``). Nothing is dropped without an answer.
+  and must reserve what it picks; the reserved grant is handed to the waiter inside a
+  :class:`Ticket`, and released again if the waiter left in between. Releasing the ticket when
+  the request ends wakes the next waiter. Nothing is dropped without an answer.
 
 :class:`FairQueue` is pure (the simulator ``bench.sim`` drives it directly);
 :class:`Admission` adds the asyncio waiting on top.
@@ -27,6 +30,8 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
+
+from aiohttp import web
 
 W = TypeVar("W")
 R = TypeVar("R")
@@ -72,13 +77,16 @@ class Rejected(Exception):
 
 class FairQueue(Generic[W]):
     """Bounded waiting requests, one FIFO per tenant, served fairly (see the module doc).
-    Each entry has a deadline; :meth:`expired` takes out those past it."""
+    Each entry has a deadline; :meth:`expired` takes out those past it. The owner reports
+    requests that went into service without waiting (:meth:`started`) and every request that
+    left service (:meth:`finished`); :meth:`serve` counts those it starts itself."""
 
     def __init__(self, limit: int, weights: Mapping[str, float] | None = None) -> None:
         self._limit = limit
         self._weights = dict(weights or {})
         self._fifos: dict[str, deque[tuple[float, W]]] = {}
         self._clock: dict[str, float] = {}
+        self._busy: dict[str, int] = {}
         self._size = 0
 
     def __len__(self) -> int:
@@ -88,8 +96,26 @@ class FairQueue(Generic[W]):
         fifo = self._fifos.get(tenant)
         return len(fifo) if fifo else 0
 
+    def in_service(self, tenant: str) -> int:
+        return self._busy.get(tenant, 0)
+
     def _weight(self, tenant: str) -> float:
         return self._weights.get(tenant, 1.0)
+
+    def started(self, tenant: str) -> None:
+        self._busy[tenant] = self._busy.get(tenant, 0) + 1
+        if tenant not in self._clock:
+            self._clock[tenant] = min(self._clock.values(), default=0.0)
+        self._clock[tenant] += 1.0 / self._weight(tenant)
+
+    def finished(self, tenant: str) -> None:
+        left = self._busy.get(tenant, 0) - 1
+        if left > 0:
+            self._busy[tenant] = left
+            return
+        self._busy.pop(tenant, None)
+        if tenant not in self._fifos:
+            self._clock.pop(tenant, None)  # idle: forget it (it banks no credit anyway)
 
     def push(self, tenant: str, item: W, deadline: float) -> W | None:
         """Queue ``item``. When the queue was full, returns the item that lost its place (the
@@ -114,17 +140,25 @@ class FairQueue(Generic[W]):
         self._size += 1
         return pushed_out
 
+    def _order(self) -> list[str]:
+        busy, clock, weight = self._busy, self._clock, self._weight
+        if len(self._fifos) == 1:
+            return list(self._fifos)
+        return sorted(self._fifos, key=lambda t: (busy.get(t, 0) / weight(t), clock[t]))
+
     def serve(self, pick: Callable[[W], R | None], budget: int) -> tuple[W, R] | None:
-        """Offer waiters, fairest first and FIFO within a tenant, to ``pick`` until it returns
-        something (at most ``budget`` tries). The served waiter leaves the queue."""
+        """Offer waiters, fairest tenant first and FIFO within a tenant, to ``pick`` until it
+        returns something (at most ``budget`` tries). The served waiter leaves the queue and
+        counts as started."""
         tries = 0
-        for tenant in sorted(self._fifos, key=self._clock.__getitem__):
+        for tenant in self._order():
             fifo = self._fifos[tenant]
             for pos, (_, item) in enumerate(fifo):
                 got = pick(item)
                 if got is not None:
                     del fifo[pos]
                     self._size -= 1
+                    self._busy[tenant] = self._busy.get(tenant, 0) + 1
                     self._clock[tenant] += 1.0 / self._weight(tenant)
                     self._drop_if_empty(tenant)
                     return item, got
@@ -158,6 +192,25 @@ class FairQueue(Generic[W]):
     def _drop_if_empty(self, tenant: str) -> None:
         if not self._fifos[tenant]:
             del self._fifos[tenant]
+            if tenant not in self._busy:
+                self._clock.pop(tenant, None)
+
+
+class Ticket(Generic[G]):
+    """An admitted request's grant. :meth:`release` (idempotent) releases the grant, ends the
+    tenant's share of service and hands the freed capacity to the next waiter."""
+
+    __slots__ = ("_done", "grant")
+
+    def __init__(self, grant: G, done: Callable[[], None]) -> None:
+        self.grant = grant
+        self._done: Callable[[], None] | None = done
+
+    def release(self) -> None:
+        done, self._done = self._done, None
+        if done is not None:
+            self.grant.release()
+            done()
 
 
 @dataclass(eq=False, slots=True)
@@ -170,8 +223,10 @@ class Admission:
     """One fair queue per group, and the waiting on it.
 
     The router calls :meth:`admit` with a synchronous ``try_pick`` that returns a reserved
-    grant or None when every candidate is full, and :meth:`wake` whenever capacity may have
-    appeared (a slot released, a load report or a node arrived)."""
+    grant or None when every candidate is full, releases the :class:`Ticket` it gets when the
+    request ends, and calls :meth:`wake` whenever else capacity may have appeared (another
+    reservation released, a load report, a node added). ``group`` is any queue key: a group,
+    or a group and model so that waiters for one model never hold up another's."""
 
     def __init__(self, limits: AdmissionLimits, clock: Callable[[], float]) -> None:
         self.limits = limits
@@ -182,20 +237,23 @@ class Admission:
         queue = self._queues.get(group)
         return len(queue) if queue is not None else 0
 
-    async def admit(self, group: str, tenant: str | None, try_pick: Callable[[], G | None]) -> G:
-        """A grant from ``try_pick``, at once or after a fair wait; raises :class:`Rejected`."""
+    async def admit(
+        self, group: str, tenant: str | None, try_pick: Callable[[], G | None]
+    ) -> Ticket[G]:
+        """A ticket holding a grant from ``try_pick``, at once or after a fair wait; raises
+        :class:`Rejected`. Release the ticket (not the grant) when the request ends."""
         queue = self._queues.get(group)
-        if queue is None or not len(queue):
+        if queue is None:
+            queue = FairQueue(self.limits.max_queue, self.limits.tenant_weights)
+            self._queues[group] = queue
+        who = tenant or ""
+        if not len(queue):
             grant = try_pick()
             if grant is not None:
-                return grant
-        if queue is None:
-            queue = self._queues[group] = FairQueue(
-                self.limits.max_queue, self.limits.tenant_weights
-            )
+                queue.started(who)
+                return Ticket(grant, lambda: self._finished(group, who))
         loop = asyncio.get_running_loop()
         waiter: _Waiter[G] = _Waiter(try_pick, loop.create_future())
-        who = tenant or ""
         pushed_out = queue.push(who, waiter, self._clock() + self.limits.max_wait_s)
         if pushed_out is waiter:
             raise self._rejection(429, "the queue for this group is full")
@@ -204,20 +262,25 @@ class Admission:
         self.wake(group)
         try:
             async with asyncio.timeout(self.limits.max_wait_s):
-                return await waiter.future
+                grant = await waiter.future
         except TimeoutError:
             queue.remove(who, waiter)
-            grant = _granted(waiter.future)
-            if grant is not None:  # served just as the time ran out: take it
-                return grant
-            raise self._rejection(503, "no capacity freed up in time") from None
+            late = _granted(waiter.future)
+            if late is None:
+                raise self._rejection(503, "no capacity freed up in time") from None
+            grant = late  # served just as the time ran out: take it
         except asyncio.CancelledError:
             queue.remove(who, waiter)
-            grant = _granted(waiter.future)
-            if grant is not None:  # served, but the client left: give the slot on
-                grant.release()
-                self.wake(group)
+            late = _granted(waiter.future)
+            if late is not None:  # served, but the client left: give the slot on
+                late.release()
+                self._finished(group, who)
             raise
+        return Ticket(grant, lambda: self._finished(group, who))
+
+    def _finished(self, group: str, tenant: str) -> None:
+        self._queues[group].finished(tenant)
+        self.wake(group)
 
     def wake(self, group: str) -> None:
         """Hand freed capacity to waiters, fairly, while ``try_pick`` finds some."""
@@ -230,6 +293,11 @@ class Admission:
                 return
             waiter, grant = served
             waiter.future.set_result(grant)
+
+    def wake_all(self) -> None:
+        """:meth:`wake` every queue (after a load report or a node change)."""
+        for group in [g for g, q in self._queues.items() if len(q)]:
+            self.wake(group)
 
     def _rejection(self, status: int, reason: str) -> Rejected:
         return Rejected(status, reason, self.limits.retry_after_s)
@@ -245,3 +313,6 @@ def _pick(waiter: _Waiter[Any]) -> Grant | None:
     if waiter.future.done():  # cancelled or pushed out, not yet removed: never grant
         return None
     return waiter.try_pick()
+
+
+ADMISSION = web.AppKey("admission", Admission)

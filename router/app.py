@@ -18,6 +18,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from router.admission import ADMISSION, Admission, AdmissionLimits
 from router.aliases import Aliases
 from router.auth import AUTH, Authenticator, HostAllowlist, auth_middleware
 from router.dashboard import ACTIVITY, Activity, DashboardApi
@@ -137,6 +138,15 @@ def make_app(settings: RouterSettings) -> web.Application:
     app[SETTINGS] = settings
     app[REGISTRY] = _registry_from(settings)
     app[SCHEDULER] = Scheduler()
+    app[ADMISSION] = Admission(
+        AdmissionLimits(
+            max_queue=settings.queue_max,
+            max_wait_s=settings.queue_wait_s,
+            retry_after_s=settings.retry_after_s,
+            tenant_weights=settings.tenant_weights,
+        ),
+        time.monotonic,
+    )
     prometheus = CollectorRegistry()
     app[METRICS] = RouterMetrics(prometheus)
     app[FLEET] = FleetMetrics(app[REGISTRY])

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from router.admission import ADMISSION, Rejected
 from router.aliases import Aliases, node_name_for
 from router.auth import TENANT
 from router.dashboard import ACTIVITY
@@ -26,6 +27,7 @@ from router.errors import (
     NoCapacity,
     NotFound,
     PayloadTooLarge,
+    RateLimited,
     RequestTimeout,
     RouterError,
 )
@@ -33,8 +35,8 @@ from router.limits import TenantRateLimiter
 from router.metrics import METRICS
 from router.proxy import FORWARDER, Outbound
 from router.records import RequestRecord
-from router.registry import Group, Registry
-from router.scheduling import Scheduler, candidate_for
+from router.registry import Group, Registry, Reservation
+from router.scheduling import Candidate, Scheduler, candidate_for
 from router.settings import RouterSettings
 
 MAX_ID_HEADER = 256
@@ -177,41 +179,100 @@ class Dispatcher:
                 param="model",
             )
         record.model = model
-        now = self._clock()
-        threshold = self._registry.threshold
-        stale_after = 3 * self._settings.report_interval_s
+        session_id = id_header(request.headers, "X-Octopus-Session-Id")
         node_names: dict[str, str] = {}
-        candidates = []
-        for node in serving.values():
-            if not node.breaker_allows(now):
-                continue
-            name = node_name_for(node, names) or model
-            candidate = candidate_for(node, name, threshold, now, stale_after)
-            if candidate is not None:
-                candidates.append(candidate)
-                if name != model:
-                    node_names[node.node_id] = name
-        if not candidates:
-            cooling = any(not n.breaker_allows(now) for n in serving.values())
+        key = f"{group.name}/{model}"
+        admission = request.config_dict[ADMISSION]
+        settings = self._settings
+
+        def candidates() -> list[Candidate]:
+            now = self._clock()
+            found = []
+            for node in serving.values():
+                if not node.breaker_allows(now):
+                    continue
+                name = node_name_for(node, names) or model
+                candidate = candidate_for(
+                    node,
+                    name,
+                    self._registry.threshold,
+                    now,
+                    3 * settings.report_interval_s,
+                    cap_factor=settings.cap_factor,
+                    replicas=settings.router_replicas,
+                    replica_salt=settings.router_id,
+                )
+                if candidate is not None:
+                    found.append(candidate)
+                    if name != model:
+                        node_names[node.node_id] = name
+            return found
+
+        def pick() -> Picked | None:
+            """Choose and reserve in one step (no gap for another request to slip into)."""
+            order = self._scheduler.order(
+                group.policy,
+                key,
+                candidates(),
+                limit=settings.max_attempts,
+                affinity=session_id or record.tenant,
+                waiting=admission.waiting(key),
+            )
+            return Picked(order, Reservation(group.nodes[order[0]], model)) if order else None
+
+        if not candidates():
+            cooling = any(not n.breaker_allows(self._clock()) for n in serving.values())
             reason = " (nodes are cooling down after errors)" if cooling else ""
             raise NoCapacity(
                 f"no healthy node serves model '{model}' right now{reason}",
-                retry_after_s=self._settings.retry_after_s,
+                retry_after_s=settings.retry_after_s,
             )
-        order = self._scheduler.order(group.policy, f"{group.name}/{model}", candidates)
+        queued_at = time.perf_counter()
+        try:
+            ticket = await admission.admit(key, record.tenant, pick)
+        except Rejected as exc:
+            error = RateLimited if exc.status == 429 else NoCapacity
+            raise error(
+                f"no capacity for '{model}': {exc.reason}",
+                code="queue_full" if exc.status == 429 else "no_capacity",
+                retry_after_s=exc.retry_after_s,
+            ) from None
+        record.queue_wait_s = time.perf_counter() - queued_at
         out = Outbound(
             path=target.node_path,
             body=target.body,
             model=model,
             correlation_id=record.correlation_id,
             tenant_id=record.tenant,
-            session_id=id_header(request.headers, "X-Octopus-Session-Id"),
+            session_id=session_id,
             node_models=node_names,
             model_in_body=target.model_in_body,
             stream=target.stream,
             done_marker=target.done_marker,
         )
-        return await request.config_dict[FORWARDER].forward(request, group, order, out, record)
+        try:
+            return await request.config_dict[FORWARDER].forward(
+                request,
+                group,
+                ticket.grant.order,
+                out,
+                record,
+                first=ticket.grant.reservation,
+                on_release=lambda: admission.wake(key),
+            )
+        finally:
+            ticket.release()
+
+
+@dataclass(slots=True)
+class Picked:
+    """What admission grants: the nodes in order, the first one's slot already reserved."""
+
+    order: list[str]
+    reservation: Reservation
+
+    def release(self) -> None:
+        self.reservation.release()
 
 
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)

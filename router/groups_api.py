@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from router.admission import ADMISSION
 from router.auth import ADMIN, AGENT_TOKEN, HostAllowlist
 from router.errors import Forbidden, InvalidRequest, NotFound
 from router.registry import ROUTABLE, Group, Node, Registry, node_id_for
@@ -151,6 +152,7 @@ class GroupsApi:
             node.owner = request.get(AGENT_TOKEN)
         if report is not None:
             self._registry.apply_report(node, report, now)
+        request.config_dict[ADMISSION].wake_all()  # capacity may have appeared
         log.info(
             "node %s %s in group %s",
             reg.name,
@@ -174,6 +176,7 @@ class GroupsApi:
         except WireError as exc:
             raise InvalidRequest(str(exc)) from exc
         self._registry.apply_report(node, report, self._clock())
+        request.config_dict[ADMISSION].wake_all()  # capacity may have appeared
         return _json(self._node_status(node))
 
     def _node_status(self, node: Node) -> dict[str, Any]:

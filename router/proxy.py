@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
@@ -73,6 +73,12 @@ class _Failed(Exception):
 def stream_error_event(message: str) -> bytes:
     event = envelope(message, "upstream_error", None, "stream_interrupted")
     return b"data: " + orjson.dumps(event) + b"\n\ndata: [DONE]\n\n"
+
+
+def _free(reservation: Reservation, on_release: Callable[[], None] | None) -> None:
+    reservation.release()
+    if on_release is not None:
+        on_release()
 
 
 def _ends_with_done(tail: bytes) -> bool:
@@ -168,32 +174,44 @@ class Forwarder:
         order: Sequence[str],
         out: Outbound,
         record: RequestRecord,
+        *,
+        first: Reservation | None = None,
+        on_release: Callable[[], None] | None = None,
     ) -> web.StreamResponse:
+        """Try the nodes in ``order``; ``first`` is a slot already reserved on the first one
+        (admission reserves when it picks); ``on_release`` runs after each slot is freed."""
         failures: list[_Failed] = []
-        for node_id in order:
-            if record.attempts >= self._settings.max_attempts:
-                break
-            node = group.nodes.get(node_id)
-            if node is None:
-                continue
-            record.attempts += 1
-            record.node = node.name
-            reservation = Reservation(node, out.model)
-            record.t_upstream_sent = time.perf_counter()
-            try:
-                upstream = await self._open(node, out)
-            except _Failed as failed:
-                reservation.release()
-                self._note_failure(group, node, failed)
-                failures.append(failed)
-                continue
-            record.t_upstream_headers = time.perf_counter()
-            self._registry.connection_ok(node)
-            try:
-                return await self._relay(request, upstream, node, out, record)
-            finally:
-                upstream.close()
-                reservation.release()
+        try:
+            for node_id in order:
+                if record.attempts >= self._settings.max_attempts:
+                    break
+                node = group.nodes.get(node_id)
+                if node is None:
+                    continue
+                record.attempts += 1
+                record.node = node.name
+                if first is not None and first.node is node:
+                    reservation, first = first, None
+                else:
+                    reservation = Reservation(node, out.model)
+                record.t_upstream_sent = time.perf_counter()
+                try:
+                    upstream = await self._open(node, out)
+                except _Failed as failed:
+                    _free(reservation, on_release)
+                    self._note_failure(group, node, failed)
+                    failures.append(failed)
+                    continue
+                record.t_upstream_headers = time.perf_counter()
+                self._registry.connection_ok(node)
+                try:
+                    return await self._relay(request, upstream, node, out, record)
+                finally:
+                    upstream.close()
+                    _free(reservation, on_release)
+        finally:
+            if first is not None:  # its node was gone before it was tried
+                _free(first, on_release)
         record.node = None
         raise self._final_error(out.model, failures)
 

@@ -10,6 +10,8 @@ Load (:func:`estimate_load`): the agent's last report of requests at the node (i
 queued + running when the backend says), corrected by how this router's own count moved since
 that report, never below this router's own count. A report older than ``stale_after_s`` is
 unknown, not zero: only the router's own count is left, and the node is scored as uncertain.
+With ``replicas`` router replicas reading the same reports, each claims only its share of a
+node's reported free slots (else all of them fill the same free slot before the next report).
 
 ``least_loaded`` (the default) scores each candidate in seconds, lower is better
 (:func:`scores`)::
@@ -20,10 +22,18 @@ where the queue wait is ``max(0, load + 1 - slots) / slots`` service times, a se
 ``EXPECTED_TOKENS`` at the node's measured per-stream decode speed with a full batch, and the
 decode time is at the batch the request would join (per-stream speed falls as the batch grows).
 Model residency: loaded (no cost); loadable into free VRAM (its load time); loadable only by
-evicting another model (``EVICT_FACTOR`` times the load time); cannot fit (no candidate). A
-node at its concurrency cap is *full* and never chosen; a cold node is not chosen either while
-waiting for a slot on a hot one would be sooner (the caller queues the request instead).
+evicting another model (``EVICT_FACTOR`` times the load time); cannot fit (no candidate).
 Degraded and stale nodes are penalised. Exact ties are broken at random.
+
+Admission (:mod:`router.admission`) works with *full* nodes: a node at its concurrency cap
+(``Candidate.cap``, 0 for none) is never returned, and an empty answer means "queue the
+request". With caps on, the load-aware policies (``SLOT_AWARE``) also treat a node whose parallel
+slots are all busy as full (:func:`room`): the request waits at the router, where it is fair
+across tenants and takes whichever slot frees first, instead of in one node's queue. Two
+exceptions, both "join the shortest expected wait": ``least_loaded`` still queues at the node
+that frees a slot soonest when that is sooner than this router's own next completion (with
+several replicas it does not see the others' completions), and it does not start a cold load
+while waiting for a slot on a node that has the model loaded would be sooner.
 """
 
 from __future__ import annotations
@@ -53,9 +63,6 @@ POLICIES = (
     "power_of_two",
     "power_of_two_connections",
 )
-import os
-
-ADAPT = float(os.environ.get("ADAPT", "0"))
 SLOT_AWARE = frozenset({"least_loaded", "power_of_two", "sticky"})
 DEFAULT_SLOTS = 4
 DEFAULT_TOK_S = 30.0  # per-stream decode speed assumed before any was measured
@@ -100,11 +107,20 @@ def estimate_load(
     reported_in_flight: int | None,
     report_age_s: float | None,
     stale_after_s: float,
+    *,
+    slots: int = 0,
+    replicas: int = 1,
+    jitter: float = 0.0,
 ) -> int:
-    """Requests in flight at the node, as well as this router can tell now."""
+    """Requests in flight at the node, as well as this router can tell now. With several
+    router replicas, see :func:`estimate_loads` (``slots`` and ``jitter`` as there)."""
     if reported_in_flight is None or report_age_s is None or report_age_s > stale_after_s:
         return own_now
-    return max(own_now, reported_in_flight + own_now - own_at_report)
+    load = reported_in_flight + own_now - own_at_report
+    if replicas > 1 and slots:
+        free = max(slots - reported_in_flight, 0)
+        load += free - math.floor(free / replicas + jitter)
+    return max(own_now, load)
 
 
 def estimate_loads(
@@ -167,10 +183,14 @@ def candidate_for(
     stale_after_s: float,
     *,
     cap_factor: float | None = None,
+    replicas: int = 1,
+    replica_salt: str = "",
 ) -> Candidate | None:
     """The node as a candidate for ``model``, or None when it must not get new requests (not
     routable, does not list the model, or the model cannot fit its GPUs). ``cap_factor`` sets
-    the concurrency cap at that many times the model's parallel slots (None: no cap)."""
+    the concurrency cap at that many times the model's parallel slots (None: no cap).
+    ``replicas``: how many router replicas share the nodes (each claims its share of a node's
+    reported free slots, drawn with a jitter from ``replica_salt``, node and report)."""
     state = node.state(threshold)
     if state not in ROUTABLE:
         return None
@@ -183,7 +203,7 @@ def candidate_for(
         return None
     report = node.report
     cold_s = 0.0
-    if not entry.loaded:
+    if not entry.loaded and not node.in_flight_by_model.get(model):  # ours: loaded or loading
         cold_s = load_time_s(entry.size_bytes or entry.vram_bytes)
         need = entry.vram_bytes or entry.size_bytes or 0
         gpus = report.gpus if report is not None else ()
@@ -207,12 +227,27 @@ def candidate_for(
         degraded=state is NodeState.DEGRADED,
         weight=node.registration.weight,
         loaded=entry.loaded,
-        load=estimate_load(node.in_flight, node.own_at_report, reported, age, stale_after_s),
+        load=estimate_load(
+            node.in_flight,
+            node.own_at_report,
+            reported,
+            age,
+            stale_after_s,
+            slots=slots,
+            replicas=replicas,
+            jitter=_hash64(f"{replica_salt}/{node.node_id}/{report.seq}") / 2.0**64
+            if report is not None and replicas > 1
+            else 0.0,
+        ),
         slots=slots,
         own_in_flight=node.in_flight,
         tok_s=tok_s,
         cold_s=cold_s,
-        cap=0 if cap_factor is None else max(1, math.ceil(slots * cap_factor)),
+        # A cap only where the parallel slots are known (reported or configured): vLLM and TGI
+        # batch far past any default, and throttling them to a guess would waste their GPUs.
+        cap=0
+        if cap_factor is None or entry.max_parallel is None
+        else max(1, math.ceil(slots * cap_factor)),
         stale=stale and report is not None,
     )
 
@@ -279,6 +314,12 @@ def _mix(x: HashArray) -> HashArray:
     return x ^ (x >> np.uint64(31))
 
 
+def loading_for_us(cold_s: FloatArray, own_for_model: FloatArray) -> FloatArray:
+    """A node where this router has requests in flight for the model has it loaded, or is
+    loading it for them: no further cold cost there (the next report will tell)."""
+    return np.where(own_for_model > 0, 0.0, cold_s)
+
+
 def fill_speeds(tok_s: FloatArray) -> FloatArray:
     """Unknown speeds (NaN) become the mean of the known ones, or ``DEFAULT_TOK_S``."""
     unknown = np.isnan(tok_s)
@@ -338,16 +379,20 @@ class Scheduler:
         *,
         limit: int | None = None,
         affinity: str | None = None,
+        waiting: int = 0,
     ) -> list[str]:
         """Node ids, best first, at most ``limit``; full nodes are left out (an empty list with
         candidates given means: every node is full, queue the request). ``key`` names the
-        rotation (group and model); ``affinity`` is the ``sticky`` policy's session or tenant."""
+        rotation (group and model); ``affinity`` is the ``sticky`` policy's session or tenant;
+        ``waiting`` how many requests for this model already wait in this router's queue."""
         if not candidates:
             return []
         if policy in ("round_robin", "weighted_round_robin"):
             candidates = sorted(candidates, key=lambda c: c.node_id)
         table = CandidateTable.from_candidates(candidates)
-        rows = self.rank(policy, key, table, limit=limit or len(candidates), affinity=affinity)
+        rows = self.rank(
+            policy, key, table, limit=limit or len(candidates), affinity=affinity, waiting=waiting
+        )
         return [table.ids[i] for i in rows]
 
     def rank(
@@ -358,15 +403,18 @@ class Scheduler:
         *,
         limit: int = 3,
         affinity: str | None = None,
+        waiting: int = 0,
     ) -> IndexArray:
-        """Row numbers of the ``limit`` best open rows of ``t``, best first (see :func:`room`)."""
+        """Row numbers of the ``limit`` best open rows of ``t``, best first (see :func:`room`).
+        ``waiting``: requests already queued for this model at this router (admission)."""
         room_ = room(t, policy in SLOT_AWARE)
         ok = np.flatnonzero((t.load < room_) & (t.cold_s < math.inf))
         if ok.size == 0:
             return self._overflow(t, limit) if policy == "least_loaded" else ok
         limit = min(limit, ok.size)
         if policy == "least_loaded":
-            return self._hold_cold(t, ok, room_, self._best(scores(t, ok), ok, limit))
+            best = self._best(scores(t, ok), ok, limit)
+            return self._hold_cold(t, ok, room_, best, waiting)
         if policy == "least_connections":
             return self._best((t.own[ok] + 1.0) * t.penalty[ok] / t.weight[ok], ok, limit)
         if policy in ("power_of_two", "power_of_two_connections"):
@@ -415,15 +463,18 @@ class Scheduler:
         return best[:0]
 
     def _hold_cold(
-        self, t: CandidateTable, ok: IndexArray, room_: FloatArray, best: IndexArray
+        self, t: CandidateTable, ok: IndexArray, room_: FloatArray, best: IndexArray, waiting: int
     ) -> IndexArray:
-        """Nothing (wait) when the best open node must load the model but a full node that has
-        it loaded would free a slot sooner."""
-        first = best[0]
-        if t.cold_s[first] <= 0.0 or ok.size == len(t.ids):
+        """Nothing (wait) when the best open node must load the model but the full nodes that
+        have it loaded would free a slot for this request, behind the ``waiting`` ones, sooner
+        than the load takes (so a load starts when the backlog, not one request, needs it)."""
+        if t.cold_s[best[0]] <= 0.0 or ok.size == len(t.ids):
             return best
-        full = np.flatnonzero((t.load >= room_) & (t.cold_s <= 0.0))
-        if full.size and scores(t, full).min() < scores(t, best[:1])[0]:
+        hot = np.flatnonzero((t.load >= room_) & (t.cold_s <= 0.0))
+        if not hot.size:
+            return best
+        freeing_per_s = float((t.slots[hot] / service_s(t)[hot]).sum())
+        if (waiting + 1) / freeing_per_s < scores(t, best[:1])[0]:
             return best[:0]
         return best
 

@@ -7,6 +7,7 @@ flags. Invalid values fail at start with a message naming the setting.
 from __future__ import annotations
 
 import argparse
+import socket
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -14,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from router.auth import ApiKey, digest, load_key_file
+from router.scheduling import POLICIES
 
-POLICIES = ("least_loaded", "least_connections", "round_robin", "random")
 RESERVED_GROUP_NAMES = frozenset({"api", "v1", "health", "ready", "metrics", "dashboard"})
 
 
@@ -110,6 +111,16 @@ class RouterSettings:
     client_header_timeout_s: float = 10.0
     client_body_timeout_s: float = 30.0
     slow_client_timeout_s: float = 30.0
+    # Admission: a node takes at most cap_factor x its model's parallel slots (where known);
+    # past that, requests wait in a fair per-group-and-model queue of at most queue_max, for at
+    # most queue_wait_s (then 429 / 503 with Retry-After). tenant_weights share freed slots.
+    cap_factor: float = 2.0
+    queue_max: int = 256
+    queue_wait_s: float = 30.0
+    tenant_weights: dict[str, float] = field(default_factory=dict)
+    # How many router replicas share the nodes (each claims its share of reported free slots).
+    router_replicas: int = 1
+    router_id: str = field(default_factory=socket.gethostname)
     # How long a fresh replica waits to hear from agents before it is ready and before an
     # unknown model is a 404 (503 until then); None: three report intervals.
     warmup_s: float | None = None
@@ -140,6 +151,12 @@ class RouterSettings:
             _positive(name, getattr(self, name))
         if self.log_format not in ("auto", "json", "text"):
             raise SettingsError("log_format must be auto, json or text")
+        if not self.cap_factor > 0 or self.queue_max < 0 or not self.queue_wait_s > 0:
+            raise SettingsError("cap_factor and queue_wait_s must be > 0, queue_max >= 0")
+        if self.router_replicas < 1:
+            raise SettingsError("router_replicas must be at least 1")
+        if any(not w > 0 for w in self.tenant_weights.values()):
+            raise SettingsError("tenant_weights must be > 0")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise SettingsError("tls_cert_file and tls_key_file go together")
         for name in ("max_messages", "max_n", "max_output_tokens", "max_header_bytes"):
@@ -190,6 +207,11 @@ _SCALARS: dict[str, type] = {
     "client_body_timeout_s": float,
     "slow_client_timeout_s": float,
     "warmup_s": float,
+    "cap_factor": float,
+    "queue_max": int,
+    "queue_wait_s": float,
+    "router_replicas": int,
+    "router_id": str,
     "upstream_ca_file": str,
     "tenant_requests_per_minute": int,
     "tenant_tokens_per_minute": int,
@@ -230,6 +252,8 @@ def _from_toml(data: Mapping[str, Any]) -> dict[str, Any]:
         )
     if groups:
         out["groups"] = tuple(groups)
+    if "tenant_weights" in data:
+        out["tenant_weights"] = {str(k): float(v) for k, v in data["tenant_weights"].items()}
     if "aliases" in data:
         table = data["aliases"]
         if not isinstance(table, dict) or not all(isinstance(v, list) for v in table.values()):
@@ -245,7 +269,15 @@ def _from_toml(data: Mapping[str, Any]) -> dict[str, Any]:
         keys += load_key_file(Path(str(data["api_keys_file"])))
     if keys:
         out["api_keys"] = tuple(keys)
-    extra = {"timeouts", "groups", "aliases", "api_keys", "api_keys_file", "admin_token_sha256"}
+    extra = {
+        "timeouts",
+        "groups",
+        "aliases",
+        "api_keys",
+        "api_keys_file",
+        "admin_token_sha256",
+        "tenant_weights",
+    }
     unknown = set(data) - set(_SCALARS) - extra - set(_LISTS)
     if unknown:
         raise SettingsError(f"unknown settings in config file: {', '.join(sorted(unknown))}")

@@ -1,0 +1,116 @@
+"""The CI attempt: the ``ci`` scenario with the overhead pair, the ratio thresholds of its
+``[gate]`` table, and the hook for ``bench/micro``."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench.gate import Attempt, GateCheck, GateResult, GateSpec, gate_markdown, run_gate
+from bench.overhead.suite import OverheadSettings
+from bench.report import write_reports
+from bench.runner import RunOptions, run_scenario, say
+from bench.scenario import load_scenario, scenario_path
+from bench.topology import RouterWrapper
+
+MICRO_TIMEOUT_S = 240.0
+MICRO_FLAGS = ("--benchmark-warmup=on", "--benchmark-disable-gc", "--benchmark-min-rounds=20")
+REPO = Path(__file__).resolve().parent.parent
+
+
+async def micro_checks(out: Path) -> tuple[dict[str, float], list[GateCheck]]:
+    """Hook for the micro-benchmarks (``bench/micro``, owned elsewhere).
+
+    With a ``bench/micro/__main__.py``, ``python -m bench.micro --json PATH`` runs and the
+    ``"ratios"`` object of that JSON joins the gate's ratios (bounds in ``[gate.ratios]``).
+    Otherwise its pytest-benchmark files run with the method's flags and must pass.
+    """
+    folder = REPO / "bench" / "micro"
+    path = out / "micro.json"
+    if (folder / "__main__.py").exists():
+        argv = ["-m", "bench.micro", "--json", str(path)]
+    elif any(folder.glob("test_*.py")):
+        argv = [
+            "-m",
+            "pytest",
+            "bench/micro",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            *MICRO_FLAGS,
+            f"--benchmark-json={path}",
+        ]
+    else:
+        return {}, [GateCheck("micro-benchmarks", True, "none in bench/micro yet (hook idle)")]
+    say("micro-benchmarks: python " + " ".join(argv))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, *argv, cwd=REPO, stdout=asyncio.subprocess.DEVNULL
+    )
+    try:
+        code = await asyncio.wait_for(proc.wait(), MICRO_TIMEOUT_S)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return {}, [GateCheck("micro-benchmarks", False, f"timed out after {MICRO_TIMEOUT_S:g}s")]
+    check = GateCheck("micro-benchmarks", code == 0, f"exit status {code} ({path})")
+    ratios: dict[str, float] = {}
+    if argv[1] == "bench.micro" and code == 0:
+        data: dict[str, Any] = orjson.loads(path.read_bytes())
+        ratios = {str(k): float(v) for k, v in data.get("ratios", {}).items()}
+    return ratios, [check]
+
+
+def write_gate(result: GateResult, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gate.json").write_bytes(orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2))
+    (out / "gate.md").write_text(gate_markdown(result), encoding="utf-8")
+
+
+async def ci(scenario_name: str, out: Path, wrapper: RouterWrapper | None, workers: int) -> int:
+    path = scenario_path(scenario_name)
+    scenario = load_scenario(scenario_name)
+    raw: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
+    overhead = OverheadSettings.from_toml(raw.get("overhead", {}))
+    spec = GateSpec.from_toml(path)
+    if wrapper is not None:
+        say(
+            f"planted delay: router slowed by {wrapper.delay_ms:g} ms sleep + "
+            f"{wrapper.burn_ms:g} ms CPU per request (overhead benchmark)"
+        )
+
+    async def attempt(number: int) -> Attempt:
+        folder = out / f"attempt-{number}"
+        say(f"gate attempt {number}")
+        outcome = await run_scenario(
+            RunOptions(
+                scenario=scenario,
+                scenario_path=path,
+                out=folder,
+                workers=workers,
+                overhead=overhead,
+                wrapper=wrapper,
+            )
+        )
+        write_reports(outcome, folder)
+        checks = [GateCheck(c.name, c.passed, c.detail) for c in outcome.checks()]
+        ratios = dict(outcome.overhead.ratios) if outcome.overhead is not None else {}
+        micro, micro_results = await micro_checks(folder)
+        ratios.update(micro)
+        checks += micro_results
+        checks += [t.check(ratios) for t in spec.thresholds]
+        for c in checks:
+            say(f"  {'PASS' if c.passed else 'FAIL'}  {c.name}: {c.detail}")
+        return Attempt(checks=checks, ratios=ratios, folder=str(folder))
+
+    result: GateResult = await run_gate(attempt, spec.reruns)
+    write_gate(result, out)
+    say(
+        f"gate {'PASS' if result.passed else 'FAIL'} after {len(result.attempts)} attempt(s): "
+        f"{out / 'gate.md'}"
+    )
+    return 0 if result.passed else 1

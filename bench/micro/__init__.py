@@ -1,0 +1,1 @@
+"""Micro-benchmarks (pytest-benchmark): ``pytest bench/micro --benchmark-min-rounds=20``."""

@@ -1,0 +1,216 @@
+"""Router replicas in the simulation, each deciding with the router's own modules.
+
+A replica keeps, per model, a :class:`router.scheduling.CandidateTable` built the way the router
+builds its candidates: its own exact in-flight counts, the agents' last reports (load, measured
+speed, residency) with their age, and the concurrency cap. It orders with the real
+:class:`router.scheduling.Scheduler` and queues with the real
+:class:`router.admission.FairQueue`. The oracle is the same decision rule fed the truth:
+every request in flight at every node, true speeds and residency, instantly.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from bench.sim.nodes import Fleet
+from bench.sim.workload import Floats, Requests
+from router.admission import AdmissionLimits, FairQueue
+from router.scheduling import (
+    STALE_PENALTY,
+    CandidateTable,
+    Scheduler,
+    batch_one_speeds,
+    estimate_loads,
+    loading_for_us,
+)
+
+STALE_AFTER_FACTOR = 3.0  # a report older than this many intervals is stale (as the router)
+
+Snapshot = tuple[int, np.ndarray, Floats, Floats, Floats]  # model, rows, load, speed, cold
+
+
+class View:
+    """One replica's knowledge of one model's engines."""
+
+    def __init__(self, fleet: Fleet, mi: int, names: Sequence[str], cap_factor: float) -> None:
+        n = len(fleet.by_model[mi])
+        self.fleet, self.mi = fleet, mi
+        self.eids: list[int] = fleet.by_model[mi]
+        self.own = np.zeros(n)
+        self.own_at = np.zeros(n)
+        self.reported = np.zeros(n)
+        self.report_at = np.full(n, -math.inf)
+        self.cold = fleet.cold_reported(mi)
+        self.replicas = 1
+        self.jitter = np.zeros(n)
+        self.rng = np.random.default_rng(mi)
+        slots = fleet.slots[mi]
+        self.table = CandidateTable(
+            ids=list(names),
+            load=np.zeros(n),
+            slots=slots,
+            cap=np.ceil(slots * cap_factor) if cap_factor > 0 else np.zeros(n),
+            tok_s=np.full(n, math.nan),
+            weight=np.ones(n),
+            cold_s=fleet.cold_reported(mi),
+            penalty=np.ones(n),
+            own=self.own,
+        )
+
+    def refresh(self, now: float, stale_after: float) -> CandidateTable:
+        t = self.table
+        t.load, stale = estimate_loads(
+            self.own,
+            self.own_at,
+            self.reported,
+            now - self.report_at,
+            stale_after,
+            slots=t.slots,
+            replicas=self.replicas,
+            jitter=self.jitter,
+        )
+        t.penalty = np.where(stale, STALE_PENALTY, 1.0)
+        t.cold_s = loading_for_us(self.cold, self.own)
+        return t
+
+    def take(self, snap: Snapshot, own_at: Floats, sent: float) -> None:
+        """A report sent at ``sent``, when this replica's own counts were ``own_at``."""
+        _, rows, load, speed, cold = snap
+        self.reported[rows] = load
+        self.own_at[rows] = own_at
+        self.report_at[rows] = sent
+        self.jitter[rows] = self.rng.random(rows.size)
+        known = ~np.isnan(speed)
+        self.table.tok_s[rows[known]] = speed[known]
+        self.cold[rows] = cold
+
+
+class OracleView(View):
+    """Perfect, instant knowledge."""
+
+    def refresh(self, now: float, stale_after: float) -> CandidateTable:
+        t, fleet = self.table, self.fleet
+        t.load, t.tok_s, t.cold_s = (
+            fleet.load[self.mi],
+            fleet.tok1[self.mi],
+            fleet.cold_true(self.mi, now),
+        )
+        return t
+
+
+def snapshot(fleet: Fleet, mi: int, rows: np.ndarray) -> Snapshot:
+    """What the agents of these engines report now."""
+    running = fleet.running[mi][rows]
+    tok1, decay = fleet.tok1[mi][rows], fleet.decay[mi][rows]
+    aggregate = running * tok1 / (1.0 + decay * np.maximum(running - 1.0, 0.0))
+    speed = batch_one_speeds(aggregate, running)
+    return mi, rows, fleet.load[mi][rows].copy(), speed, fleet.cold_reported(mi)[rows]
+
+
+class Replica:
+    """One router process: views, a scheduler and an admission queue."""
+
+    def __init__(
+        self,
+        policy: str,
+        fleet: Fleet,
+        reqs: Requests,
+        limits: AdmissionLimits,
+        *,
+        cap_factor: float,
+        report_interval_s: float,
+        seed: int,
+        reject: Callable[[int, int, float], None],
+        replicas: int = 1,
+        oracle: bool = False,
+    ) -> None:
+        names = [[f"e{e}" for e in eids] for eids in fleet.by_model]
+        kind: type[View] = OracleView if oracle else View
+        self.views: list[View] = [
+            kind(fleet, mi, names[mi], cap_factor) for mi in range(len(names))
+        ]
+        for mi, view in enumerate(self.views):
+            view.replicas = replicas
+            view.rng = np.random.default_rng([seed, mi])
+        self.policy = "least_loaded" if oracle else policy
+        self.scheduler = Scheduler(random.Random(seed))
+        # one queue per model: a freed slot can only serve its own model's waiters
+        self.queues: list[FairQueue[int]] = [
+            FairQueue(limits.max_queue, limits.tenant_weights) for _ in self.views
+        ]
+        self.limits, self.fleet, self.reject = limits, fleet, reject
+        self.stale_after = STALE_AFTER_FACTOR * report_interval_s
+        self._model: list[int] = reqs.model.tolist()
+        self._tenant = [str(t) for t in reqs.tenant.tolist()]
+        self._affinity = [
+            f"s{s}" if s >= 0 else f"t{t}"
+            for s, t in zip(reqs.session.tolist(), self._tenant, strict=True)
+        ]
+        self._keys = [f"g/{m}" for m in fleet.models]
+        self.where: dict[int, int] = {}  # request -> row in its model's view
+        self._now = 0.0
+
+    def offer(self, rid: int, now: float) -> None:
+        self._now = now
+        mi = self._model[rid]
+        queue = self.queues[mi]
+        alone = not len(queue)
+        if alone:
+            eid = self.try_pick(rid)
+            if eid is not None:
+                queue.started(self._tenant[rid])
+                self.fleet.arrive(rid, eid, now)
+                return
+        out = queue.push(self._tenant[rid], rid, now + self.limits.max_wait_s)
+        if out is not None:
+            self.reject(out, 429, now)
+        if not alone and out != rid:
+            self.wake(mi, now)
+
+    def try_pick(self, rid: int) -> int | None:
+        mi = self._model[rid]
+        view = self.views[mi]
+        table = view.refresh(self._now, self.stale_after)
+        rows = self.scheduler.rank(
+            self.policy,
+            self._keys[mi],
+            table,
+            limit=1,
+            affinity=self._affinity[rid],
+            waiting=len(self.queues[mi]),
+        )
+        if not rows.size:
+            return None
+        row = int(rows[0])
+        view.own[row] += 1
+        self.where[rid] = row
+        return view.eids[row]
+
+    def wake(self, mi: int, now: float) -> None:
+        """Serve model ``mi``'s waiters while it has room; drop those that waited too long.
+        Every waiter of a model gets the same answer from a full fleet, so one miss ends it."""
+        queue = self.queues[mi]
+        if not len(queue):
+            return
+        self._now = now
+        for rid in queue.expired(now):
+            self.reject(rid, 503, now)
+        while len(queue):
+            served = queue.serve(self.try_pick, 1)
+            if served is None:
+                return
+            self.fleet.arrive(served[0], served[1], now)
+
+    def wake_all(self, now: float) -> None:
+        for mi in range(len(self.queues)):
+            self.wake(mi, now)
+
+    def done(self, rid: int, now: float) -> None:
+        mi = self._model[rid]
+        self.views[mi].own[self.where.pop(rid)] -= 1
+        self.queues[mi].finished(self._tenant[rid])
+        self.wake(mi, now)
