@@ -28,6 +28,7 @@ class NodeState(StrEnum):
     DRAINING = "draining"
 
 
+OTHERS_SMOOTHING = 0.1  # weight of the newest report in others_in_flight (about 10 reports)
 BREAKER_BASE_S = 1.0
 BREAKER_MAX_S = 30.0
 ROUTABLE = frozenset({NodeState.HEALTHY, NodeState.DEGRADED})
@@ -50,6 +51,9 @@ class Node:
     report: LoadReport | None = None
     report_received_at: float | None = None
     own_at_report: int = 0
+    # Requests other routers (or clients) have on the node, from its reports, smoothed: one
+    # snapshot is a second old and noisy, and replicas that all chase it herd.
+    others_in_flight: float = 0.0
     failed_checks: int = 0
     ever_passed: bool = False
     draining: bool = False
@@ -190,6 +194,14 @@ class Registry:
     def apply_report(self, node: Node, report: LoadReport, now: float) -> None:
         """Take a load report: it is a health check and the node's new view of its models."""
         old_models = node.models()
+        busy = report.in_flight
+        if report.queue_waiting is not None:
+            busy = max(busy, report.queue_waiting + (report.queue_running or 0))
+        others = max(0, busy - node.in_flight)
+        if node.report is None:
+            node.others_in_flight = float(others)
+        else:
+            node.others_in_flight += OTHERS_SMOOTHING * (others - node.others_in_flight)
         node.report = report
         node.report_received_at = now
         node.own_at_report = node.in_flight

@@ -72,6 +72,7 @@ LOAD_BASE_S = 1.0
 EXPECTED_TOKENS = 256.0  # output tokens of a typical request: turns queue length into seconds
 BATCH_DECAY = 0.05  # how much each extra stream slows every stream (router-side assumption)
 DECODE_WEIGHT = 0.25  # share of the decode time in the score (TTFT first, then E2E)
+SPEED_NOISE = 0.5  # measured speeds this close to the median are taken as equal
 DEGRADED_PENALTY = 1.5
 STALE_PENALTY = 1.25
 EVICT_FACTOR = 2.0
@@ -104,14 +105,14 @@ class Candidate:
 def estimate_load(
     own_now: int,
     own_at_report: int,
-    reported_in_flight: int | None,
+    reported_in_flight: float | None,
     report_age_s: float | None,
     stale_after_s: float,
     *,
     slots: int = 0,
     replicas: int = 1,
     jitter: float = 0.0,
-) -> int:
+) -> float:
     """Requests in flight at the node, as well as this router can tell now. With several
     router replicas, see :func:`estimate_loads` (``slots`` and ``jitter`` as there)."""
     if reported_in_flight is None or report_age_s is None or report_age_s > stale_after_s:
@@ -213,9 +214,9 @@ def candidate_for(
             if need > sum(g.memory_free_bytes for g in gpus):
                 cold_s *= EVICT_FACTOR
     age = None if node.report_received_at is None else now - node.report_received_at
-    reported = report.in_flight if report is not None else None
-    if report is not None and report.queue_waiting is not None:
-        reported = max(reported or 0, report.queue_waiting + (report.queue_running or 0))
+    # What the node had at the report: this router's own then, plus the others' (smoothed: a
+    # single snapshot is noisy, and replicas that all chase it herd).
+    reported = None if report is None else node.own_at_report + node.others_in_flight
     stale = age is None or age > stale_after_s
     tok_s = None
     if report is not None and not stale:
@@ -321,12 +322,18 @@ def loading_for_us(cold_s: FloatArray, own_for_model: FloatArray) -> FloatArray:
 
 
 def fill_speeds(tok_s: FloatArray) -> FloatArray:
-    """Unknown speeds (NaN) become the mean of the known ones, or ``DEFAULT_TOK_S``."""
+    """Unknown speeds (NaN) become the mean of the known ones, or ``DEFAULT_TOK_S``; speeds
+    within ``SPEED_NOISE`` of the median count as the median. Measured speeds of alike nodes
+    differ by noise, and router replicas that all prefer the node that looked fastest in the
+    last report herd onto it; another GPU class differs by far more."""
     unknown = np.isnan(tok_s)
-    if not unknown.any():
+    if unknown.any():
+        known = tok_s[~unknown]
+        tok_s = np.where(unknown, known.mean() if known.size else DEFAULT_TOK_S, tok_s)
+    if tok_s.size < 2:
         return tok_s
-    known = tok_s[~unknown]
-    return np.where(unknown, known.mean() if known.size else DEFAULT_TOK_S, tok_s)
+    median = float(np.median(tok_s))
+    return np.where(np.abs(tok_s - median) <= SPEED_NOISE * median, median, tok_s)
 
 
 def service_s(t: CandidateTable) -> FloatArray:
