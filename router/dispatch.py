@@ -208,19 +208,26 @@ class Dispatcher:
                         node_names[node.node_id] = name
             return found
 
+        found = candidates()
+        first_pick = [found]  # the first pick reuses what was just built
+
         def pick() -> Picked | None:
             """Choose and reserve in one step (no gap for another request to slip into)."""
+            waiting = admission.waiting(key)
+            built = first_pick.pop() if first_pick else None
+            if built is None or waiting:  # picked later, from the queue: build anew
+                built = candidates()
             order = self._scheduler.order(
                 group.policy,
                 key,
-                candidates(),
+                built,
                 limit=settings.max_attempts,
                 affinity=session_id or record.tenant,
-                waiting=admission.waiting(key),
+                waiting=waiting,
             )
             return Picked(order, Reservation(group.nodes[order[0]], model)) if order else None
 
-        if not candidates():
+        if not found:
             cooling = any(not n.breaker_allows(self._clock()) for n in serving.values())
             reason = " (nodes are cooling down after errors)" if cooling else ""
             raise NoCapacity(

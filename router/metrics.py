@@ -9,6 +9,8 @@ models are those nodes report (unknown ones are ``other``), tenants are capped (
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -112,6 +114,7 @@ class RouterMetrics:
             registry=registry,
         )
         self._tenants: set[str] = set()
+        self._cache: dict[tuple[object, ...], Any] = {}
 
     def tenant_label(self, tenant: str | None) -> str:
         if not tenant:
@@ -123,28 +126,39 @@ class RouterMetrics:
             return tenant
         return OTHER
 
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once per label set (``labels()`` is the
+        costly part of an observation); the cache is bounded like the label values."""
+        key = (id(metric), *labels)
+        child = self._cache.get(key)
+        if child is None:
+            if len(self._cache) > 50_000:
+                self._cache.clear()
+            child = self._cache[key] = metric.labels(*labels)
+        return child
+
     def observe(self, record: RequestRecord) -> None:
         group, model = record.group, record.model
         node = record.node or "none"
-        self.requests.labels(group, model, node, str(record.status)).inc()
+        self._child(self.requests, group, model, node, str(record.status)).inc()
         if record.t_end is not None:
-            self.duration.labels(group, model).observe(record.t_end - record.t_start)
+            self._child(self.duration, group, model).observe(record.t_end - record.t_start)
         ttft = record.ttft_s
         if ttft is not None and record.status < 400:
-            self.ttft.labels(group, model).observe(ttft)
+            self._child(self.ttft, group, model).observe(ttft)
         tpot = record.tpot_s
         if tpot is not None:
-            self.tpot.labels(group, model).observe(tpot)
+            self._child(self.tpot, group, model).observe(tpot)
         tokens = record.output_tokens
         if tokens:
-            self.output_tokens.labels(group, model, node).inc(tokens)
+            self._child(self.output_tokens, group, model, node).inc(tokens)
         overhead = record.overhead_s
         if overhead is not None:
-            self.overhead.labels(group).observe(overhead)
+            self._child(self.overhead, group).observe(overhead)
         tenant = self.tenant_label(record.tenant)
-        self.tenant_requests.labels(tenant).inc()
+        self._child(self.tenant_requests, tenant).inc()
         if tokens:
-            self.tenant_tokens.labels(tenant).inc(tokens)
+            self._child(self.tenant_tokens, tenant).inc(tokens)
 
 
 METRICS = web.AppKey("metrics", RouterMetrics)

@@ -394,6 +394,8 @@ class Scheduler:
         ``waiting`` how many requests for this model already wait in this router's queue."""
         if not candidates:
             return []
+        if len(candidates) == 1 and policy != "weighted_round_robin":
+            return self._only(candidates[0], policy)
         if policy in ("round_robin", "weighted_round_robin"):
             candidates = sorted(candidates, key=lambda c: c.node_id)
         table = CandidateTable.from_candidates(candidates)
@@ -401,6 +403,17 @@ class Scheduler:
             policy, key, table, limit=limit or len(candidates), affinity=affinity, waiting=waiting
         )
         return [table.ids[i] for i in rows]
+
+    def _only(self, c: Candidate, policy: str) -> list[str]:
+        """One candidate: nothing to rank, only whether it has room (as :func:`room`), kept
+        off the array path, which costs far more than the decision here."""
+        if c.cold_s == math.inf:
+            return []
+        if c.cap > 0:
+            limit = min(c.cap, c.slots) if policy in SLOT_AWARE else c.cap
+            if c.load >= limit:
+                return []
+        return [c.node_id]
 
     def rank(
         self,

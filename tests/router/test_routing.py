@@ -9,7 +9,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-from router.app import REGISTRY, RunningRouter
+from router.app import REGISTRY, RunningRouter, serve
+from tests.conftest import router_settings
 from tests.fakes import FakeNode, register, running
 
 CHAT = "/inference-cluster/v1/chat/completions"
@@ -59,11 +60,12 @@ class TestModelAwareness:
 class TestLeastLoaded:
     """Under concurrent load the node with fewer requests in flight gets the next one."""
 
-    async def test_concurrent_requests_spread_evenly(
-        self, router: RunningRouter, session: aiohttp.ClientSession
-    ) -> None:
-        """Forty concurrent slow requests over two equal nodes split 20/20 (exact reservations)."""
+    async def test_concurrent_requests_spread_evenly(self, session: aiohttp.ClientSession) -> None:
+        """Forty concurrent slow requests over two equal nodes split 20/20 (exact reservations),
+        the ones past the nodes' caps waiting their turn at the router."""
+        # These fake nodes report once: a long report interval keeps them healthy meanwhile.
         async with (
+            serve(router_settings(report_interval_s=30.0)) as router,
             running(FakeNode("a", chunks=4, chunk_delay_s=0.05)) as a,
             running(FakeNode("b", chunks=4, chunk_delay_s=0.05)) as b,
         ):
