@@ -233,6 +233,10 @@ class Admission:
         self._clock = clock
         self._queues: dict[str, FairQueue[_Waiter[Any]]] = {}
 
+    def queue_lengths(self) -> dict[str, int]:
+        """Requests waiting now, per queue key."""
+        return {key: len(queue) for key, queue in self._queues.items()}
+
     def waiting(self, group: str) -> int:
         queue = self._queues.get(group)
         return len(queue) if queue is not None else 0

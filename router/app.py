@@ -27,7 +27,7 @@ from router.errors import error_middleware
 from router.fleet_metrics import FleetMetrics
 from router.groups_api import GroupsApi
 from router.limits import BodyLimits, TenantRateLimiter
-from router.metrics import FLEET, METRICS, RouterMetrics, metrics_handler
+from router.metrics import ADMISSION_QUEUES, FLEET, METRICS, RouterMetrics, metrics_handler
 from router.monitor import Monitor
 from router.ollama_api import OllamaApi
 from router.openai_api import OpenAIApi
@@ -150,6 +150,7 @@ def make_app(settings: RouterSettings) -> web.Application:
     prometheus = CollectorRegistry()
     app[METRICS] = RouterMetrics(prometheus)
     app[FLEET] = FleetMetrics(app[REGISTRY])
+    app[ADMISSION_QUEUES] = app[ADMISSION].queue_lengths
     app.router.add_get("/metrics", metrics_handler)
     app[ACTIVITY] = Activity()
     app.router.add_routes(DashboardApi(app[REGISTRY]).routes())

@@ -245,6 +245,7 @@ class Dispatcher:
                 retry_after_s=exc.retry_after_s,
             ) from None
         record.queue_wait_s = time.perf_counter() - queued_at
+        record.admitted = True
         out = Outbound(
             path=target.node_path,
             body=target.body,

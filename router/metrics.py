@@ -9,6 +9,7 @@ models are those nodes report (unknown ones are ``other``), tenants are capped (
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -21,7 +22,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from router.fleet_metrics import FleetMetrics
+from router.fleet_metrics import FleetMetrics, escape
 from router.records import RequestRecord
 
 # LLM latencies run from milliseconds (a cached answer) to minutes (a long generation).
@@ -107,6 +108,13 @@ class RouterMetrics:
             ["tenant"],
             registry=registry,
         )
+        self.admission_wait = Histogram(
+            "router_admission_wait_seconds",
+            "Time an admitted request waited in the router's queue for a free slot.",
+            ["group"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
         self.in_progress = Gauge(
             "router_requests_in_progress",
             "Requests being handled now.",
@@ -155,6 +163,8 @@ class RouterMetrics:
         overhead = record.overhead_s
         if overhead is not None:
             self._child(self.overhead, group).observe(overhead)
+        if record.admitted:
+            self._child(self.admission_wait, group).observe(record.queue_wait_s)
         tenant = self.tenant_label(record.tenant)
         self._child(self.tenant_requests, tenant).inc()
         if tokens:
@@ -167,9 +177,27 @@ METRICS = web.AppKey("metrics", RouterMetrics)
 FLEET = web.AppKey("fleet", FleetMetrics)
 
 
+ADMISSION_QUEUES: web.AppKey[Callable[[], dict[str, int]]] = web.AppKey("admission_queues")
+
+
+def _queue_text(lengths: dict[str, int]) -> bytes:
+    lines = [
+        "# HELP router_admission_queue_waiting Requests waiting for a slot, per group and model.\n",
+        "# TYPE router_admission_queue_waiting gauge\n",
+    ]
+    for key, length in sorted(lengths.items()):
+        group, _, model = key.partition("/")
+        lines.append(
+            f'router_admission_queue_waiting{{group="{escape(group)}",model="{escape(model)}"}}'
+            f" {length}\n"
+        )
+    return "".join(lines).encode()
+
+
 def render_metrics(app: web.Application) -> bytes:
-    """The whole ``/metrics`` text: request metrics, then the fleet's gauges."""
-    return generate_latest(app[METRICS].registry) + app[FLEET].render()
+    """The whole ``/metrics`` text: request metrics, the fleet's gauges, the queues."""
+    text = generate_latest(app[METRICS].registry) + app[FLEET].render()
+    return text + _queue_text(app[ADMISSION_QUEUES]())
 
 
 async def metrics_handler(request: web.Request) -> web.Response:

@@ -43,6 +43,7 @@ class RequestRecord:
     tokens: int = 0
     usage_tokens: int | None = None
     queue_wait_s: float = 0.0
+    admitted: bool = False
     tail: bytes = b""  # the last bytes of a relayed stream
 
     @property

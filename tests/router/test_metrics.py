@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from router.app import RunningRouter
+from router.app import RunningRouter, serve
+from tests.conftest import router_settings
 from tests.fakes import FakeNode, register, running
 
 CHAT = "/inference-cluster/v1/chat/completions"
@@ -83,3 +86,39 @@ class TestFleetMetrics:
         assert ({"group": "inference-cluster", "node": "n1"}, 2.0) in samples[
             "router_node_reported_in_flight"
         ]
+
+
+class TestAdmissionMetrics:
+    """Queue waits and queue lengths of the admission queue are exported."""
+
+    async def test_wait_histogram_and_queue_gauge(self, session: aiohttp.ClientSession) -> None:
+        """Requests past a node's cap wait and are counted; the queue gauge names the model."""
+        async with (
+            serve(router_settings(report_interval_s=30.0, cap_factor=0.25)) as router,
+            running(FakeNode("n1", chunks=3, chunk_delay_s=0.05)) as node,
+        ):
+            await register(session, router.url, node)  # 4 slots x 0.25: one at a time
+            body = {
+                "model": "m-small",
+                "stream": True,
+                "messages": [{"role": "user", "content": "x"}],
+            }
+
+            async def one() -> None:
+                async with session.post(router.url + CHAT, json=body) as resp:
+                    assert resp.status == 200
+                    await resp.read()
+
+            tasks = [asyncio.create_task(one()) for _ in range(4)]
+            await node.wait_for(lambda n: n.active == 1)
+            mid = await _samples(session, router.url)
+            await asyncio.gather(*tasks)
+            after = await _samples(session, router.url)
+        queued = dict(
+            (tuple(sorted(k.items())), v) for k, v in mid["router_admission_queue_waiting"]
+        )
+        assert queued[(("group", "inference-cluster"), ("model", "m-small"))] >= 1
+        count = [v for k, v in after["router_admission_wait_seconds_count"]]
+        assert count == [4.0]
+        waited = [v for k, v in after["router_admission_wait_seconds_sum"]]
+        assert waited[0] > 0.1
