@@ -129,12 +129,13 @@ async def _drain_streams(app: web.Application) -> None:
 
 
 def make_app(settings: RouterSettings) -> web.Application:
-    app = web.Application(
-        client_max_size=settings.max_body_bytes, middlewares=[error_middleware, auth_middleware]
-    )
-    app[AUTH] = Authenticator(
+    auth = Authenticator(
         settings.api_keys, settings.registration_token_sha256, settings.admin_token_sha256
     )
+    # With nothing to check, the auth layer is left out of every request's path.
+    middlewares = [error_middleware, auth_middleware] if auth.enabled else [error_middleware]
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=middlewares)
+    app[AUTH] = auth
     app[SETTINGS] = settings
     app[REGISTRY] = _registry_from(settings)
     app[SCHEDULER] = Scheduler()

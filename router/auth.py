@@ -112,6 +112,11 @@ class Authenticator:
         self._admin = admin_digest
 
     @property
+    def enabled(self) -> bool:
+        """Whether any check is configured (client keys, registration or admin tokens)."""
+        return bool(self._tenant_by_digest or self._registration or self._admin)
+
+    @property
     def clients_open(self) -> bool:
         return not self._tenant_by_digest
 

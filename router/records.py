@@ -11,8 +11,6 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-import orjson
-
 log = logging.getLogger("router.requests")
 
 _CONTENT = b'"content":"'
@@ -100,11 +98,7 @@ class RequestRecord:
         """Account a whole (non-streamed) answer."""
         self.t_first_token = self.t_last_token = now
         if _USAGE in body:
-            try:
-                usage = orjson.loads(body).get("usage") or {}
-                self.usage_tokens = int(usage.get("completion_tokens") or 0)
-            except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
-                pass
+            self._read_usage(body)  # a byte search, not a parse of the whole answer
 
     def fields(self) -> dict[str, object]:
         ttft = self.ttft_s
