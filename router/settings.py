@@ -297,6 +297,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--health-interval-s", type=float)
     p.add_argument("--shutdown-grace-s", type=float)
     p.add_argument("--log-format", choices=("auto", "json", "text"))
+    p.add_argument("--router-replicas", type=int, help="how many router replicas share the nodes")
     p.add_argument("--tls-cert-file")
     p.add_argument("--tls-key-file")
     return p
