@@ -215,10 +215,13 @@ def candidate_for(
                 cold_s *= EVICT_FACTOR
     age = None if node.report_received_at is None else now - node.report_received_at
     # What the node had at the report: this router's own then, plus the others' (smoothed: a
-    # single snapshot is noisy). Behind several router replicas the others' share is left out:
-    # each replica balances its own requests, and replicas that all chase one stale snapshot
-    # of the others' herd onto the same node (measured: p99 TTFT 35 ms -> 300 ms).
-    others = node.others_in_flight if replicas == 1 else 0.0
+    # single snapshot is noisy). Behind several router replicas, where the model's slots are
+    # not known (vLLM, TGI: no cap, no share of free slots to claim), the others' load is left
+    # out: each replica balances its own requests, and replicas that all chase one stale
+    # snapshot of the others' herd onto the same node (measured: p99 TTFT 35 ms -> 300 ms).
+    # With known slots, each replica claims its share of the reported free slots instead.
+    own_only = replicas > 1 and entry.max_parallel is None
+    others = 0.0 if own_only else node.others_in_flight
     reported = None if report is None else node.own_at_report + others
     stale = age is None or age > stale_after_s
     tok_s = None
@@ -238,7 +241,7 @@ def candidate_for(
             age,
             stale_after_s,
             slots=slots,
-            replicas=1,  # the share of free slots is left to each replica's own count
+            replicas=1 if own_only else replicas,
             jitter=_hash64(f"{replica_salt}/{node.node_id}/{report.seq}") / 2.0**64
             if report is not None and replicas > 1
             else 0.0,
