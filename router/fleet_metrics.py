@@ -62,8 +62,9 @@ class FleetMetrics:
                     state.append(f'router_node_state{{{ids},state="{s.value}"}} '
                                  f"{1 if s is current else 0}\n")  # fmt: skip
                 slots.append(f"router_node_slots_in_use{{{ids}}} {node.in_flight}\n")
-                is_open = 0 if node.breaker_allows(now) or node.breaker_trips == 0 else 1
-                breaker.append(f"router_node_breaker_open{{{ids}}} {is_open}\n")
+                breaker.append(
+                    f"router_node_breaker_open{{{ids}}} {int(not node.breaker_allows(now))}\n"
+                )
                 if node.report_received_at is not None:
                     age.append(
                         f"router_node_report_age_seconds{{{ids}}} {now - node.report_received_at}\n"

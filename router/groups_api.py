@@ -109,11 +109,7 @@ class GroupsApi:
                 "name": g.name,
                 "policy": g.policy,
                 "nodes": len(g.nodes),
-                "routableNodes": sum(
-                    1
-                    for n in g.nodes.values()
-                    if n.state(threshold).value in ("healthy", "degraded")
-                ),
+                "routableNodes": sum(1 for n in g.nodes.values() if n.state(threshold) in ROUTABLE),
                 "models": sorted(g.model_index),
             }
             for g in self._registry.groups.values()

@@ -46,7 +46,7 @@ class Monitor:
         stale_after = 2 * self._settings.report_interval_s
         for group in self._registry.groups.values():
             for node in group.nodes.values():
-                if node.static or node.report_received_at is None:
+                if node.static or not node.has_agent or node.report_received_at is None:
                     continue
                 if now - node.report_received_at > stale_after:
                     node.check_failed(self._registry.threshold)
@@ -56,7 +56,7 @@ class Monitor:
             node
             for group in self._registry.groups.values()
             for node in group.nodes.values()
-            if node.static or node.report_received_at is None
+            if node.static or not node.has_agent
         ]
 
     async def poll(self, node: Node) -> None:
@@ -91,8 +91,7 @@ class Monitor:
             models=models,
             draining=node.draining,
         )
-        self._registry.apply_report(node, report, self._clock())
-        node.report_received_at = None  # still agentless: keep polling it
+        self._registry.apply_report(node, report, self._clock(), from_agent=False)
 
     async def run(self) -> None:
         interval = self._settings.report_interval_s

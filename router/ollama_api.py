@@ -15,8 +15,7 @@ import orjson
 from aiohttp import web
 
 from router.dispatch import DISPATCHER, Target
-from router.errors import InvalidRequest
-from router.openai_api import check_model
+from router.openai_api import check_model, load_object
 from router.registry import ROUTABLE, Group, Node, Registry
 
 OLLAMA = frozenset({"ollama"})
@@ -25,12 +24,7 @@ FANOUT_TIMEOUT = aiohttp.ClientTimeout(total=5)
 
 def _ollama_target(path: str) -> Any:
     def build(body: bytes) -> Target:
-        try:
-            parsed = orjson.loads(body) if body else None
-        except orjson.JSONDecodeError as exc:
-            raise InvalidRequest(f"request body is not valid JSON: {exc}") from exc
-        if not isinstance(parsed, dict):
-            raise InvalidRequest("request body must be a JSON object")
+        parsed = load_object(body)
         # Ollama streams unless told not to; /api/embed never streams.
         stream = path != "/api/embed" and parsed.get("stream") is not False
         return Target(path, check_model(parsed), body, kinds=OLLAMA, stream=stream)

@@ -40,7 +40,7 @@ COMPLETIONS = Endpoint("/v1/completions", None)
 EMBEDDINGS = Endpoint("/v1/embeddings", None)
 
 
-def _load_object(body: bytes) -> dict[str, Any]:
+def load_object(body: bytes) -> dict[str, Any]:
     if not body:
         raise InvalidRequest("request body is empty: expected a JSON object")
     try:
@@ -63,7 +63,7 @@ def check_model(parsed: dict[str, Any]) -> str:
 
 def parse_body(body: bytes, endpoint: Endpoint, limits: BodyLimits) -> dict[str, Any]:
     """Check the parts of an OpenAI body the router relies on; raise InvalidRequest if bad."""
-    parsed = _load_object(body)
+    parsed = load_object(body)
     limits.check(parsed)
     check_model(parsed)
     if endpoint.required_list is not None:
@@ -121,7 +121,7 @@ class OpenAIApi:
 
         def build(body: bytes) -> Target:
             nonlocal prompt_shape
-            parsed = _load_object(body)
+            parsed = load_object(body)
             if "messages" in parsed:
                 return _openai_target(CHAT, parse_body(body, CHAT, self._limits), body)
             prompt = parsed.get("prompt")
@@ -152,7 +152,13 @@ class OpenAIApi:
         return _infer_answer(response)
 
     def _only_model(self, group: Group) -> str:
-        models = {m for m in self._served_models(group) if not m.endswith(":latest")}
+        threshold = self._registry.threshold
+        models = {
+            m.id
+            for node in group.nodes.values()
+            if node.state(threshold) in ROUTABLE
+            for m in node.models()
+        }
         if len(models) != 1:
             raise InvalidRequest(
                 "this group serves several models: name one in 'model'", param="model"

@@ -50,6 +50,7 @@ class Node:
     owner: str | None = None  # digest of the registration token that registered it
     report: LoadReport | None = None
     report_received_at: float | None = None
+    has_agent: bool = False  # reports come from an agent (else the router polls the node)
     own_at_report: int = 0
     # Requests other routers (or clients) have on the node, from its reports, smoothed: one
     # snapshot is a second old and noisy, and replicas that all chase it herd.
@@ -191,7 +192,9 @@ class Registry:
             group.reindex()
         return node
 
-    def apply_report(self, node: Node, report: LoadReport, now: float) -> None:
+    def apply_report(
+        self, node: Node, report: LoadReport, now: float, *, from_agent: bool = True
+    ) -> None:
         """Take a load report: it is a health check and the node's new view of its models."""
         old_models = node.models()
         busy = report.in_flight
@@ -204,6 +207,7 @@ class Registry:
             node.others_in_flight += OTHERS_SMOOTHING * (others - node.others_in_flight)
         node.report = report
         node.report_received_at = now
+        node.has_agent = node.has_agent or from_agent
         node.own_at_report = node.in_flight
         if node.drain_intent is None:
             node.draining = report.draining
