@@ -18,6 +18,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from router.access_log import ACCESS_LOG, AccessLog, close_access_log
 from router.admission import ADMISSION, Admission, AdmissionLimits
 from router.aliases import Aliases
 from router.auth import AUTH, Authenticator, HostAllowlist, auth_middleware
@@ -38,6 +39,7 @@ from router.scheduling import Scheduler
 from router.server import RouterRunner
 from router.settings import RouterSettings
 from router.triton_api import TritonApi
+from router.upstream import UpstreamPool
 from router.wire import Registration
 
 SETTINGS = web.AppKey("settings", RouterSettings)
@@ -85,8 +87,10 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
         auto_decompress=False,
         skip_auto_headers=("User-Agent",),
     )
-    app[FORWARDER] = Forwarder(app[SESSION], app[REGISTRY], settings, app[METRICS])
+    pool = UpstreamPool(upstream_ssl if isinstance(upstream_ssl, ssl.SSLContext) else None)
+    app[FORWARDER] = Forwarder(pool, app[REGISTRY], settings, app[METRICS])
     yield
+    pool.close()
     await app[SESSION].close()
 
 
@@ -154,6 +158,8 @@ def make_app(settings: RouterSettings) -> web.Application:
     app[ADMISSION_QUEUES] = app[ADMISSION].queue_lengths
     app.router.add_get("/metrics", metrics_handler)
     app[ACTIVITY] = Activity()
+    app[ACCESS_LOG] = AccessLog(settings.log_format)
+    app.on_cleanup.append(close_access_log)
     app.router.add_routes(DashboardApi(app[REGISTRY]).routes())
     app.router.add_get("/health", _health)
     app.router.add_get("/ready", _ready)

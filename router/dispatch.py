@@ -10,13 +10,14 @@ the live page and the log.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from aiohttp import web
 
+from router.access_log import ACCESS_LOG
 from router.admission import ADMISSION, Rejected
 from router.aliases import Aliases, node_name_for
 from router.auth import TENANT
@@ -104,6 +105,8 @@ class Dispatcher:
         limit = self._settings.max_body_bytes
         if (request.content_length or 0) > limit:
             raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
+        if request.content.is_eof():  # all of it came with the headers: nothing to wait for
+            return await request.read()
         try:
             async with asyncio.timeout(self._settings.client_body_timeout_s):
                 return await request.read()
@@ -126,10 +129,10 @@ class Dispatcher:
             model="-",
             endpoint=endpoint,
             tenant=request.get(TENANT) or id_header(headers, "X-Octopus-Tenant-Id"),
-            correlation_id=id_header(headers, "X-Octopus-Correlation-Id") or uuid.uuid4().hex,
+            correlation_id=id_header(headers, "X-Octopus-Correlation-Id") or os.urandom(16).hex(),
         )
-        metrics = request.config_dict[METRICS]
-        in_progress = metrics.in_progress.labels(group.name)
+        metrics = request.app[METRICS]
+        in_progress = metrics.in_progress_of(group.name)
         in_progress.inc()
         try:
             if self._rate_limiter:
@@ -151,8 +154,8 @@ class Dispatcher:
             if self._rate_limiter:
                 self._rate_limiter.charge_tokens(record.tenant, record.output_tokens, self._clock())
             metrics.observe(record)
-            request.config_dict[ACTIVITY].note(record)
-            record.log()
+            request.app[ACTIVITY].note(record)
+            request.app[ACCESS_LOG].write(record)
 
     async def _send(
         self, request: web.Request, group: Group, target: Target, record: RequestRecord
@@ -182,7 +185,7 @@ class Dispatcher:
         session_id = id_header(request.headers, "X-Octopus-Session-Id")
         node_names: dict[str, str] = {}
         key = f"{group.name}/{model}"
-        admission = request.config_dict[ADMISSION]
+        admission = request.app[ADMISSION]
         settings = self._settings
 
         def candidates() -> list[Candidate]:
@@ -259,7 +262,7 @@ class Dispatcher:
             done_marker=target.done_marker,
         )
         try:
-            return await request.config_dict[FORWARDER].forward(
+            return await request.app[FORWARDER].forward(
                 request,
                 group,
                 ticket.grant.order,

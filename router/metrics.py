@@ -145,6 +145,9 @@ class RouterMetrics:
             child = self._cache[key] = metric.labels(*labels)
         return child
 
+    def in_progress_of(self, group: str) -> Any:
+        return self._child(self.in_progress, group)
+
     def observe(self, record: RequestRecord) -> None:
         group, model = record.group, record.model
         node = record.node or "none"

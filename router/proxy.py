@@ -18,7 +18,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
-import aiohttp
 import orjson
 from aiohttp import web
 
@@ -28,6 +27,7 @@ from router.metrics import RouterMetrics
 from router.records import RequestRecord
 from router.registry import Group, Node, Registry, Reservation
 from router.settings import RouterSettings
+from router.upstream import CallLimits, UpstreamPool, UpstreamResponse
 
 log = logging.getLogger("router.proxy")
 
@@ -54,7 +54,9 @@ class Outbound:
     def for_node(self, node: Node) -> tuple[str, bytes, str]:
         """Path, body and model name as this node knows the model (aliases applied)."""
         name = self.node_models.get(node.node_id, self.model)
-        path = self.path.replace("{model}", quote(name, safe=""))
+        path = self.path
+        if "{" in path:  # a native API's path names the model
+            path = path.replace("{model}", quote(name, safe=""))
         if name == self.model or not self.model_in_body:
             return path, self.body, name
         return path, rewrite_model(self.body, name), name
@@ -112,7 +114,7 @@ def _response_headers(
     record.t_headers_out = time.perf_counter()
     overhead = record.overhead_s or 0.0
     headers = {
-        "Content-Type": upstream.get("Content-Type", "application/json"),
+        "Content-Type": upstream.get("content-type", "application/json"),
         "X-Correlation-Id": out.correlation_id,
         "X-Inference-Node": node.name,
         "X-Router-Attempts": str(record.attempts),
@@ -133,21 +135,21 @@ def _has_envelope(body: bytes) -> bool:
 
 
 class Forwarder:
-    """Sends requests to nodes over one pooled client session."""
+    """Sends requests to nodes over pooled keep-alive connections."""
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
+        pool: UpstreamPool,
         registry: Registry,
         settings: RouterSettings,
         metrics: RouterMetrics,
     ) -> None:
-        self._session = session
+        self._pool = pool
         self._registry = registry
         self._settings = settings
         self._metrics = metrics
-        self._timeouts: dict[str, tuple[float, aiohttp.ClientTimeout]] = {}
-        self._live: set[aiohttp.ClientResponse] = set()
+        self._timeouts: dict[str, tuple[float | None, CallLimits]] = {}
+        self._live: set[UpstreamResponse] = set()
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopping = False
@@ -232,36 +234,35 @@ class Forwarder:
             return UpstreamTimeout(f"no node answered in time for '{model}': {reasons}")
         return UpstreamError(f"no node could serve '{model}': {reasons}")
 
-    def _timeout_for(self, group: str) -> tuple[float, aiohttp.ClientTimeout]:
-        """(first-byte bound, client timeout) for a group, built once."""
+    def _timeout_for(self, group: str) -> tuple[float | None, CallLimits]:
+        """(first-byte bound, call limits) for a group, built once. The first-byte bound is
+        None where the idle bound (which applies while waiting for headers) is not longer."""
         cached = self._timeouts.get(group)
         if cached is None:
             t = self._settings.timeouts_for(group)
-            client = aiohttp.ClientTimeout(
-                total=t.total_s, sock_connect=t.connect_s, sock_read=t.idle_s
-            )
-            cached = self._timeouts[group] = (t.first_byte_s, client)
+            limits = CallLimits(connect_s=t.connect_s, idle_s=t.idle_s, total_s=t.total_s)
+            first_byte = t.first_byte_s if t.first_byte_s < t.idle_s else None
+            cached = self._timeouts[group] = (first_byte, limits)
         return cached
 
-    async def _open(self, node: Node, out: Outbound) -> aiohttp.ClientResponse:
+    async def _open(self, node: Node, out: Outbound) -> UpstreamResponse:
         path, body, _ = out.for_node(node)
-        first_byte_s, timeout = self._timeout_for(node.group)
+        first_byte_s, limits = self._timeout_for(node.group)
         try:
-            async with asyncio.timeout(first_byte_s):
-                resp = await self._session.post(
-                    node.base_url + path,
-                    data=body,
-                    headers=_upstream_headers(node, out),
-                    timeout=timeout,
-                )
+            call = self._pool.post(node.base_url, path, body, _upstream_headers(node, out), limits)
+            if first_byte_s is None:  # the idle bound covers the wait for headers too
+                resp = await call
+            else:
+                async with asyncio.timeout(first_byte_s):
+                    resp = await call
         except TimeoutError as exc:
             raise _Failed(f"timeout waiting for {node.name}", node_fault=True) from exc
-        except (aiohttp.ClientError, OSError) as exc:
+        except (OSError, ValueError) as exc:  # ConnectionError and UpstreamBroken are OSErrors
             raise _Failed(f"{node.name}: {exc.__class__.__name__}", node_fault=True) from exc
         if resp.status >= 500:
             try:
-                detail = (await resp.content.read(MAX_ERROR_BODY)).decode("utf-8", "replace")
-            except (aiohttp.ClientError, TimeoutError):
+                detail = (await resp.read_some(MAX_ERROR_BODY)).decode("utf-8", "replace")
+            except (OSError, TimeoutError):
                 detail = ""
             resp.close()
             raise _Failed(
@@ -274,19 +275,19 @@ class Forwarder:
         return resp
 
     @staticmethod
-    async def _check_answer(node: Node, out: Outbound, resp: aiohttp.ClientResponse) -> None:
+    async def _check_answer(node: Node, out: Outbound, resp: UpstreamResponse) -> None:
         """Refuse garbage while nothing has reached the client, so it can go elsewhere: a
         stream answered with something that is not a stream, or a whole answer that is not
         (complete) JSON."""
-        ctype = resp.headers.get("Content-Type", "")
+        ctype = resp.headers.get("content-type", "")
         if out.stream:
             if not ctype.startswith(STREAM_TYPES):
                 resp.close()
                 raise _Failed(f"{node.name} answered a stream as {ctype!r}", node_fault=True)
             return
         try:
-            body = await resp.read()  # kept by aiohttp: the relay reads it again for free
-        except (aiohttp.ClientError, TimeoutError) as exc:
+            body = await resp.read()  # kept: the relay reads it again for free
+        except (OSError, TimeoutError) as exc:
             resp.close()
             raise _Failed(f"{node.name} broke off its answer: {exc!r}", node_fault=True) from exc
         text = body.strip()
@@ -297,7 +298,7 @@ class Forwarder:
     async def _relay(
         self,
         request: web.Request,
-        upstream: aiohttp.ClientResponse,
+        upstream: UpstreamResponse,
         node: Node,
         out: Outbound,
         record: RequestRecord,
@@ -305,13 +306,13 @@ class Forwarder:
         record.status = upstream.status
         node_name = out.node_models.get(node.node_id)
         rename = None if node_name is None else renaming(node_name, out.model)
-        ctype = upstream.headers.get("Content-Type", "")
+        ctype = upstream.headers.get("content-type", "")
         if upstream.status < 400 and ctype.startswith(STREAM_TYPES):
             headers = _response_headers(upstream.headers, node, out, record)
             return await self._relay_stream(request, upstream, node, out, headers, record, rename)
         try:
             body = await upstream.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (OSError, TimeoutError) as exc:
             self._registry.connection_failed(node, time.monotonic())
             raise UpstreamError(f"{node.name} broke off its answer: {exc!r}") from exc
         record.take_body(body, time.perf_counter())
@@ -328,7 +329,7 @@ class Forwarder:
     async def _relay_stream(
         self,
         request: web.Request,
-        upstream: aiohttp.ClientResponse,
+        upstream: UpstreamResponse,
         node: Node,
         out: Outbound,
         headers: dict[str, str],
@@ -357,19 +358,18 @@ class Forwarder:
     async def _pump(
         self,
         request: web.Request,
-        upstream: aiohttp.ClientResponse,
+        upstream: UpstreamResponse,
         response: web.StreamResponse,
         node: Node,
         headers: dict[str, str],
         record: RequestRecord,
         rename: tuple[tuple[bytes, bytes], ...] | None,
     ) -> None:
-        content = upstream.content
         clock = time.perf_counter
         while True:
             try:
-                chunk = await content.readany()
-            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
+                chunk = await upstream.readany()
+            except (OSError, TimeoutError) as exc:
                 if self._stopping:
                     message = "the router is shutting down: the stream was ended"
                     record.error = "router_shutdown"

@@ -1,4 +1,5 @@
-"""One record per routed request: timings, tokens, node, outcome; logged as one line.
+"""One record per routed request: timings, tokens, node, outcome; logged as one line
+(:mod:`router.access_log`).
 
 The stream is watched, not parsed: :class:`StreamWatch` looks at each relayed chunk with a few
 byte searches (C speed) to time the first token and count content events, and reads the
@@ -7,11 +8,8 @@ byte searches (C speed) to time the first token and count content events, and re
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
-
-log = logging.getLogger("router.requests")
 
 _CONTENT = b'"content":"'
 _EMPTY_CONTENT = b'"content":""'
@@ -118,17 +116,3 @@ class RequestRecord:
             "tokens": self.output_tokens,
             "error": self.error,
         }
-
-    def log(self) -> None:
-        if log.isEnabledFor(logging.INFO):
-            fields = self.fields()
-            log.info(
-                "%s %s %s -> %s %s in %sms",
-                fields["correlation_id"],
-                self.group,
-                self.model,
-                self.node or "-",
-                self.status,
-                fields["duration_ms"],
-                extra={"fields": fields},
-            )
