@@ -3,8 +3,10 @@
     python -m bench run [--scenario default] [--target-url URL] [--workers N] [--overhead]
     python -m bench overhead [--quick] [--plant-delay-ms MS] [--plant-burn-ms MS]
     python -m bench ci [--plant-delay-ms MS] [--plant-burn-ms MS]
+    python -m bench policies [--duration S] [--policies A,B,...] [--json] [--out DIR]
 
-``run`` exits 1 when a target is missed, ``ci`` when the gate fails (after one rerun).
+``run`` exits 1 when a target is missed, ``ci`` when the gate fails (after one rerun),
+``policies`` when the real router orders routing policies unlike the simulator.
 Reports go to ``results/bench/<name>/`` unless ``--out`` says otherwise.
 """
 
@@ -19,6 +21,8 @@ import uvloop
 
 from bench.ci import ci
 from bench.overhead.suite import OverheadSettings, run_overhead
+from bench.policy_check import add_parser as add_policies_parser
+from bench.policy_check import run_cli as run_policies
 from bench.report import write_overhead_reports, write_reports
 from bench.runner import RunOptions, run_scenario, say
 from bench.scenario import ScenarioError, load_scenario, scenario_path
@@ -65,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.choices["overhead"].add_argument("--quick", action="store_true", help="fewer rounds")
     sub.choices["ci"].add_argument("--scenario", default="ci")
     sub.choices["ci"].add_argument("--workers", type=int, default=0)
+    add_policies_parser(sub)
     return p
 
 
@@ -117,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             code = uvloop.run(_run(args))
         elif args.command == "overhead":
             code = uvloop.run(_overhead(args))
+        elif args.command == "policies":
+            code = uvloop.run(run_policies(args))
         else:
             out = args.out or RESULTS / "ci"
             code = uvloop.run(ci(args.scenario, out, _wrapper(args), args.workers))
