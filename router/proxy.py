@@ -342,17 +342,17 @@ class Forwarder:
         self._live.add(upstream)
         self._idle.clear()
         try:
-            await self._pump(request, upstream, response, node, headers, record, rename)
+            last = await self._pump(request, upstream, response, node, headers, record, rename)
             if out.done_marker and not record.error and not _ends_with_done(record.tail):
                 record.error = "stream_interrupted"
                 message = f"the stream from node {node.name} ended without [DONE]"
-                await response.write(_cut_notice(headers["Content-Type"], message))
+                last += _cut_notice(headers["Content-Type"], message)
         finally:
             self._live.discard(upstream)
             if not self._live:
                 self._idle.set()
         node.served += 1
-        await response.write_eof()
+        await response.write_eof(last)  # the last piece and the end of the body in one write
         return response
 
     async def _pump(
@@ -364,7 +364,9 @@ class Forwarder:
         headers: dict[str, str],
         record: RequestRecord,
         rename: tuple[tuple[bytes, bytes], ...] | None,
-    ) -> None:
+    ) -> bytes:
+        """Relay the stream as it arrives; the node's last piece is returned, not written, so
+        that it goes out with the end of the body."""
         clock = time.perf_counter
         while True:
             try:
@@ -380,12 +382,14 @@ class Forwarder:
                     message = f"the stream from node {node.name} was cut before it finished"
                     record.error = "stream_interrupted"
                 await response.write(_cut_notice(headers["Content-Type"], message))
-                return
+                return b""
             if not chunk:
-                return
+                return b""
             record.watch(chunk, clock())
             if rename is not None:
                 chunk = apply_renaming(chunk, rename)
+            if upstream.finished:
+                return chunk
             transport = request.transport
             if transport is not None and transport.get_write_buffer_size():
                 await self._write_to_slow_client(response, chunk, record)

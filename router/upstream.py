@@ -218,6 +218,11 @@ class UpstreamResponse:
             raise TimeoutError("the node's answer took longer than the total bound")
         return min(self._limits.idle_s, left)
 
+    @property
+    def finished(self) -> bool:
+        """The whole body has arrived and been read."""
+        return self._conn.complete and not self._conn.chunks
+
     async def readany(self) -> bytes:
         """What has arrived of the body since the last call (waiting for the next piece when
         nothing has); ``b""`` at its end."""
