@@ -132,8 +132,8 @@ class Dispatcher:
             correlation_id=id_header(headers, "X-Octopus-Correlation-Id") or os.urandom(16).hex(),
         )
         metrics = request.app[METRICS]
-        in_progress = metrics.in_progress_of(group.name)
-        in_progress.inc()
+        in_progress, by_group = metrics.in_progress, (group.name,)
+        in_progress.add(by_group, 1)
         try:
             if self._rate_limiter:
                 self._rate_limiter.admit(record.tenant, self._clock())
@@ -150,7 +150,7 @@ class Dispatcher:
             raise
         finally:
             record.t_end = time.perf_counter()
-            in_progress.dec()
+            in_progress.add(by_group, -1)
             if self._rate_limiter:
                 self._rate_limiter.charge_tokens(record.tenant, record.output_tokens, self._clock())
             metrics.observe(record)

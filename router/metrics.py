@@ -10,20 +10,13 @@ models are those nodes report (unknown ones are ``other``), tenants are capped (
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from aiohttp import web
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
 from router.fleet_metrics import FleetMetrics, escape
 from router.records import RequestRecord
+from router.request_metrics import CounterSeries, GaugeSeries, HistogramSeries, RequestSeries
 
 # LLM latencies run from milliseconds (a cached answer) to minutes (a long generation).
 LATENCY_BUCKETS = (
@@ -38,46 +31,76 @@ OTHER = "other"
 class RouterMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self.requests = Counter(
-            "router_requests_total",
+        self.requests = CounterSeries(
+            "router_requests",
             "Requests answered, by group, model, serving node and HTTP status.",
-            ["group", "model", "node", "status"],
-            registry=registry,
+            ("group", "model", "node", "status"),
         )
-        self.duration = Histogram(
+        self.duration = HistogramSeries(
             "router_request_duration_seconds",
             "Time from request arrival to the end of the answer.",
-            ["group", "model"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
+            ("group", "model"),
+            LATENCY_BUCKETS,
         )
-        self.ttft = Histogram(
+        self.ttft = HistogramSeries(
             "router_ttft_seconds",
             "Time from request arrival (admission wait included) to the first token.",
-            ["group", "model"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
+            ("group", "model"),
+            LATENCY_BUCKETS,
         )
-        self.tpot = Histogram(
+        self.tpot = HistogramSeries(
             "router_tpot_seconds",
             "Time per output token after the first.",
-            ["group", "model"],
-            buckets=TPOT_BUCKETS,
-            registry=registry,
+            ("group", "model"),
+            TPOT_BUCKETS,
         )
-        self.output_tokens = Counter(
-            "router_output_tokens_total",
+        self.output_tokens = CounterSeries(
+            "router_output_tokens",
             "Output tokens relayed.",
-            ["group", "model", "node"],
-            registry=registry,
+            ("group", "model", "node"),
         )
-        self.overhead = Histogram(
+        self.overhead = HistogramSeries(
             "router_overhead_seconds",
             "Time the router added before the client got headers (upstream wait excluded).",
-            ["group"],
-            buckets=OVERHEAD_BUCKETS,
-            registry=registry,
+            ("group",),
+            OVERHEAD_BUCKETS,
         )
+        self.tenant_requests = CounterSeries(
+            "router_tenant_requests",
+            "Requests per tenant (at most 100 tenants named; the rest are 'other').",
+            ("tenant",),
+        )
+        self.tenant_tokens = CounterSeries(
+            "router_tenant_output_tokens",
+            "Output tokens per tenant (capped as router_tenant_requests_total).",
+            ("tenant",),
+        )
+        self.admission_wait = HistogramSeries(
+            "router_admission_wait_seconds",
+            "Time an admitted request waited in the router's queue for a free slot.",
+            ("group",),
+            LATENCY_BUCKETS,
+        )
+        self.in_progress = GaugeSeries(
+            "router_requests_in_progress",
+            "Requests being handled now.",
+            ("group",),
+        )
+        registry.register(
+            RequestSeries(
+                self.requests,
+                self.duration,
+                self.ttft,
+                self.tpot,
+                self.output_tokens,
+                self.overhead,
+                self.tenant_requests,
+                self.tenant_tokens,
+                self.admission_wait,
+                self.in_progress,
+            )
+        )
+        # Rare events (a retry, a cut stream, a refusal) stay plain prometheus-client counters.
         self.retries = Counter(
             "router_retries_total",
             "Attempts that failed before the first byte and moved to another node.",
@@ -96,33 +119,7 @@ class RouterMetrics:
             ["group", "reason"],
             registry=registry,
         )
-        self.tenant_requests = Counter(
-            "router_tenant_requests_total",
-            "Requests per tenant (at most 100 tenants named; the rest are 'other').",
-            ["tenant"],
-            registry=registry,
-        )
-        self.tenant_tokens = Counter(
-            "router_tenant_output_tokens_total",
-            "Output tokens per tenant (capped as router_tenant_requests_total).",
-            ["tenant"],
-            registry=registry,
-        )
-        self.admission_wait = Histogram(
-            "router_admission_wait_seconds",
-            "Time an admitted request waited in the router's queue for a free slot.",
-            ["group"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.in_progress = Gauge(
-            "router_requests_in_progress",
-            "Requests being handled now.",
-            ["group"],
-            registry=registry,
-        )
         self._tenants: set[str] = set()
-        self._cache: dict[tuple[object, ...], Any] = {}
 
     def tenant_label(self, tenant: str | None) -> str:
         if not tenant:
@@ -134,44 +131,31 @@ class RouterMetrics:
             return tenant
         return OTHER
 
-    def _child(self, metric: Any, *labels: str) -> Any:
-        """``metric.labels(*labels)``, looked up once per label set (``labels()`` is the
-        costly part of an observation); the cache is bounded like the label values."""
-        key = (id(metric), *labels)
-        child = self._cache.get(key)
-        if child is None:
-            if len(self._cache) > 50_000:
-                self._cache.clear()
-            child = self._cache[key] = metric.labels(*labels)
-        return child
-
-    def in_progress_of(self, group: str) -> Any:
-        return self._child(self.in_progress, group)
-
     def observe(self, record: RequestRecord) -> None:
         group, model = record.group, record.model
+        by_model = (group, model)
         node = record.node or "none"
-        self._child(self.requests, group, model, node, str(record.status)).inc()
+        self.requests.inc((group, model, node, str(record.status)))
         if record.t_end is not None:
-            self._child(self.duration, group, model).observe(record.t_end - record.t_start)
+            self.duration.observe(by_model, record.t_end - record.t_start)
         ttft = record.ttft_s
         if ttft is not None and record.status < 400:
-            self._child(self.ttft, group, model).observe(ttft)
+            self.ttft.observe(by_model, ttft)
         tpot = record.tpot_s
         if tpot is not None:
-            self._child(self.tpot, group, model).observe(tpot)
+            self.tpot.observe(by_model, tpot)
         tokens = record.output_tokens
         if tokens:
-            self._child(self.output_tokens, group, model, node).inc(tokens)
+            self.output_tokens.inc((group, model, node), tokens)
         overhead = record.overhead_s
         if overhead is not None:
-            self._child(self.overhead, group).observe(overhead)
+            self.overhead.observe((group,), overhead)
         if record.admitted:
-            self._child(self.admission_wait, group).observe(record.queue_wait_s)
-        tenant = self.tenant_label(record.tenant)
-        self._child(self.tenant_requests, tenant).inc()
+            self.admission_wait.observe((group,), record.queue_wait_s)
+        tenant = (self.tenant_label(record.tenant),)
+        self.tenant_requests.inc(tenant)
         if tokens:
-            self._child(self.tenant_tokens, tenant).inc(tokens)
+            self.tenant_tokens.inc(tenant, tokens)
 
 
 METRICS = web.AppKey("metrics", RouterMetrics)
