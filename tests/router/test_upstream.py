@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
+import trustme
 from aiohttp import web
 
 from router.upstream import HIGH_WATER, CallLimits, UpstreamBroken, UpstreamPool
@@ -20,13 +23,14 @@ JSON = {"Content-Type": "application/json"}
 
 
 @contextlib.asynccontextmanager
-async def serving(app: web.Application) -> AsyncIterator[str]:
+async def serving(app: web.Application, tls: ssl.SSLContext | None = None) -> AsyncIterator[str]:
     runner = web.AppRunner(app)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls)
     await site.start()
+    scheme = "https" if tls else "http"
     try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+        yield f"{scheme}://127.0.0.1:{runner.addresses[0][1]}"
     finally:
         await runner.cleanup()
 
@@ -36,13 +40,13 @@ async def raw_server(
     handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
 ) -> AsyncIterator[str]:
     writers: list[asyncio.StreamWriter] = []
-    tasks: set[asyncio.Task[None]] = set()
+    tasks: set[asyncio.Task[Any]] = set()
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writers.append(writer)
         task = asyncio.current_task()
         assert task is not None
-        tasks.add(task)  # type: ignore[arg-type]
+        tasks.add(task)
         with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
             await handle(reader, writer)
 
@@ -267,3 +271,23 @@ class TestFailures:
             async with asyncio.timeout(2):
                 await gone.wait()
         assert not pool._idle.get(pool.origin(url))
+
+
+class TestTls:
+    """Nodes behind https: the pool verifies them against the CA it was given."""
+
+    async def test_a_node_with_a_trusted_certificate_answers(self) -> None:
+        ca = trustme.CA()
+        server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+        client_ctx = ssl.create_default_context()
+        ca.configure_trust(client_ctx)
+        async with serving(echo_app(set()), server_ctx) as url:
+            assert url.startswith("https://")
+            trusting = UpstreamPool(client_ctx)
+            resp = await trusting.post(url, "/v1/x", b'{"tls":1}', JSON, LIMITS)
+            assert await resp.read() == b'{"tls":1}'
+            resp.close()
+            trusting.close()
+            with pytest.raises(ssl.SSLCertVerificationError):
+                await UpstreamPool().post(url, "/v1/x", b"{}", JSON, LIMITS)  # not trusted
