@@ -223,10 +223,12 @@ class Admission:
     """One fair queue per group, and the waiting on it.
 
     The router calls :meth:`admit` with a synchronous ``try_pick`` that returns a reserved
-    grant or None when every candidate is full, releases the :class:`Ticket` it gets when the
-    request ends, and calls :meth:`wake` whenever else capacity may have appeared (another
-    reservation released, a load report, a node added). ``group`` is any queue key: a group,
-    or a group and model so that waiters for one model never hold up another's."""
+    grant or None when every candidate is full (or raises when nothing could serve the request
+    any more: a waiter then gets that error at once), releases the :class:`Ticket` it gets when
+    the request ends, and calls :meth:`wake` whenever else capacity may have appeared or gone
+    (another reservation released, a load report, a node added, node states checked).
+    ``group`` is any queue key: a group, or a group and model so that waiters for one model
+    never hold up another's."""
 
     def __init__(self, limits: AdmissionLimits, clock: Callable[[], float]) -> None:
         self.limits = limits
@@ -280,6 +282,9 @@ class Admission:
                 late.release()
                 self._finished(group, who)
             raise
+        except Exception:  # try_pick refused it (no node can serve it any more)
+            queue.remove(who, waiter)
+            raise
         return Ticket(grant, lambda: self._finished(group, who))
 
     def _finished(self, group: str, tenant: str) -> None:
@@ -316,7 +321,11 @@ def _granted(future: asyncio.Future[G]) -> G | None:
 def _pick(waiter: _Waiter[Any]) -> Grant | None:
     if waiter.future.done():  # cancelled or pushed out, not yet removed: never grant
         return None
-    return waiter.try_pick()
+    try:
+        return waiter.try_pick()
+    except Exception as exc:  # it can no longer be served at all: say so now, not at timeout
+        waiter.future.set_exception(exc)
+        return None
 
 
 ADMISSION = web.AppKey("admission", Admission)

@@ -95,7 +95,10 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _monitor(app: web.Application) -> AsyncIterator[None]:
-    monitor = Monitor(app[REGISTRY], app[SESSION], app[SETTINGS])
+    # Queued requests learn at once when their model's last node went away (503, not a wait).
+    monitor = Monitor(
+        app[REGISTRY], app[SESSION], app[SETTINGS], on_checked=app[ADMISSION].wake_all
+    )
     app[MONITOR_TASK] = asyncio.create_task(monitor.run(), name="router-monitor")
     yield
     app[MONITOR_TASK].cancel()

@@ -220,6 +220,8 @@ class Dispatcher:
             built = first_pick.pop() if first_pick else None
             if built is None or waiting:  # picked later, from the queue: build anew
                 built = candidates()
+                if not built:  # no node can take it now, full or not: do not wait for one
+                    raise no_node()
             order = self._scheduler.order(
                 group.policy,
                 key,
@@ -230,13 +232,16 @@ class Dispatcher:
             )
             return Picked(order, Reservation(group.nodes[order[0]], model)) if order else None
 
-        if not found:
+        def no_node() -> NoCapacity:
             cooling = any(not n.breaker_allows(self._clock()) for n in serving.values())
             reason = " (nodes are cooling down after errors)" if cooling else ""
-            raise NoCapacity(
+            return NoCapacity(
                 f"no healthy node serves model '{model}' right now{reason}",
                 retry_after_s=settings.retry_after_s,
             )
+
+        if not found:
+            raise no_node()
         queued_at = time.perf_counter()
         try:
             ticket = await admission.admit(key, record.tenant, pick)

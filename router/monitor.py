@@ -32,7 +32,9 @@ class Monitor:
         session: aiohttp.ClientSession,
         settings: RouterSettings,
         clock: Callable[[], float] = time.monotonic,
+        on_checked: Callable[[], None] | None = None,
     ) -> None:
+        self._on_checked = on_checked  # after each round of checks (node states may have moved)
         self._registry = registry
         self._session = session
         self._settings = settings
@@ -103,4 +105,6 @@ class Monitor:
                 nodes = self._polled_nodes()
                 if nodes:
                     await asyncio.gather(*(self.poll(n) for n in nodes))
+            if self._on_checked is not None:
+                self._on_checked()
             await asyncio.sleep(interval)
