@@ -19,6 +19,7 @@ import asyncio
 import ssl
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 from urllib.parse import urlsplit
@@ -71,6 +72,7 @@ class _Connection(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._deadline = 0.0
+        self._loop = asyncio.get_running_loop()
         self._reset()
 
     def _reset(self) -> None:
@@ -86,6 +88,11 @@ class _Connection(asyncio.Protocol):
         self.buffered = 0
         self._paused = False
         self._reason_bytes = b""
+        # Push mode (see UpstreamResponse.push_to): pieces go straight to ``sink`` as they are
+        # parsed, each one moving the idle deadline (never past the total one).
+        self.sink: Callable[[bytes], bool] | None = None
+        self.idle_s = 0.0
+        self.total_deadline = 0.0
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -122,6 +129,10 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def on_body(self, body: bytes) -> None:
+        sink = self.sink
+        if sink is not None and not self.chunks and sink(body):
+            self._deadline = min(self._loop.time() + self.idle_s, self.total_deadline)
+            return
         self.chunks.append(body)
         self.buffered += len(body)
         if self.buffered > HIGH_WATER and not self._paused and self.transport is not None:
@@ -223,6 +234,8 @@ class UpstreamResponse:
     ) -> None:
         self._pool, self._origin, self._conn, self._limits = pool, origin, conn, limits
         self._deadline = time.monotonic() + limits.total_s
+        conn.idle_s = limits.idle_s
+        conn.total_deadline = asyncio.get_running_loop().time() + limits.total_s
         self._body: bytes | None = None
         self._released = False
         self.status = conn.status
@@ -234,6 +247,13 @@ class UpstreamResponse:
         if left <= 0:
             raise TimeoutError("the node's answer took longer than the total bound")
         return min(self._limits.idle_s, left)
+
+    def push_to(self, sink: Callable[[bytes], bool] | None) -> None:
+        """From now on, hand each piece of the body to ``sink`` as soon as it is parsed, with
+        no task switch in between; a piece the sink refuses (returns False) is queued, and it
+        and the rest come through :meth:`readany` until the queue is empty again. ``None``
+        stops it. :meth:`readany` still reports the end, errors and timeouts."""
+        self._conn.sink = sink
 
     @property
     def finished(self) -> bool:
