@@ -11,7 +11,9 @@ queued + running when the backend says), corrected by how this router's own coun
 that report, never below this router's own count. A report older than ``stale_after_s`` is
 unknown, not zero: only the router's own count is left, and the node is scored as uncertain.
 With ``replicas`` router replicas reading the same reports, each claims only its share of a
-node's reported free slots (else all of them fill the same free slot before the next report).
+node's reported free slots (else all of them fill the same free slot before the next report),
+and counts that share as partly taken already, the more so the older the report (the replica
+that freed the slot may have refilled it): a slot it freed itself, or a faster node, goes first.
 
 ``least_loaded`` (the default) scores each candidate in seconds, lower is better
 (:func:`scores`)::
@@ -33,7 +35,9 @@ across tenants and takes whichever slot frees first, instead of in one node's qu
 exceptions, both "join the shortest expected wait": ``least_loaded`` still queues at the node
 that frees a slot soonest when that is sooner than this router's own next completion (with
 several replicas it does not see the others' completions), and it does not start a cold load
-while waiting for a slot on a node that has the model loaded would be sooner.
+while waiting for a slot on a node that has the model loaded would be sooner. Behind several
+replicas it also queues the head of a backlog at a node when that beats the backlog's drain on
+this replica's own completions: the nodes' queues are the only ones the replicas share.
 """
 
 from __future__ import annotations
@@ -77,6 +81,14 @@ DEGRADED_PENALTY = 1.5
 STALE_PENALTY = 1.25
 EVICT_FACTOR = 2.0
 _TIE = 1e-9  # relative jitter: breaks exact ties at random, never reorders distinct scores
+# Behind router replicas: a free slot in a report was freed by one replica, which saw it at
+# once and may have filled it since; the chance it is still free falls with the report's age
+# on this time scale (replicas-4 simulated over 8 seeds: 1 s and 2 s alike, none worse).
+REFILL_S = 2.0
+# Behind router replicas: queue the head waiter at the node that frees a slot soonest when that
+# wait is under this share of the time this replica's own queue takes to drain on its own
+# completions (its queue is not pooled with the others'; a node's queue is).
+POOL_SHARE = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +112,13 @@ class Candidate:
     cold_s: float | None = None
     cap: int = 0
     stale: bool = False
+    replicas: int = 1
+
+
+def _unclaimed(free: float, claim: float, age: float) -> float:
+    """Of a report's ``free`` slots, those this replica counts as load: the others' share,
+    and its own ``claim`` as far as the slot is likely taken since (see ``REFILL_S``)."""
+    return free - claim * math.exp(-max(age, 0.0) / REFILL_S)
 
 
 def estimate_load(
@@ -120,7 +139,7 @@ def estimate_load(
     load = reported_in_flight + own_now - own_at_report
     if replicas > 1 and slots:
         free = max(slots - reported_in_flight, 0)
-        load += free - math.floor(free / replicas + jitter)
+        load += _unclaimed(free, math.floor(free / replicas + jitter), report_age_s)
     return max(own_now, load)
 
 
@@ -141,7 +160,10 @@ def estimate_loads(
     With ``replicas`` > 1 router replicas reading the same reports, each claims only its share
     of a node's reported free slots: ``floor(free / replicas + jitter)`` (``jitter`` uniform in
     [0, 1), fixed per node and report, so the shares add up to the free slots on average); the
-    rest counts as load, held for the other replicas until the next report."""
+    rest counts as load, held for the other replicas until the next report. The claimed share
+    counts as partly taken, more so the older the report: the replica whose request freed the
+    slot saw it at once and may have filled it (:func:`_unclaimed`). The node stays open, but
+    it scores a queue wait, so a slot this replica freed itself, or a faster node, goes first."""
     fresh = report_age_s <= stale_after_s
     load = reported + own - own_at_report
     if replicas > 1 and slots is not None and jitter is not None:
@@ -150,7 +172,9 @@ def estimate_loads(
             age = np.where(fresh, report_age_s, 0.0)
             seen = reported - np.minimum(reported, slots) * -np.expm1(-age / service_s)
         free = np.maximum(slots - seen, 0.0)
-        load = load + free - np.floor(free / replicas + jitter)
+        claim = np.floor(free / replicas + jitter)
+        age = np.where(fresh, np.maximum(report_age_s, 0.0), 0.0)
+        load = load + free - claim * np.exp(-age / REFILL_S)
     return np.where(fresh, np.maximum(own, load), own), ~fresh
 
 
@@ -256,6 +280,7 @@ def candidate_for(
         if cap_factor is None or entry.max_parallel is None
         else max(1, math.ceil(slots * cap_factor)),
         stale=stale and report is not None,
+        replicas=replicas,
     )
 
 
@@ -275,6 +300,7 @@ class CandidateTable:
     penalty: FloatArray
     own: FloatArray
     hashes: HashArray | None = None  # node_hashes(ids), made when ``sticky`` first needs it
+    replicas: int = 1  # router replicas sharing the nodes (see ``Scheduler._overflow``)
 
     @classmethod
     def from_candidates(cls, cands: Sequence[Candidate]) -> CandidateTable:
@@ -292,6 +318,7 @@ class CandidateTable:
             cold_s=col([_cold(c) for c in cands]),
             penalty=col([_penalty(c) for c in cands]),
             own=col([c.own_in_flight for c in cands]),
+            replicas=max(c.replicas for c in cands),
         )
 
 
@@ -436,7 +463,7 @@ class Scheduler:
         room_ = room(t, policy in SLOT_AWARE)
         ok = np.flatnonzero((t.load < room_) & (t.cold_s < math.inf))
         if ok.size == 0:
-            return self._overflow(t, limit) if policy == "least_loaded" else ok
+            return self._overflow(t, limit, waiting) if policy == "least_loaded" else ok
         limit = min(limit, ok.size)
         if policy == "least_loaded":
             best = self._best(scores(t, ok), ok, limit)
@@ -471,11 +498,17 @@ class Scheduler:
             return rows[top[np.argsort(keyed[top])]]
         return rows[np.argsort(keyed)]
 
-    def _overflow(self, t: CandidateTable, limit: int) -> IndexArray:
+    def _overflow(self, t: CandidateTable, limit: int, waiting: int = 0) -> IndexArray:
         """Every node's slots are busy: queue at the node that frees one soonest if that is
         sooner than this router's own next completion (which is all it can count on: with
         several router replicas it does not see the others' completions until a report),
-        else nothing (the request waits in the router's queue)."""
+        else nothing (the request waits in the router's queue).
+
+        Behind several replicas, a replica's queue drains only on its own completions (and
+        its share of reported free slots), while a node's queue takes every replica's
+        completions there: with ``waiting`` requests queued here, the head goes to the node
+        when that wait is under ``POOL_SHARE`` of this queue's own drain time. Without this,
+        one replica's backlog stays its own while the others' slots turn over."""
         hard = np.flatnonzero((t.load < room(t, False)) & (t.cold_s < math.inf))
         if hard.size == 0:
             return hard
@@ -484,7 +517,8 @@ class Scheduler:
         best = self._best(scores(t, hard), hard, limit)
         first = best[0]
         wait = (t.load[first] + 1.0 - t.slots[first]) / t.slots[first] * service[first]
-        if own_rate > 0 and wait * own_rate < 1.0:
+        drain = max(waiting, 1) * POOL_SHARE if t.replicas > 1 else 1.0
+        if own_rate > 0 and wait * own_rate < drain:
             return best
         return best[:0]
 

@@ -134,7 +134,7 @@ class Replica:
             kind(fleet, mi, names[mi], cap_factor) for mi in range(len(names))
         ]
         for mi, view in enumerate(self.views):
-            view.replicas = replicas
+            view.replicas = view.table.replicas = replicas
             view.rng = np.random.default_rng([seed, mi])
         self.policy = "least_loaded" if oracle else policy
         self.scheduler = Scheduler(random.Random(seed))

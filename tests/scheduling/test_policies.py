@@ -111,6 +111,24 @@ class TestCaps:
         assert Scheduler(random.Random(7)).order("least_loaded", "k", [slow_hot, cold]) == ["cold"]
 
 
+class TestReplicaBacklog:
+    """Behind several router replicas a backlog is pooled through the nodes' queues."""
+
+    def test_backlog_head_queues_at_a_node_only_behind_replicas(self) -> None:
+        """Every slot busy: one router keeps its queue (it sees every completion), a replica
+        with a long backlog sends the head to the node that frees a slot soonest, and a
+        replica with one waiter keeps it."""
+
+        def full(replicas: int) -> list[Candidate]:
+            return [cand(n, load=5, cap=8, own_in_flight=1, tok_s=30.0, replicas=replicas)
+                    for n in ("a", "b")]  # fmt: skip
+
+        sched = Scheduler(random.Random(1))
+        assert sched.order("least_loaded", "k", full(1), waiting=10) == []
+        assert sched.order("least_loaded", "k", full(4), waiting=10) != []
+        assert sched.order("least_loaded", "k", full(4), waiting=1) == []
+
+
 class TestSpreads:
     """Load-blind policies spread by their rule."""
 
@@ -196,6 +214,19 @@ class TestEstimates:
         )  # fmt: skip
         claimed = 4.0 - load  # free slots this replica may fill
         assert abs(claimed.mean() * 4 - 3.0) < 0.1
+
+    def test_claimed_share_counts_as_partly_taken_with_age(self) -> None:
+        """A replica's claim on a reported free slot stays open but weighs more as the report
+        ages (the replica that freed it may have refilled it); scalar and array agree."""
+        loads = [estimate_load(0, 0, 3, age, 3.0, slots=4, replicas=4, jitter=0.99)
+                 for age in (0.0, 1.0, 2.0)]  # fmt: skip
+        assert loads[0] == 3.0
+        assert 3.0 < loads[1] < loads[2] < 4.0
+        array, _ = estimate_loads(
+            np.zeros(3), np.zeros(3), np.full(3, 3.0), np.array([0.0, 1.0, 2.0]), 3.0,
+            slots=np.full(3, 4.0), replicas=4, jitter=np.full(3, 0.99),
+        )  # fmt: skip
+        assert np.allclose(array, loads)
 
     def test_speed_from_aggregate_rate(self) -> None:
         """The node's output rate over its streams gives a batch-1 per-stream speed."""

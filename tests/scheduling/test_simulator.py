@@ -80,12 +80,15 @@ class TestReplicas:
     """Four router replicas with 1 s-old reports, each seeing a quarter of the traffic."""
 
     def test_four_replicas_keep_the_ordering(self, four_routers: dict[str, Any]) -> None:
-        """least_loaded still beats round robin by far, and stays within 2.5x of one router."""
+        """least_loaded still beats round robin by far, and stays within 1.6x of one router."""
         res = four_routers["policies"]
         assert res["least_loaded"]["ttft_p99_s"] <= 0.5 * res["round_robin"]["ttft_p99_s"]
-        assert four_routers["checks"]["p99_ttft_4_routers_over_1"] <= 2.5
+        assert four_routers["checks"]["p99_ttft_4_routers_over_1"] <= 1.6
 
-    @pytest.mark.xfail(reason="4 split router queues with 1-2 s old views: 1.6-1.9x")
+    @pytest.mark.xfail(
+        reason="4 split router queues with 1-2 s old views: 1.43x here (seed 1, size 0.15), "
+        "1.0-1.7x over seeds 1-8, 1.26x at full size; about 1.2x even with 50 ms-fresh reports"
+    )
     def test_four_replicas_within_a_quarter_of_one_router(
         self, four_routers: dict[str, Any]
     ) -> None:
