@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import aiohttp
 from aiohttp import web
 
+from router.upstream import UpstreamPool
+
 from .appkeys import (
     BACKEND,
     CONTROL_SESSION,
@@ -66,11 +68,8 @@ def advertise_url_for(settings: AgentSettings, port: int) -> str:
 
 async def _sessions(app: web.Application) -> AsyncIterator[None]:
     s = app[SETTINGS]
-    # Data path: a large keep-alive pool to the one backend; bytes passed through undecoded.
-    proxy_session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=1024, limit_per_host=0, keepalive_timeout=30),
-        auto_decompress=False,
-    )
+    # Data path: keep-alive connections to the one backend, bytes passed through undecoded.
+    backend_pool = UpstreamPool()
     # Control path (health, collection, routers): its own small pool, short timeouts, so it
     # never waits behind proxied streams.
     control_session = aiohttp.ClientSession(
@@ -79,7 +78,7 @@ async def _sessions(app: web.Application) -> AsyncIterator[None]:
     )
     app[CONTROL_SESSION] = control_session
     app[PROXY] = BackendProxy(
-        proxy_session,
+        backend_pool,
         s.backend_url,
         app[STATS],
         api_key=s.backend_api_key,
@@ -92,7 +91,7 @@ async def _sessions(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        await proxy_session.close()
+        backend_pool.close()
         await control_session.close()
 
 

@@ -9,6 +9,11 @@ NDJSON, TGI and Triton SSE) share this code; only the framing of a cut stream di
 closes the upstream response so the backend stops generating. A route that translates between
 APIs (OpenAI on Triton, :mod:`node_agent.triton_openai`) holds the backend's answer open with
 :meth:`BackendProxy.opened` and gets the same accounting, headers and cancellation.
+
+The calls go out on the router's lean HTTP/1.1 client (:mod:`router.upstream`): aiohttp's
+client call cost more than all of the agent's own work on a short request. Like the aiohttp
+session it replaced (``auto_decompress=False``), it passes the body through undecoded, so
+``Content-Encoding`` and ``Content-Length`` go back as the backend sent them.
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ from collections.abc import AsyncIterator, Awaitable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 
-import aiohttp
 from aiohttp import web
+
+from router.upstream import CallLimits, ConnectTimeout, UpstreamPool, UpstreamResponse
 
 from .errors import AgentError, BackendBadAnswer, BackendTimeout, BackendUnreachable
 from .framing import Framing, count_content_events, cut_event, framing_of, usage_tokens
@@ -53,6 +59,11 @@ _PASS_BACK = (
     "x-prompt-tokens",
     "x-generated-tokens",
 )
+
+_PASS_BACK_KEYS = tuple((name, name.lower()) for name in _PASS_BACK)  # the client's are lower-case
+
+# aiohttp's line limit (twice its 64 KiB read buffer): a longer line is not an answer.
+MAX_LINE = 128 * 1024
 
 # Request headers worth passing on besides the renamed ones.
 _PASS_ON = ("Content-Type", "Accept", "X-Octopus-Session-Id", "Inference-Header-Content-Length")
@@ -91,11 +102,11 @@ class Upstream:
     own stream after.
     """
 
-    __slots__ = ("_first_byte_s", "_idle_s", "_stats", "_track", "done", "response")
+    __slots__ = ("_buffer", "_first_byte_s", "_idle_s", "_scanned", "_stats", "_track", "response")
 
     def __init__(
         self,
-        response: aiohttp.ClientResponse,
+        response: UpstreamResponse,
         track: _Track,
         stats: TrafficStats,
         *,
@@ -107,7 +118,8 @@ class Upstream:
         self._stats = stats
         self._first_byte_s = first_byte_s
         self._idle_s = idle_s
-        self.done = False  # the body was read to its end (the connection can be reused)
+        self._buffer = bytearray()  # what arrived past the last line handed out
+        self._scanned = 0  # how much of the buffer is known to hold no newline
 
     @property
     def status(self) -> int:
@@ -115,22 +127,40 @@ class Upstream:
 
     @property
     def content_type(self) -> str:
-        return self.response.headers.get("Content-Type", "")
+        return self.response.headers.get("content-type", "")
 
     async def read(self) -> bytes:
-        """The whole body."""
-        raw = await self._timed(self.response.read(), "answer")
-        self.done = True
-        return raw
+        """The whole body (what is left of it after :meth:`readline`)."""
+        rest = await self._timed(self.response.read(), "answer")
+        if not self._buffer:
+            return rest
+        head = bytes(self._buffer)
+        self._buffer.clear()
+        return head + rest
 
     async def readline(self) -> bytes:
-        """The next line of the body as it arrives; ``b""`` at its end."""
-        try:
-            line = await self._timed(self.response.content.readline(), "stream")
-        except ValueError as exc:  # aiohttp: "Line is too long"
-            raise BackendBadAnswer(f"backend sent an oversized line: {exc}") from exc
-        if not line:
-            self.done = True
+        """The next line of the body as it arrives (the last one may lack its newline); ``b""``
+        at its end. A line over :data:`MAX_LINE` is a bad answer."""
+        return await self._timed(self._line(), "stream")
+
+    async def _line(self) -> bytes:
+        buffer = self._buffer
+        while (end := buffer.find(b"\n", self._scanned)) < 0:
+            if len(buffer) > MAX_LINE:
+                raise BackendBadAnswer(f"backend sent an oversized line (over {MAX_LINE} bytes)")
+            self._scanned = len(buffer)
+            chunk = await self.response.readany()
+            if not chunk:  # the end: whatever is left is the last line
+                line = bytes(buffer)
+                buffer.clear()
+                self._scanned = 0
+                return line
+            buffer += chunk
+        if end >= MAX_LINE:
+            raise BackendBadAnswer(f"backend sent an oversized line (over {MAX_LINE} bytes)")
+        line = bytes(buffer[: end + 1])
+        del buffer[: end + 1]
+        self._scanned = 0
         return line
 
     async def _timed(self, read: Awaitable[bytes], what: str) -> bytes:
@@ -140,7 +170,7 @@ class Upstream:
                 data = await read
         except TimeoutError as exc:
             raise BackendTimeout(f"backend stalled mid-{what}") from exc
-        except aiohttp.ClientError as exc:
+        except OSError as exc:  # UpstreamBroken is one
             raise BackendUnreachable(f"backend dropped the {what}: {exc}") from exc
         if data and self._track.first_byte_s is None:
             self._track.first_byte_s = self._track.since_start()
@@ -167,11 +197,16 @@ def route_label(request: web.Request) -> str:
 
 
 class BackendProxy:
-    """Forwards requests to one backend over a pooled client session."""
+    """Forwards requests to one backend over a pool of keep-alive connections.
+
+    Connect within ``connect_timeout_s`` (else the backend is unreachable), headers within
+    ``first_byte_timeout_s``, each next piece of a relayed body within ``idle_timeout_s``, all
+    of it within ``total_timeout_s``.
+    """
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
+        pool: UpstreamPool,
         backend_url: str,
         stats: TrafficStats,
         *,
@@ -182,19 +217,17 @@ class BackendProxy:
         connect_timeout_s: float,
         metrics: RequestMetrics | None = None,
     ) -> None:
-        self._session = session
+        self._pool = pool
         self._base = backend_url.rstrip("/")
+        pool.origin(self._base)  # a bad URL fails here, at start
         self._stats = stats
         self._metrics = metrics
         self._api_key = api_key
         self._first_byte_s = first_byte_timeout_s
         self._idle_s = idle_timeout_s
-        # sock_read never fires before our own first-byte and idle timers do.
-        self._timeout = aiohttp.ClientTimeout(
-            total=total_timeout_s,
-            connect=connect_timeout_s,
-            sock_connect=connect_timeout_s,
-            sock_read=max(first_byte_timeout_s, idle_timeout_s),
+        # The client's own idle bound waits for the headers; reads are paced after.
+        self._limits = CallLimits(
+            connect_s=connect_timeout_s, idle_s=first_byte_timeout_s, total_s=total_timeout_s
         )
 
     def upstream_headers(self, request: web.Request) -> dict[str, str]:
@@ -245,46 +278,43 @@ class BackendProxy:
         ``native``: the route is the backend's own API (a cut stream ends in its error shape).
         """
         body = await request.read() if request.body_exists else None
-        url = self._base + path
-        if request.query_string:
-            url = f"{url}?{request.query_string}"
+        query = request.rel_url.raw_query_string  # as the client encoded it
+        if query:
+            path = f"{path}?{query}"
         with self._track(request) as track:
-            upstream = await self._open(request.method, url, body, self.upstream_headers(request))
+            upstream = await self._open(request.method, path, body, self.upstream_headers(request))
             track.status = upstream.status
             track.headers_s = track.since_start()
-            finished = False
+            upstream.pace(self._idle_s)
             try:
                 resp, complete = await self._relay(request, upstream, track, native)
-                finished = True
                 track.failed = not complete or upstream.status >= 500
                 return resp
             finally:
-                if finished:
-                    upstream.release()
-                else:  # cancelled (client gone) or failed: drop the connection, stop the GPU
-                    upstream.close()
+                # Back to the pool when read to its end; otherwise (cancelled with the client
+                # gone, cut, failed) the connection is closed and the backend stops generating.
+                upstream.close()
 
     async def exchange(self, request: web.Request, path: str, body: bytes) -> Exchange:
         """POST a JSON body to ``{backend}{path}`` and read the whole answer (not relayed)."""
         headers = self.upstream_headers(request) | {"Content-Type": "application/json"}
         with self._track(request) as track:
-            upstream = await self._open("POST", self._base + path, body, headers)
+            upstream = await self._open("POST", path, body, headers)
             track.status = upstream.status
             track.headers_s = track.since_start()
             try:
                 async with asyncio.timeout(self._idle_s):
                     raw = await upstream.read()
             except TimeoutError as exc:
-                upstream.close()
                 raise BackendTimeout(f"backend stalled mid-answer: {path}") from exc
-            except aiohttp.ClientError as exc:
-                upstream.close()
+            except OSError as exc:  # UpstreamBroken is one
                 raise BackendUnreachable(f"backend dropped the answer: {exc}") from exc
-            upstream.release()
+            finally:
+                upstream.close()
             track.failed = upstream.status >= 500
             if upstream.status == 200:
                 self._stats.add_tokens(usage_tokens(raw[-4096:]) or 0)
-            ctype = upstream.headers.get("Content-Type", "application/json")
+            ctype = upstream.headers.get("content-type", "application/json")
             return Exchange(upstream.status, ctype, raw)
 
     @asynccontextmanager
@@ -299,9 +329,12 @@ class BackendProxy:
         for name in ("Accept", "Inference-Header-Content-Length"):
             headers.pop(name, None)
         with self._track(request) as track:
-            response = await self._open("POST", self._base + path, body, headers)
+            response = await self._open("POST", path, body, headers)
             track.status = response.status
             track.headers_s = track.since_start()
+            # The handler's reads keep their own first-byte and idle bounds; the client's
+            # per-piece bound never fires before those do.
+            response.pace(max(self._first_byte_s, self._idle_s))
             upstream = Upstream(
                 response,
                 track,
@@ -312,65 +345,57 @@ class BackendProxy:
             try:
                 yield upstream
             finally:
-                if upstream.done:
-                    response.release()
-                else:
-                    response.close()
+                response.close()
 
     async def _open(
-        self, method: str, url: str, body: bytes | None, headers: dict[str, str]
-    ) -> aiohttp.ClientResponse:
+        self, method: str, path: str, body: bytes | None, headers: dict[str, str]
+    ) -> UpstreamResponse:
         try:
-            async with asyncio.timeout(self._first_byte_s):
-                return await self._session.request(
-                    method, url, data=body, headers=headers, timeout=self._timeout
-                )
-        except aiohttp.ConnectionTimeoutError as exc:
-            raise BackendUnreachable(f"backend connect timeout: {url}") from exc
+            return await self._pool.request(method, self._base, path, body, headers, self._limits)
+        except ConnectTimeout as exc:
+            raise BackendUnreachable(f"backend connect timeout: {self._base}{path}") from exc
         except TimeoutError as exc:
             raise BackendTimeout(
-                f"backend sent no response within {self._first_byte_s:g}s: {url}"
+                f"backend sent no response within {self._first_byte_s:g}s: {self._base}{path}"
             ) from exc
-        except aiohttp.ClientError as exc:
-            log.warning("backend unreachable at %s: %s", url, exc)
+        except OSError as exc:  # refused, reset, UpstreamBroken
+            log.warning("backend unreachable at %s%s: %s", self._base, path, exc)
             raise BackendUnreachable(f"backend unreachable: {exc}") from exc
 
     async def _relay(
         self,
         request: web.Request,
-        upstream: aiohttp.ClientResponse,
+        upstream: UpstreamResponse,
         track: _Track,
         native: bool,
     ) -> tuple[web.StreamResponse, bool]:
         """Relay the answer; the flag is False when the backend stalled or dropped mid-answer."""
-        resp = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-        for name in _PASS_BACK:
-            value = upstream.headers.get(name)
+        resp = web.StreamResponse(status=upstream.status, reason=upstream.reason or None)
+        found = upstream.headers
+        for name, key in _PASS_BACK_KEYS:
+            value = found.get(key)
             if value is not None:
                 resp.headers[name] = value
-        framing = framing_of(upstream.headers.get("Content-Type", ""), native=native)
+        framing = framing_of(found.get("content-type", ""), native=native)
         ok = upstream.status == 200
         count = framing.streamed and ok
         await resp.prepare(request)
-        loop = asyncio.get_running_loop()
         counted = 0
         previous = last = b""
         try:
-            async with asyncio.timeout(self._idle_s) as idle:
-                async for chunk in upstream.content.iter_any():
-                    await resp.write(chunk)
-                    idle.reschedule(loop.time() + self._idle_s)
-                    if track.first_byte_s is None:
-                        track.first_byte_s = track.since_start()
-                    if count:
-                        n = count_content_events(chunk)
-                        counted += n
-                        self._stats.add_tokens(n)
-                    previous, last = last, chunk
+            while chunk := await upstream.readany():  # each wait bounded by the idle timeout
+                await resp.write(chunk)
+                if track.first_byte_s is None:
+                    track.first_byte_s = track.since_start()
+                if count:
+                    n = count_content_events(chunk)
+                    counted += n
+                    self._stats.add_tokens(n)
+                previous, last = last, chunk
             if ok:
                 exact = usage_tokens(previous[-1024:] + last)
                 if exact is None and not framing.streamed:
-                    exact = _header_int(upstream, "x-generated-tokens")
+                    exact = _header_int(found, "x-generated-tokens")
                 if exact is not None:
                     self._stats.add_tokens(exact - counted)
             await resp.write_eof()
@@ -381,7 +406,7 @@ class BackendProxy:
             track.status = CLIENT_GONE
             upstream.close()
             return resp, True
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except (TimeoutError, OSError) as exc:  # the backend's side: UpstreamBroken is one
             await self._cut(request, resp, framing, last, exc)
             return resp, False
         return resp, True
@@ -410,6 +435,6 @@ class BackendProxy:
             request.transport.close()
 
 
-def _header_int(upstream: aiohttp.ClientResponse, name: str) -> int | None:
-    value = upstream.headers.get(name, "")
+def _header_int(headers: dict[str, str], name: str) -> int | None:
+    value = headers.get(name, "")
     return int(value) if value.isdigit() else None

@@ -1,8 +1,9 @@
 """The calls to nodes: a lean HTTP/1.1 client on pooled keep-alive connections.
 
-Every routed request is one POST to a node, answered by JSON or by a stream. aiohttp's client is
-general (cookies, redirects, auth, tracing, multipart, …) and on a short request it cost more than
-all of the routing; this client does only what the forwarder needs, on ``httptools`` (the
+Every routed request is one POST to a node, answered by JSON or by a stream (the node agent's
+calls to its backend use any method but HEAD, with or without a body). aiohttp's client is
+general (cookies, redirects, auth, tracing, multipart, …) and on a short request it cost more
+than all of the routing; this client does only what the forwarder needs, on ``httptools`` (the
 llhttp C parser): the request goes out in one write, the answer's headers, then its body chunks
 as they arrive (chunked encoding decoded), with back-pressure (reading stops while
 ``HIGH_WATER`` bytes wait for a slow client). Every wait is bounded: ``connect_s`` for a new
@@ -28,10 +29,15 @@ import httptools
 
 HIGH_WATER = 256 * 1024
 MAX_IDLE_PER_NODE = 256
+_BODYLESS = frozenset(("GET", "OPTIONS", "TRACE"))
 
 
 class UpstreamBroken(ConnectionError):
     """The node closed the connection or sent something that is not HTTP."""
+
+
+class ConnectTimeout(TimeoutError):
+    """No connection to the node within ``connect_s`` (nothing was sent)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,9 +238,9 @@ class UpstreamResponse:
     def __init__(
         self, pool: UpstreamPool, origin: _Origin, conn: _Connection, limits: CallLimits
     ) -> None:
-        self._pool, self._origin, self._conn, self._limits = pool, origin, conn, limits
+        self._pool, self._origin, self._conn = pool, origin, conn
         self._deadline = time.monotonic() + limits.total_s
-        conn.idle_s = limits.idle_s
+        self._idle_s = conn.idle_s = limits.idle_s
         conn.total_deadline = asyncio.get_running_loop().time() + limits.total_s
         self._body: bytes | None = None
         self._released = False
@@ -246,7 +252,12 @@ class UpstreamResponse:
         left = self._deadline - time.monotonic()
         if left <= 0:
             raise TimeoutError("the node's answer took longer than the total bound")
-        return min(self._limits.idle_s, left)
+        return min(self._idle_s, left)
+
+    def pace(self, idle_s: float) -> None:
+        """Wait at most ``idle_s`` for each next piece of the body from now on (the call's own
+        ``idle_s`` bounds the wait for the headers and, unless paced, for the body)."""
+        self._idle_s = self._conn.idle_s = idle_s
 
     def push_to(self, sink: Callable[[bytes], bool] | None) -> None:
         """From now on, hand each piece of the body to ``sink`` as soon as it is parsed, with
@@ -312,7 +323,7 @@ class UpstreamResponse:
 
 
 class UpstreamPool:
-    """Keep-alive connections by node origin; ``post`` sends one request."""
+    """Keep-alive connections by node origin; ``request`` (or ``post``) sends one request."""
 
     def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
         self._idle: dict[_Origin, list[_Connection]] = {}
@@ -335,17 +346,38 @@ class UpstreamPool:
         limits: CallLimits,
     ) -> UpstreamResponse:
         """Send ``body`` to ``base_url + path``; returns once the answer's headers are in."""
+        return await self.request("POST", base_url, path, body, headers, limits)
+
+    async def request(
+        self,
+        method: str,
+        base_url: str,
+        path: str,
+        body: bytes | None,
+        headers: dict[str, str],
+        limits: CallLimits,
+    ) -> UpstreamResponse:
+        """Send ``method`` to ``base_url + path`` (already URL-encoded, with any query string);
+        returns once the answer's headers are in. A ``None`` body on a method that takes none
+        (GET, OPTIONS, TRACE) goes without a Content-Length, as aiohttp sends it. HEAD is not
+        supported: the parser would wait for the body its answer announces."""
+        if method == "HEAD":
+            raise ValueError("HEAD is not supported")
         origin = self.origin(base_url)
-        lines = [f"POST {origin.prefix}{path} HTTP/1.1", f"Host: {origin.host_header}"]
+        lines = [f"{method} {origin.prefix}{path} HTTP/1.1", f"Host: {origin.host_header}"]
         lines += [f"{k}: {v}" for k, v in headers.items()]
-        lines.append(f"Content-Length: {len(body)}\r\n\r\n")
+        if body is None and method in _BODYLESS:
+            lines.append("\r\n")
+        else:
+            lines.append(f"Content-Length: {len(body) if body else 0}\r\n\r\n")
         head = "\r\n".join(lines).encode("latin-1")
+        payload = body or b""
         deadline = time.monotonic() + limits.total_s
         while True:
             conn, reused = self._idle_connection(origin), True
             if conn is None:
                 conn, reused = await self._connect(origin, limits.connect_s), False
-            conn.send(head, body)
+            conn.send(head, payload)
             try:
                 while not conn.headers_done:
                     if conn.error is not None:
@@ -376,10 +408,14 @@ class UpstreamPool:
             if self._ssl is None:
                 self._ssl = ssl.create_default_context()
             use_ssl = self._ssl
-        async with asyncio.timeout(timeout_s):
-            _, conn = await loop.create_connection(
-                _Connection, origin.host, origin.port, ssl=use_ssl
-            )
+        try:
+            async with asyncio.timeout(timeout_s):
+                _, conn = await loop.create_connection(
+                    _Connection, origin.host, origin.port, ssl=use_ssl
+                )
+        except TimeoutError as exc:
+            where = origin.host_header
+            raise ConnectTimeout(f"no connection to {where} in {timeout_s:g}s") from exc
         return conn
 
     def give_back(self, origin: _Origin, conn: _Connection) -> None:

@@ -16,7 +16,7 @@ import pytest
 import trustme
 from aiohttp import web
 
-from router.upstream import HIGH_WATER, CallLimits, UpstreamBroken, UpstreamPool
+from router.upstream import HIGH_WATER, CallLimits, ConnectTimeout, UpstreamBroken, UpstreamPool
 
 LIMITS = CallLimits(connect_s=2.0, idle_s=2.0, total_s=10.0)
 JSON = {"Content-Type": "application/json"}
@@ -166,12 +166,69 @@ class TestCalls:
             assert len(await resp.read()) == size
 
 
+class TestMethods:
+    """Any method goes out (the node agent's calls to its backend), with or without a body."""
+
+    async def test_get_without_a_body_and_with_a_query_string(self, pool: UpstreamPool) -> None:
+        """A GET goes without Content-Length; the query reaches the node as it was encoded."""
+        seen: list[tuple[str, str, str | None, bytes]] = []
+
+        async def anything(request: web.Request) -> web.Response:
+            body = await request.read()
+            seen.append(
+                (request.method, request.raw_path, request.headers.get("Content-Length"), body)
+            )
+            return web.Response(text=request.method)
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", anything)
+        async with serving(app) as url:
+            for method, body in (("GET", None), ("DELETE", None), ("PUT", b"abc")):
+                resp = await pool.request(method, url + "/v1", "/m?a=1&b=x%20y", body, {}, LIMITS)
+                assert await resp.read() == method.encode()
+                resp.close()
+        assert seen == [
+            ("GET", "/v1/m?a=1&b=x%20y", None, b""),
+            ("DELETE", "/v1/m?a=1&b=x%20y", "0", b""),
+            ("PUT", "/v1/m?a=1&b=x%20y", "3", b"abc"),
+        ]
+
+    async def test_pace_bounds_each_next_piece(self, pool: UpstreamPool) -> None:
+        """After the headers, ``pace`` sets the wait for each next piece of the body."""
+
+        async def slow_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while True:
+                await read_request(reader)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nabc")
+                await asyncio.sleep(0.3)
+                writer.write(b"def")
+
+        async with raw_server(slow_body) as url:
+            resp = await pool.post(url, "/x", b"{}", JSON, CallLimits(2.0, 0.1, 10.0))
+            resp.pace(2.0)  # longer than the node's pause: the body comes whole
+            assert await resp.read() == b"abcdef"
+            resp = await pool.post(url, "/x", b"{}", JSON, CallLimits(2.0, 2.0, 10.0))
+            resp.pace(0.1)
+            with pytest.raises(TimeoutError):
+                await resp.read()
+
+
 class TestFailures:
     async def test_refused_connection_is_an_os_error(self, pool: UpstreamPool) -> None:
         async with raw_server(lambda r, w: asyncio.sleep(0)) as url:
             pass  # closed: nothing listens there now
         with pytest.raises(ConnectionRefusedError):
             await pool.post(url, "/x", b"{}", JSON, LIMITS)
+
+    async def test_no_connection_within_the_connect_bound_is_a_connect_timeout(
+        self, pool: UpstreamPool
+    ) -> None:
+        """A connect that outlasts ``connect_s`` is a ConnectTimeout (a TimeoutError): with no
+        time at all, it is over before the refusal could come."""
+        async with raw_server(lambda r, w: asyncio.sleep(0)) as url:
+            pass  # closed: nothing listens there now
+        with pytest.raises(ConnectTimeout):
+            await pool.post(url, "/x", b"{}", JSON, CallLimits(0.0, 2.0, 10.0))
 
     async def test_no_headers_within_the_idle_bound_times_out(self, pool: UpstreamPool) -> None:
         async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
