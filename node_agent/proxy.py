@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 
@@ -29,10 +29,13 @@ from aiohttp import web
 
 from router.upstream import CallLimits, ConnectTimeout, UpstreamPool, UpstreamResponse
 
-from .errors import AgentError, BackendBadAnswer, BackendTimeout, BackendUnreachable
+from .backend_answer import Track, Upstream
+from .errors import AgentError, BackendTimeout, BackendUnreachable
 from .framing import Framing, count_content_events, cut_event, framing_of, usage_tokens
 from .metrics import CLIENT_GONE, RequestMetrics
 from .traffic import TrafficStats
+
+__all__ = ["BackendProxy", "Exchange", "Upstream", "route_label"]  # Upstream: for handlers
 
 log = logging.getLogger("node_agent.proxy")
 
@@ -62,9 +65,6 @@ _PASS_BACK = (
 
 _PASS_BACK_KEYS = tuple((name, name.lower()) for name in _PASS_BACK)  # the client's are lower-case
 
-# aiohttp's line limit (twice its 64 KiB read buffer): a longer line is not an answer.
-MAX_LINE = 128 * 1024
-
 # Request headers worth passing on besides the renamed ones.
 _PASS_ON = ("Content-Type", "Accept", "X-Octopus-Session-Id", "Inference-Header-Content-Length")
 
@@ -76,118 +76,6 @@ class Exchange:
     status: int
     content_type: str
     body: bytes
-
-
-@dataclass(slots=True)
-class _Track:
-    """One request's accounting: its route label, status and timings."""
-
-    path: str
-    start: float
-    status: int = 500
-    failed: bool = True
-    headers_s: float | None = None
-    first_byte_s: float | None = None
-
-    def since_start(self) -> float:
-        return time.perf_counter() - self.start
-
-
-class Upstream:
-    """A backend answer held open for a translating handler (:meth:`BackendProxy.opened`).
-
-    Until the first bytes of the body come, a read may take the first-byte timeout (a backend
-    may send its headers before it starts generating); after, the idle timeout. Errors come as
-    :class:`AgentError` s, so a handler can raise them before it answers and write them into its
-    own stream after.
-    """
-
-    __slots__ = ("_buffer", "_first_byte_s", "_idle_s", "_scanned", "_stats", "_track", "response")
-
-    def __init__(
-        self,
-        response: UpstreamResponse,
-        track: _Track,
-        stats: TrafficStats,
-        *,
-        first_byte_s: float,
-        idle_s: float,
-    ) -> None:
-        self.response = response
-        self._track = track
-        self._stats = stats
-        self._first_byte_s = first_byte_s
-        self._idle_s = idle_s
-        self._buffer = bytearray()  # what arrived past the last line handed out
-        self._scanned = 0  # how much of the buffer is known to hold no newline
-
-    @property
-    def status(self) -> int:
-        return self.response.status
-
-    @property
-    def content_type(self) -> str:
-        return self.response.headers.get("content-type", "")
-
-    async def read(self) -> bytes:
-        """The whole body (what is left of it after :meth:`readline`)."""
-        rest = await self._timed(self.response.read(), "answer")
-        if not self._buffer:
-            return rest
-        head = bytes(self._buffer)
-        self._buffer.clear()
-        return head + rest
-
-    async def readline(self) -> bytes:
-        """The next line of the body as it arrives (the last one may lack its newline); ``b""``
-        at its end. A line over :data:`MAX_LINE` is a bad answer."""
-        return await self._timed(self._line(), "stream")
-
-    async def _line(self) -> bytes:
-        buffer = self._buffer
-        while (end := buffer.find(b"\n", self._scanned)) < 0:
-            if len(buffer) > MAX_LINE:
-                raise BackendBadAnswer(f"backend sent an oversized line (over {MAX_LINE} bytes)")
-            self._scanned = len(buffer)
-            chunk = await self.response.readany()
-            if not chunk:  # the end: whatever is left is the last line
-                line = bytes(buffer)
-                buffer.clear()
-                self._scanned = 0
-                return line
-            buffer += chunk
-        if end >= MAX_LINE:
-            raise BackendBadAnswer(f"backend sent an oversized line (over {MAX_LINE} bytes)")
-        line = bytes(buffer[: end + 1])
-        del buffer[: end + 1]
-        self._scanned = 0
-        return line
-
-    async def _timed(self, read: Awaitable[bytes], what: str) -> bytes:
-        started = self._track.first_byte_s is not None
-        try:
-            async with asyncio.timeout(self._idle_s if started else self._first_byte_s):
-                data = await read
-        except TimeoutError as exc:
-            raise BackendTimeout(f"backend stalled mid-{what}") from exc
-        except OSError as exc:  # UpstreamBroken is one
-            raise BackendUnreachable(f"backend dropped the {what}: {exc}") from exc
-        if data and self._track.first_byte_s is None:
-            self._track.first_byte_s = self._track.since_start()
-        return data
-
-    def add_tokens(self, count: int) -> None:
-        """Output tokens the handler counted in the answer."""
-        self._stats.add_tokens(count)
-
-    def finish(self, *, failed: bool) -> None:
-        """The handler's verdict: ``failed`` when the backend failed the request."""
-        self._track.failed = failed or self.status >= 500
-
-    def client_gone(self) -> None:
-        """The client went away mid-answer (the backend is stopped on exit)."""
-        self._track.status = CLIENT_GONE
-        self._track.failed = False
 
 
 def route_label(request: web.Request) -> str:
@@ -250,9 +138,9 @@ class BackendProxy:
         return headers
 
     @contextmanager
-    def _track(self, request: web.Request) -> Iterator[_Track]:
+    def _track(self, request: web.Request) -> Iterator[Track]:
         """Count the request in flight and observe it once it ends, however it ends."""
-        track = _Track(route_label(request), time.perf_counter())
+        track = Track(route_label(request), time.perf_counter())
         self._stats.enter()
         try:
             yield track
@@ -366,16 +254,18 @@ class BackendProxy:
         self,
         request: web.Request,
         upstream: UpstreamResponse,
-        track: _Track,
+        track: Track,
         native: bool,
     ) -> tuple[web.StreamResponse, bool]:
-        """Relay the answer; the flag is False when the backend stalled or dropped mid-answer."""
-        resp = web.StreamResponse(status=upstream.status, reason=upstream.reason or None)
+        """Relay the answer; the flag is False when the backend stalled or dropped mid-answer.
+
+        Pieces go out as they come; the last one goes with the end of the answer, in one write.
+        """
         found = upstream.headers
-        for name, key in _PASS_BACK_KEYS:
-            value = found.get(key)
-            if value is not None:
-                resp.headers[name] = value
+        headers = {name: found[key] for name, key in _PASS_BACK_KEYS if key in found}
+        resp = web.StreamResponse(
+            status=upstream.status, reason=upstream.reason or None, headers=headers
+        )
         framing = framing_of(found.get("content-type", ""), native=native)
         ok = upstream.status == 200
         count = framing.streamed and ok
@@ -384,21 +274,21 @@ class BackendProxy:
         previous = last = b""
         try:
             while chunk := await upstream.readany():  # each wait bounded by the idle timeout
-                await resp.write(chunk)
-                if track.first_byte_s is None:
-                    track.first_byte_s = track.since_start()
                 if count:
                     n = count_content_events(chunk)
                     counted += n
                     self._stats.add_tokens(n)
                 previous, last = last, chunk
+                if upstream.finished:  # the last piece goes out with the end, in one write
+                    break
+                await resp.write(chunk)
+                if track.first_byte_s is None:
+                    track.first_byte_s = track.since_start()
+            if track.first_byte_s is None and chunk:
+                track.first_byte_s = track.since_start()
             if ok:
-                exact = usage_tokens(previous[-1024:] + last)
-                if exact is None and not framing.streamed:
-                    exact = _header_int(found, "x-generated-tokens")
-                if exact is not None:
-                    self._stats.add_tokens(exact - counted)
-            await resp.write_eof()
+                self._add_exact(found, framing, previous[-1024:] + last, counted)
+            await resp.write_eof(chunk)
         except ConnectionResetError:
             # The client went away (the handler is usually cancelled first; this is the case
             # where the write noticed it): stop the backend generating for nobody.
@@ -410,6 +300,16 @@ class BackendProxy:
             await self._cut(request, resp, framing, last, exc)
             return resp, False
         return resp, True
+
+    def _add_exact(
+        self, found: dict[str, str], framing: Framing, tail: bytes, counted: int
+    ) -> None:
+        """Correct the tokens counted from events by the exact count the answer ends with."""
+        exact = usage_tokens(tail)
+        if exact is None and not framing.streamed:
+            exact = _header_int(found, "x-generated-tokens")
+        if exact is not None:
+            self._stats.add_tokens(exact - counted)
 
     async def _cut(
         self,

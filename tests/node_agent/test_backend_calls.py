@@ -15,8 +15,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from node_agent.backend_answer import MAX_LINE
 from node_agent.errors import error_middleware
-from node_agent.proxy import MAX_LINE, BackendProxy
+from node_agent.proxy import BackendProxy
 from node_agent.traffic import TrafficStats
 from router.upstream import UpstreamPool
 
