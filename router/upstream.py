@@ -97,6 +97,7 @@ class _Connection(asyncio.Protocol):
         # Push mode (see UpstreamResponse.push_to): pieces go straight to ``sink`` as they are
         # parsed, each one moving the idle deadline (never past the total one).
         self.sink: Callable[[bytes], bool] | None = None
+        self._parsed: list[bytes] = []
         self.idle_s = 0.0
         self.total_deadline = 0.0
 
@@ -110,6 +111,8 @@ class _Connection(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self._fail(UpstreamBroken(f"bad HTTP from the node: {exc}"))
+        if self._parsed:  # what this read held goes to the sink in one piece: one write
+            self._to_sink()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.headers_done and not self.complete and self._reads_to_close():
@@ -135,10 +138,20 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def on_body(self, body: bytes) -> None:
-        sink = self.sink
-        if sink is not None and not self.chunks and sink(body):
-            self._deadline = min(self._loop.time() + self.idle_s, self.total_deadline)
+        if self.sink is not None and not self.chunks:
+            self._parsed.append(body)  # handed over once the whole read is parsed
             return
+        self._queue(body)
+
+    def _to_sink(self) -> None:
+        parsed, self._parsed = self._parsed, []
+        body = parsed[0] if len(parsed) == 1 else b"".join(parsed)
+        if self.sink is not None and self.sink(body):
+            self._deadline = min(self._loop.time() + self.idle_s, self.total_deadline)
+        else:
+            self._queue(body)
+
+    def _queue(self, body: bytes) -> None:
         self.chunks.append(body)
         self.buffered += len(body)
         if self.buffered > HIGH_WATER and not self._paused and self.transport is not None:
