@@ -78,7 +78,7 @@ class _Connection(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._deadline = 0.0
-        self._loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()
         self._reset()
 
     def _reset(self) -> None:
@@ -147,7 +147,7 @@ class _Connection(asyncio.Protocol):
         parsed, self._parsed = self._parsed, []
         body = parsed[0] if len(parsed) == 1 else b"".join(parsed)
         if self.sink is not None and self.sink(body):
-            self._deadline = min(self._loop.time() + self.idle_s, self.total_deadline)
+            self._deadline = min(self.loop.time() + self.idle_s, self.total_deadline)
         else:
             self._queue(body)
 
@@ -198,7 +198,7 @@ class _Connection(asyncio.Protocol):
         """Until the parser has something new, at most ``timeout_s``. One timer per connection
         is re-armed lazily (a stream waits once per chunk: no timer made and cancelled each
         time); it fails the wait only once the latest deadline has passed."""
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         waiter = self._waiter = loop.create_future()
         deadline = self._deadline = loop.time() + timeout_s
         timer = self._timer
@@ -216,7 +216,7 @@ class _Connection(asyncio.Protocol):
         waiter = self._waiter
         if waiter is None or waiter.done():
             return  # nobody waits now: the next wait arms a timer again
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         if loop.time() >= self._deadline:
             waiter.set_exception(TimeoutError())
         else:
@@ -254,7 +254,7 @@ class UpstreamResponse:
         self._pool, self._origin, self._conn = pool, origin, conn
         self._deadline = time.monotonic() + limits.total_s
         self._idle_s = conn.idle_s = limits.idle_s
-        conn.total_deadline = asyncio.get_running_loop().time() + limits.total_s
+        conn.total_deadline = conn.loop.time() + limits.total_s
         self._body: bytes | None = None
         self._released = False
         self.status = conn.status
