@@ -179,10 +179,12 @@ def make_app(settings: RouterSettings) -> web.Application:
         Aliases(settings.aliases),
         TenantRateLimiter(settings.tenant_requests_per_minute, settings.tenant_tokens_per_minute),
     )
-    app.router.add_routes(OllamaApi(app[REGISTRY], SESSION).routes())
-    app.router.add_routes(TritonApi(app[REGISTRY]).routes())
+    # OpenAI first: aiohttp tries the "/{group}/..." routes in the order they were added, and
+    # the OpenAI ones carry nearly all the traffic (16 failed matches cost ~10 us a request).
     limits = BodyLimits(settings.max_messages, settings.max_n, settings.max_output_tokens)
     app.router.add_routes(OpenAIApi(app[REGISTRY], limits).routes())
+    app.router.add_routes(OllamaApi(app[REGISTRY], SESSION).routes())
+    app.router.add_routes(TritonApi(app[REGISTRY]).routes())
     app.cleanup_ctx.append(_client_session)
     app.cleanup_ctx.append(_monitor)
     return app
