@@ -3,7 +3,10 @@
 Sources (``gpu_source``):
 
 - ``nvml``: pynvml, initialised once; every read runs the blocking calls in a worker thread.
-  Without an NVIDIA driver it reports no GPUs (logged once at info level), never a crash.
+  Without an NVIDIA driver it reports no GPUs (logged once at info level), never a crash. Used
+  memory includes what the driver reserves (about 480 MiB on an H100), which no model can
+  have: it is ``nvidia-smi``'s used + reserved, and total - used is ``nvidia-smi``'s free
+  (checked on an H100, idle and with 6 and 10 GiB held: ``python -m node_agent.gpu_check``).
 - ``emulated``: ``GET {backend_url}/_emulator/gpus`` → ``{"gpus": [GpuReport json, ...]}``.
 - ``none``: no GPUs.
 - ``auto``: NVML if it initialises, else the emulator path if the backend serves it, else none.
