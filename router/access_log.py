@@ -19,14 +19,10 @@ from typing import TextIO
 import orjson
 from aiohttp import web
 
+from router.logs import use_json
 from router.records import RequestRecord
 
 LOGGER = "router.requests"
-
-
-def use_json(fmt: str, stream: TextIO) -> bool:
-    """``json``, ``text`` or ``auto`` (text on a terminal, JSON otherwise)."""
-    return fmt == "json" or (fmt == "auto" and not stream.isatty())
 
 
 class AccessLog:

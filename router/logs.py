@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TextIO
 
 import orjson
 
@@ -24,11 +25,14 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(line).decode()
 
 
-def configure_logging(fmt: str, level: int = logging.INFO) -> None:
+def use_json(fmt: str, stream: TextIO) -> bool:
     """``fmt`` is ``json``, ``text`` or ``auto`` (text on a terminal, JSON otherwise)."""
-    use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    return fmt == "json" or (fmt == "auto" and not stream.isatty())
+
+
+def configure_logging(fmt: str, level: int = logging.INFO) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    if use_json:
+    if use_json(fmt, sys.stderr):
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

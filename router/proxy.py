@@ -180,7 +180,7 @@ class Forwarder:
         self._registry = registry
         self._settings = settings
         self._metrics = metrics
-        self._timeouts: dict[str, tuple[float | None, CallLimits]] = {}
+        self._timeouts: dict[str, tuple[CallLimits, float]] = {}
         self._live: set[UpstreamResponse] = set()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -266,31 +266,29 @@ class Forwarder:
             return UpstreamTimeout(f"no node answered in time for '{model}': {reasons}")
         return UpstreamError(f"no node could serve '{model}': {reasons}")
 
-    def _timeout_for(self, group: str) -> tuple[float | None, CallLimits]:
-        """(first-byte bound, call limits) for a group, built once. The first-byte bound is
-        None where the idle bound (which applies while waiting for headers) is not longer."""
+    def _limits_for(self, group: str) -> tuple[CallLimits, float]:
+        """(call limits, idle bound for the body) for a group, built once. The headers are
+        awaited within the first-byte bound, or the idle bound where that is shorter."""
         cached = self._timeouts.get(group)
         if cached is None:
             t = self._settings.timeouts_for(group)
-            limits = CallLimits(connect_s=t.connect_s, idle_s=t.idle_s, total_s=t.total_s)
-            first_byte = t.first_byte_s if t.first_byte_s < t.idle_s else None
-            cached = self._timeouts[group] = (first_byte, limits)
+            headers_s = min(t.first_byte_s, t.idle_s)
+            limits = CallLimits(connect_s=t.connect_s, idle_s=headers_s, total_s=t.total_s)
+            cached = self._timeouts[group] = (limits, t.idle_s)
         return cached
 
     async def _open(self, node: Node, out: Outbound) -> UpstreamResponse:
         path, body, _ = out.for_node(node)
-        first_byte_s, limits = self._timeout_for(node.group)
+        limits, idle_s = self._limits_for(node.group)
         try:
-            call = self._pool.post(node.base_url, path, body, _upstream_headers(node, out), limits)
-            if first_byte_s is None:  # the idle bound covers the wait for headers too
-                resp = await call
-            else:
-                async with asyncio.timeout(first_byte_s):
-                    resp = await call
+            resp = await self._pool.post(
+                node.base_url, path, body, _upstream_headers(node, out), limits
+            )
         except TimeoutError as exc:
             raise _Failed(f"timeout waiting for {node.name}", node_fault=True) from exc
         except (OSError, ValueError) as exc:  # ConnectionError and UpstreamBroken are OSErrors
             raise _Failed(f"{node.name}: {exc.__class__.__name__}", node_fault=True) from exc
+        resp.pace(idle_s)
         if resp.status >= 500:
             try:
                 detail = (await resp.read_some(MAX_ERROR_BODY)).decode("utf-8", "replace")

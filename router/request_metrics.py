@@ -58,6 +58,8 @@ class HistogramSeries:
 
 @dataclass(slots=True)
 class CounterSeries:
+    """Sums per label set, exported as a counter."""
+
     name: str  # without the _total suffix
     doc: str
     labels: tuple[str, ...]
@@ -66,34 +68,32 @@ class CounterSeries:
     def inc(self, key: tuple[str, ...], amount: float = 1.0) -> None:
         self.series[key] = self.series.get(key, 0.0) + amount
 
-    def family(self) -> CounterMetricFamily:
-        family = CounterMetricFamily(self.name, self.doc, labels=self.labels)
+    def family(self) -> CounterMetricFamily | GaugeMetricFamily:
+        return self._filled(CounterMetricFamily(self.name, self.doc, labels=self.labels))
+
+    def _filled(
+        self, family: CounterMetricFamily | GaugeMetricFamily
+    ) -> CounterMetricFamily | GaugeMetricFamily:
         for key, value in self.series.items():
             family.add_metric(list(key), value)
         return family
 
 
 @dataclass(slots=True)
-class GaugeSeries:
-    name: str
-    doc: str
-    labels: tuple[str, ...]
-    series: dict[tuple[str, ...], float] = field(default_factory=dict)
+class GaugeSeries(CounterSeries):
+    """The same sums, going up and down, exported as a gauge."""
 
     def add(self, key: tuple[str, ...], amount: float) -> None:
-        self.series[key] = self.series.get(key, 0.0) + amount
+        self.inc(key, amount)
 
-    def family(self) -> GaugeMetricFamily:
-        family = GaugeMetricFamily(self.name, self.doc, labels=self.labels)
-        for key, value in self.series.items():
-            family.add_metric(list(key), value)
-        return family
+    def family(self) -> CounterMetricFamily | GaugeMetricFamily:
+        return self._filled(GaugeMetricFamily(self.name, self.doc, labels=self.labels))
 
 
 class RequestSeries(Collector):
     """The series a collector exports; register it on a CollectorRegistry."""
 
-    def __init__(self, *metrics: HistogramSeries | CounterSeries | GaugeSeries) -> None:
+    def __init__(self, *metrics: HistogramSeries | CounterSeries) -> None:
         self._metrics = metrics
 
     def collect(self) -> Iterator[HistogramMetricFamily | CounterMetricFamily | GaugeMetricFamily]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -248,13 +247,8 @@ class _Connection(asyncio.Protocol):
 class UpstreamResponse:
     """A node's answer: status and headers at once, the body as it arrives."""
 
-    def __init__(
-        self, pool: UpstreamPool, origin: _Origin, conn: _Connection, limits: CallLimits
-    ) -> None:
+    def __init__(self, pool: UpstreamPool, origin: _Origin, conn: _Connection) -> None:
         self._pool, self._origin, self._conn = pool, origin, conn
-        self._deadline = time.monotonic() + limits.total_s
-        self._idle_s = conn.idle_s = limits.idle_s
-        conn.total_deadline = conn.loop.time() + limits.total_s
         self._body: bytes | None = None
         self._released = False
         self.status = conn.status
@@ -262,15 +256,16 @@ class UpstreamResponse:
         self.headers = conn.headers  # lower-case names
 
     def _timeout(self) -> float:
-        left = self._deadline - time.monotonic()
+        conn = self._conn
+        left = conn.total_deadline - conn.loop.time()
         if left <= 0:
             raise TimeoutError("the node's answer took longer than the total bound")
-        return min(self._idle_s, left)
+        return min(conn.idle_s, left)
 
     def pace(self, idle_s: float) -> None:
         """Wait at most ``idle_s`` for each next piece of the body from now on (the call's own
         ``idle_s`` bounds the wait for the headers and, unless paced, for the body)."""
-        self._idle_s = self._conn.idle_s = idle_s
+        self._conn.idle_s = idle_s
 
     def push_to(self, sink: Callable[[bytes], bool] | None) -> None:
         """From now on, hand each piece of the body to ``sink`` as soon as it is parsed, with
@@ -385,7 +380,8 @@ class UpstreamPool:
             lines.append(f"Content-Length: {len(body) if body else 0}\r\n\r\n")
         head = "\r\n".join(lines).encode("latin-1")
         payload = body or b""
-        deadline = time.monotonic() + limits.total_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limits.total_s  # the whole call, headers and body
         while True:
             conn, reused = self._idle_connection(origin), True
             if conn is None:
@@ -395,7 +391,7 @@ class UpstreamPool:
                 while not conn.headers_done:
                     if conn.error is not None:
                         raise conn.error
-                    await conn.wait(min(limits.idle_s, max(0.0, deadline - time.monotonic())))
+                    await conn.wait(min(limits.idle_s, max(0.0, deadline - loop.time())))
             except UpstreamBroken:
                 conn.close()
                 if reused and not conn.got_bytes:
@@ -404,7 +400,8 @@ class UpstreamPool:
             except BaseException:
                 conn.close()
                 raise
-            return UpstreamResponse(self, origin, conn, limits)
+            conn.idle_s, conn.total_deadline = limits.idle_s, deadline
+            return UpstreamResponse(self, origin, conn)
 
     def _idle_connection(self, origin: _Origin) -> _Connection | None:
         idle = self._idle.get(origin)

@@ -26,19 +26,7 @@ class TestSlowClient:
         node = FakeNode("n", chunks=5000, chunk_delay_s=0.0, pad=16_000)
         async with serve(settings) as router, running(node):
             await register(session, router.url, node)
-            host, port = router.url.removeprefix("http://").split(":")
-            sock = socket.socket()
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            sock.setblocking(False)
-            await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
-            body = orjson.dumps(
-                {"model": "m-small", "stream": True, "messages": [{"role": "user", "content": "x"}]}
-            )
-            request = (
-                b"POST /inference-cluster/v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
-                b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
-            ) + body
-            await asyncio.get_running_loop().sock_sendall(sock, request)
+            sock = await _ask_for_a_stream(router.url)
             try:
                 await node.wait_for(lambda n: n.cancelled == 1)
             finally:
@@ -60,19 +48,7 @@ class TestLaggingClient:
         loop = asyncio.get_running_loop()
         async with serve(settings) as router, running(node):
             await register(session, router.url, node)
-            host, port = router.url.removeprefix("http://").split(":")
-            sock = socket.socket()
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            sock.setblocking(False)
-            await loop.sock_connect(sock, (host, int(port)))
-            body = orjson.dumps(
-                {"model": "m-small", "stream": True, "messages": [{"role": "user", "content": "x"}]}
-            )
-            await loop.sock_sendall(
-                sock,
-                b"POST /inference-cluster/v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
-                b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body,
-            )
+            sock = await _ask_for_a_stream(router.url)
             await asyncio.sleep(0.5)  # fall behind: the router's socket buffer fills
             raw = bytearray()
             try:
@@ -88,6 +64,26 @@ class TestLaggingClient:
         tokens = [orjson.loads(e[6:])["choices"][0]["delta"]["content"].split()[0] for e in events]
         assert tokens == [f"t{i}" for i in range(300)]
         assert text.rstrip().endswith("data: [DONE]")
+
+
+async def _ask_for_a_stream(router_url: str) -> socket.socket:
+    """A raw client with a small receive buffer that has sent a streamed chat request and
+    read nothing yet."""
+    loop = asyncio.get_running_loop()
+    host, port = router_url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await loop.sock_connect(sock, (host, int(port)))
+    body = orjson.dumps(
+        {"model": "m-small", "stream": True, "messages": [{"role": "user", "content": "x"}]}
+    )
+    await loop.sock_sendall(
+        sock,
+        b"POST /inference-cluster/v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body,
+    )
+    return sock
 
 
 def _dechunk(data: bytes) -> bytes:

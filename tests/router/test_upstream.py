@@ -81,6 +81,21 @@ async def read_request(reader: asyncio.StreamReader) -> bytes:
     return head + await reader.readexactly(length)
 
 
+def answering(
+    raw: bytes, *, close: bool = True
+) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+    """A raw node that reads one request, writes ``raw`` and (``close``) hangs up."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(raw)
+        await writer.drain()
+        if close:
+            writer.close()
+
+    return handle
+
+
 def echo_app(connections: set[object]) -> web.Application:
     async def echo(request: web.Request) -> web.Response:
         connections.add(id(request.transport))
@@ -251,22 +266,12 @@ class TestFailures:
                 await resp.read()
 
     async def test_garbage_is_upstream_broken(self, pool: UpstreamPool) -> None:
-        async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await read_request(reader)
-            writer.write(b"this is not http\r\n\r\n")
-            await writer.drain()
-
-        async with raw_server(garbage) as url:
+        async with raw_server(answering(b"this is not http\r\n\r\n", close=False)) as url:
             with pytest.raises(UpstreamBroken):
                 await pool.post(url, "/x", b"{}", JSON, LIMITS)
 
     async def test_a_body_cut_short_is_upstream_broken(self, pool: UpstreamPool) -> None:
-        async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await read_request(reader)
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this")
-            await writer.drain()
-            writer.close()
-
+        cut = answering(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this")
         async with raw_server(cut) as url:
             resp = await pool.post(url, "/x", b"{}", JSON, LIMITS)
             assert await resp.readany() == b"only this"
@@ -275,13 +280,7 @@ class TestFailures:
 
     async def test_a_body_that_ends_with_the_connection_is_whole(self, pool: UpstreamPool) -> None:
         """No length and no chunking: the body runs to the close, which is its end."""
-
-        async def close_delimited(reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-            await read_request(reader)
-            w.write(b'HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{"ok": true}')
-            await w.drain()
-            w.close()
-
+        close_delimited = answering(b'HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{"ok": true}')
         async with raw_server(close_delimited) as url:
             resp = await pool.post(url, "/x", b"{}", JSON, LIMITS)
             assert await resp.read() == b'{"ok": true}'
