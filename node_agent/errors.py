@@ -9,7 +9,8 @@
     ├── BackendRefused            the backend's 4xx/5xx (OpenAI on Triton: its own errors)
     │                             4xx invalid_request_error, 5xx api_error; code by status
     ├── BadRequest                400 invalid_request_error bad_request
-    └── RouteNotServed            404 invalid_request_error not_found
+    ├── RouteNotServed            404 invalid_request_error not_found
+    └── NodeBusy                  503 api_error   node_busy (with ``X-Node-Busy``)
 
 aiohttp's own ``HTTPException`` s (404 unknown route, 405, 413 body too large) are rewritten
 into the same envelope by :func:`error_middleware`.
@@ -22,6 +23,8 @@ from collections.abc import Awaitable, Callable
 
 import orjson
 from aiohttp import web
+
+from router.wire import NODE_BUSY_HEADER
 
 log = logging.getLogger("node_agent.errors")
 
@@ -36,6 +39,7 @@ class AgentError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+        self.headers: dict[str, str] = {}  # sent with the error answer
 
 
 class BackendUnreachable(AgentError):
@@ -98,6 +102,20 @@ class RouteNotServed(AgentError):
     code = "not_found"
 
 
+class NodeBusy(AgentError):
+    """A router's slot check found every slot taken: the request was not forwarded.
+
+    ``X-Node-Busy`` carries the agent's in-flight count (``router.wire.NODE_BUSY_HEADER``).
+    """
+
+    status = 503
+    code = "node_busy"
+
+    def __init__(self, in_flight: int, slots: int) -> None:
+        super().__init__(f"node busy: {in_flight} requests in flight, {slots} slots")
+        self.headers[NODE_BUSY_HEADER] = str(in_flight)
+
+
 def envelope(message: str, type_: str, code: str | None, param: str | None = None) -> bytes:
     """The OpenAI error body: ``{"error": {"message", "type", "param", "code"}}``."""
     return orjson.dumps(
@@ -105,11 +123,18 @@ def envelope(message: str, type_: str, code: str | None, param: str | None = Non
     )
 
 
-def error_response(status: int, message: str, type_: str, code: str | None) -> web.Response:
+def error_response(
+    status: int,
+    message: str,
+    type_: str,
+    code: str | None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
     return web.Response(
         status=status,
         body=envelope(message, type_, code),
         content_type="application/json",
+        headers=headers,
     )
 
 
@@ -128,7 +153,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except AgentError as exc:
-        return error_response(exc.status, exc.message, exc.type, exc.code)
+        return error_response(exc.status, exc.message, exc.type, exc.code, exc.headers)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

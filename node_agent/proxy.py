@@ -10,6 +10,12 @@ closes the upstream response so the backend stops generating. A route that trans
 APIs (OpenAI on Triton, :mod:`node_agent.triton_openai`) holds the backend's answer open with
 :meth:`BackendProxy.opened` and gets the same accounting, headers and cancellation.
 
+A router that believes the node has a free slot may ask ``X-Router-Slot-Check: N`` (the
+model's parallel slots, :data:`router.wire.SLOT_CHECK_HEADER`): with N or more requests already
+in flight the agent does not call the backend but answers 503 ``node_busy`` at once, with
+``X-Node-Busy: <in flight>``. Such an answer is not counted in flight, not observed in the
+request metrics and not a backend failure. The header is never passed on.
+
 The calls go out on the router's lean HTTP/1.1 client (:mod:`router.upstream`): aiohttp's
 client call cost more than all of the agent's own work on a short request. Like the aiohttp
 session it replaced (``auto_decompress=False``), it passes the body through undecoded, so
@@ -28,9 +34,10 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from router.upstream import CallLimits, ConnectTimeout, UpstreamPool, UpstreamResponse
+from router.wire import SLOT_CHECK_HEADER
 
 from .backend_answer import Track, Upstream
-from .errors import AgentError, BackendTimeout, BackendUnreachable
+from .errors import AgentError, BackendTimeout, BackendUnreachable, NodeBusy
 from .framing import Framing, count_content_events, cut_event, framing_of, usage_tokens
 from .metrics import CLIENT_GONE, RequestMetrics
 from .traffic import TrafficStats
@@ -139,7 +146,15 @@ class BackendProxy:
 
     @contextmanager
     def _track(self, request: web.Request) -> Iterator[Track]:
-        """Count the request in flight and observe it once it ends, however it ends."""
+        """Count the request in flight and observe it once it ends, however it ends.
+
+        A router's slot check that finds every slot taken raises :class:`NodeBusy` first, with
+        nothing counted; the check and the count go together, with no ``await`` between them,
+        so two requests cannot both take the last slot.
+        """
+        slots = _slot_check(request)
+        if slots is not None and self._stats.in_flight >= slots:
+            raise NodeBusy(self._stats.in_flight, slots)
         track = Track(route_label(request), time.perf_counter())
         self._stats.enter()
         try:
@@ -333,6 +348,15 @@ class BackendProxy:
             # No way to signal an error inside a JSON body: end the connection early so the
             # client sees a truncated response rather than a complete-looking one.
             request.transport.close()
+
+
+def _slot_check(request: web.Request) -> int | None:
+    """The slots a router's ``X-Router-Slot-Check`` asks about; None (no check) unless it is a
+    positive decimal integer (at most 9 digits: a bigger one could never find the node full)."""
+    value = request.headers.get(SLOT_CHECK_HEADER, "")
+    if not (0 < len(value) <= 9 and value.isascii() and value.isdigit()):
+        return None
+    return int(value) or None
 
 
 def _header_int(headers: dict[str, str], name: str) -> int | None:

@@ -117,13 +117,15 @@ class FairQueue(Generic[W]):
         if tenant not in self._fifos:
             self._clock.pop(tenant, None)  # idle: forget it (it banks no credit anyway)
 
-    def push(self, tenant: str, item: W, deadline: float) -> W | None:
+    def push(self, tenant: str, item: W, deadline: float, *, front: bool = False) -> W | None:
         """Queue ``item``. When the queue was full, returns the item that lost its place (the
-        newest of the longest weighted backlog, which may be ``item`` itself), else None."""
-        if self._limit <= 0:
+        newest of the longest weighted backlog, which may be ``item`` itself), else None.
+        ``front``: a request that was served and came back (its node turned out busy) goes
+        back to the head of its tenant's line, past the bound (it was counted in service)."""
+        if self._limit <= 0 and not front:
             return item
         pushed_out = None
-        if self._size >= self._limit:
+        if self._size >= self._limit and not front:
             mine = (self.queued(tenant) + 1) / self._weight(tenant)
             victim = max(self._fifos, key=lambda t: len(self._fifos[t]) / self._weight(t))
             if len(self._fifos[victim]) / self._weight(victim) <= mine:
@@ -136,7 +138,10 @@ class FairQueue(Generic[W]):
             others = [self._clock[t] for t in self._fifos]
             self._clock[tenant] = max(self._clock.get(tenant, 0.0), min(others, default=0.0))
             fifo = self._fifos[tenant] = deque()
-        fifo.append((deadline, item))
+        if front:
+            fifo.appendleft((deadline, item))
+        else:
+            fifo.append((deadline, item))
         self._size += 1
         return pushed_out
 
@@ -244,28 +249,38 @@ class Admission:
         return len(queue) if queue is not None else 0
 
     async def admit(
-        self, group: str, tenant: str | None, try_pick: Callable[[], G | None]
+        self,
+        group: str,
+        tenant: str | None,
+        try_pick: Callable[[], G | None],
+        *,
+        returning: bool = False,
+        wait_first: bool = False,
     ) -> Ticket[G]:
         """A ticket holding a grant from ``try_pick``, at once or after a fair wait; raises
-        :class:`Rejected`. Release the ticket (not the grant) when the request ends."""
+        :class:`Rejected`. Release the ticket (not the grant) when the request ends.
+        ``returning``: the request had a ticket and its node answered busy: it waits at the
+        head of its tenant's line. ``wait_first``: do not try before the next :meth:`wake`."""
         queue = self._queues.get(group)
         if queue is None:
             queue = FairQueue(self.limits.max_queue, self.limits.tenant_weights)
             self._queues[group] = queue
         who = tenant or ""
-        if not len(queue):
+        if not len(queue) and not wait_first:
             grant = try_pick()
             if grant is not None:
                 queue.started(who)
                 return Ticket(grant, lambda: self._finished(group, who))
         loop = asyncio.get_running_loop()
         waiter: _Waiter[G] = _Waiter(try_pick, loop.create_future())
-        pushed_out = queue.push(who, waiter, self._clock() + self.limits.max_wait_s)
+        deadline = self._clock() + self.limits.max_wait_s
+        pushed_out = queue.push(who, waiter, deadline, front=returning)
         if pushed_out is waiter:
             raise self._rejection(429, "the queue for this group is full")
         if pushed_out is not None and not pushed_out.future.done():
             pushed_out.future.set_exception(self._rejection(429, "pushed out of a full queue"))
-        self.wake(group)
+        if not wait_first:
+            self.wake(group)
         try:
             async with asyncio.timeout(self.limits.max_wait_s):
                 grant = await waiter.future

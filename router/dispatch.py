@@ -34,10 +34,10 @@ from router.errors import (
 )
 from router.limits import TenantRateLimiter
 from router.metrics import METRICS
-from router.proxy import FORWARDER, Outbound
+from router.proxy import FORWARDER, NodeBusy, Outbound
 from router.records import RequestRecord
 from router.registry import Group, Registry, Reservation
-from router.scheduling import Candidate, Scheduler, candidate_for
+from router.scheduling import Candidate, Scheduler, candidate_for, slot_check
 from router.settings import RouterSettings
 
 MAX_ID_HEADER = 256
@@ -232,7 +232,14 @@ class Dispatcher:
                 affinity=session_id or record.tenant,
                 waiting=waiting,
             )
-            return Picked(order, Reservation(group.nodes[order[0]], model)) if order else None
+            if not order:
+                return None
+            first = order[0]
+            check = 0
+            if settings.router_replicas > 1:  # a free slot may be another replica's by now
+                c = next(c for c in built if c.node_id == first)
+                check = slot_check(c.load, c.slots, c.cap, c.replicas)
+            return Picked(order, Reservation(group.nodes[first], model), check)
 
         def no_node() -> NoCapacity:
             cooling = any(not n.breaker_allows(self._clock()) for n in serving.values())
@@ -244,18 +251,6 @@ class Dispatcher:
 
         if not found:
             raise no_node()
-        queued_at = time.perf_counter()
-        try:
-            ticket = await admission.admit(key, record.tenant, pick)
-        except Rejected as exc:
-            error = RateLimited if exc.status == 429 else NoCapacity
-            raise error(
-                f"no capacity for '{model}': {exc.reason}",
-                code="queue_full" if exc.status == 429 else "no_capacity",
-                retry_after_s=exc.retry_after_s,
-            ) from None
-        record.queue_wait_s = time.perf_counter() - queued_at
-        record.admitted = True
         out = Outbound(
             path=target.node_path,
             body=target.body,
@@ -268,18 +263,43 @@ class Dispatcher:
             stream=target.stream,
             done_marker=target.done_marker,
         )
-        try:
-            return await request.app[FORWARDER].forward(
-                request,
-                group,
-                ticket.grant.order,
-                out,
-                record,
-                first=ticket.grant.reservation,
-                on_release=lambda: admission.wake(key),
-            )
-        finally:
-            ticket.release()
+        queued_at = time.perf_counter()
+        busy = 0  # busy answers to slot checks: the request goes back to the head of its queue
+        while True:
+            try:
+                ticket = await admission.admit(
+                    key,
+                    record.tenant,
+                    pick,
+                    returning=busy > 0,
+                    # after max_attempts busy answers in a row, wait for capacity news
+                    wait_first=busy > 0 and busy % settings.max_attempts == 0,
+                )
+            except Rejected as exc:
+                error = RateLimited if exc.status == 429 else NoCapacity
+                raise error(
+                    f"no capacity for '{model}': {exc.reason}",
+                    code="queue_full" if exc.status == 429 else "no_capacity",
+                    retry_after_s=exc.retry_after_s,
+                ) from None
+            record.queue_wait_s = time.perf_counter() - queued_at
+            record.admitted = True
+            grant = ticket.grant
+            try:
+                return await request.app[FORWARDER].forward(
+                    request,
+                    group,
+                    grant.order,
+                    out,
+                    record,
+                    first=grant.reservation,
+                    on_release=lambda: admission.wake(key),
+                    slot_check=grant.slot_check,
+                )
+            except NodeBusy:
+                busy += 1
+            finally:
+                ticket.release()
 
 
 @dataclass(slots=True)
@@ -288,6 +308,7 @@ class Picked:
 
     order: list[str]
     reservation: Reservation
+    slot_check: int = 0  # the first node's slots, for its agent to check (0: no check)
 
     def release(self) -> None:
         self.reservation.release()

@@ -107,6 +107,12 @@ class RouterMetrics:
             ["group", "node"],
             registry=registry,
         )
+        self.busy_answers = Counter(
+            "router_busy_answers_total",
+            "Slot checks a node's agent answered busy (router replicas): picked again.",
+            ["group", "node"],
+            registry=registry,
+        )
         self.cut_streams = Counter(
             "router_streams_cut_total",
             "Streams cut after the first byte (the client got an error event).",

@@ -28,6 +28,7 @@ from router.records import RequestRecord
 from router.registry import Group, Node, Registry, Reservation
 from router.settings import RouterSettings
 from router.upstream import CallLimits, UpstreamPool, UpstreamResponse
+from router.wire import NODE_BUSY_HEADER, SLOT_CHECK_HEADER
 
 log = logging.getLogger("router.proxy")
 
@@ -70,6 +71,17 @@ class _Failed(Exception):
         self.reason = reason
         self.node_fault = node_fault
         self.overloaded = overloaded
+
+
+class NodeBusy(Exception):
+    """The node's agent answered a slot check busy: every slot was taken (by another router
+    replica) since its last report. Nothing was sent to the backend; the request can be picked
+    again. ``in_flight`` is the agent's count."""
+
+    def __init__(self, node: Node, in_flight: int) -> None:
+        super().__init__(f"{node.name} is busy ({in_flight} in flight)")
+        self.node = node
+        self.in_flight = in_flight
 
 
 def stream_error_event(message: str) -> bytes:
@@ -211,9 +223,13 @@ class Forwarder:
         *,
         first: Reservation | None = None,
         on_release: Callable[[], None] | None = None,
+        slot_check: int = 0,
     ) -> web.StreamResponse:
         """Try the nodes in ``order``; ``first`` is a slot already reserved on the first one
-        (admission reserves when it picks); ``on_release`` runs after each slot is freed."""
+        (admission reserves when it picks); ``on_release`` runs after each slot is freed.
+        ``slot_check``: the first node's slots, for its agent to check (see
+        :func:`router.scheduling.slot_check`); a busy answer raises :class:`NodeBusy` after
+        the slot is released and the node's load noted."""
         failures: list[_Failed] = []
         try:
             for node_id in order:
@@ -224,13 +240,20 @@ class Forwarder:
                     continue
                 record.attempts += 1
                 record.node = node.name
+                check = 0
                 if first is not None and first.node is node:
-                    reservation, first = first, None
+                    reservation, first, check = first, None, slot_check
                 else:
                     reservation = Reservation(node, out.model)
                 record.t_upstream_sent = time.perf_counter()
                 try:
-                    upstream = await self._open(node, out)
+                    upstream = await self._open(node, out, check)
+                except NodeBusy as busy:
+                    record.attempts -= 1  # not a failure: the request was never sent on
+                    _free(reservation, on_release)
+                    self._registry.note_busy(node, busy.in_flight, time.monotonic())
+                    self._metrics.busy_answers.labels(group.name, node.name).inc()
+                    raise
                 except _Failed as failed:
                     _free(reservation, on_release)
                     self._note_failure(group, node, failed)
@@ -277,18 +300,24 @@ class Forwarder:
             cached = self._timeouts[group] = (limits, t.idle_s)
         return cached
 
-    async def _open(self, node: Node, out: Outbound) -> UpstreamResponse:
+    async def _open(self, node: Node, out: Outbound, slot_check: int = 0) -> UpstreamResponse:
         path, body, _ = out.for_node(node)
         limits, idle_s = self._limits_for(node.group)
+        headers = _upstream_headers(node, out)
+        if slot_check:
+            headers[SLOT_CHECK_HEADER] = str(slot_check)
         try:
-            resp = await self._pool.post(
-                node.base_url, path, body, _upstream_headers(node, out), limits
-            )
+            resp = await self._pool.post(node.base_url, path, body, headers, limits)
         except TimeoutError as exc:
             raise _Failed(f"timeout waiting for {node.name}", node_fault=True) from exc
         except (OSError, ValueError) as exc:  # ConnectionError and UpstreamBroken are OSErrors
             raise _Failed(f"{node.name}: {exc.__class__.__name__}", node_fault=True) from exc
         resp.pace(idle_s)
+        if resp.status == 503 and slot_check:
+            busy = resp.headers.get(NODE_BUSY_HEADER.lower(), "")
+            if busy.isdigit():
+                resp.close()
+                raise NodeBusy(node, int(busy))
         if resp.status >= 500:
             try:
                 detail = (await resp.read_some(MAX_ERROR_BODY)).decode("utf-8", "replace")

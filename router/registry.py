@@ -17,8 +17,13 @@ import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING, TypeVar
 
 from router.wire import LoadReport, ModelReport, Registration
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 
 class NodeState(StrEnum):
@@ -28,7 +33,17 @@ class NodeState(StrEnum):
     DRAINING = "draining"
 
 
-OTHERS_SMOOTHING = 0.1  # weight of the newest report in others_in_flight (about 10 reports)
+OTHERS_SMOOTHING = 0.3  # weight of the newest report in others_in_flight (about 3 reports)
+Others = TypeVar("Others", float, "npt.NDArray[np.float64]")
+
+
+def smooth_others(previous: Others, reported: Others) -> Others:
+    """Requests other routers (or clients) have on a node, after a report that counted
+    ``reported`` of them: an average over the last few reports, as one snapshot is a second old
+    and noisy, and replicas that all chase it herd (the simulator uses it on arrays)."""
+    return previous + OTHERS_SMOOTHING * (reported - previous)
+
+
 BREAKER_BASE_S = 1.0
 BREAKER_MAX_S = 30.0
 ROUTABLE = frozenset({NodeState.HEALTHY, NodeState.DEGRADED})
@@ -50,11 +65,16 @@ class Node:
     owner: str | None = None  # digest of the registration token that registered it
     report: LoadReport | None = None
     report_received_at: float | None = None
+    # When the node's load was last read: its last report, or a busy answer to a slot check.
+    load_read_at: float | None = None
     has_agent: bool = False  # reports come from an agent (else the router polls the node)
     own_at_report: int = 0
     # Requests other routers (or clients) have on the node, from its reports, smoothed: one
     # snapshot is a second old and noisy, and replicas that all chase it herd.
     others_in_flight: float = 0.0
+    # The others' count read from a busy answer to a slot check: it stands in for the smoothed
+    # figure until the next report (which does not average it in: it is one full moment).
+    busy_others: float | None = None
     failed_checks: int = 0
     ever_passed: bool = False
     draining: bool = False
@@ -204,9 +224,10 @@ class Registry:
         if node.report is None:
             node.others_in_flight = float(others)
         else:
-            node.others_in_flight += OTHERS_SMOOTHING * (others - node.others_in_flight)
+            node.others_in_flight = smooth_others(node.others_in_flight, float(others))
         node.report = report
-        node.report_received_at = now
+        node.report_received_at = node.load_read_at = now
+        node.busy_others = None
         node.has_agent = node.has_agent or from_agent
         node.own_at_report = node.in_flight
         if node.drain_intent is None:
@@ -219,6 +240,16 @@ class Registry:
             node.check_failed(self.threshold, definitive=report.backend_health == "unhealthy")
         if report.models != old_models:
             self.groups[node.group].reindex()
+
+    def note_busy(self, node: Node, in_flight: int, now: float) -> None:
+        """The node's agent answered a slot check busy (``router.wire.NODE_BUSY_HEADER``) with
+        its count of requests in flight: a reading of its load as fresh as a report, taken
+        after this router released the slot it had reserved there. The rest of the last
+        report (models, speed, health) stands."""
+        node.busy_others = float(max(0, in_flight - node.in_flight))
+        node.own_at_report = node.in_flight
+        if node.report is not None:
+            node.load_read_at = now
 
     def connection_failed(self, node: Node, now: float) -> None:
         """The router could not get an answer from the node: a failed check, and the breaker

@@ -178,6 +178,19 @@ def estimate_loads(
     return np.where(fresh, np.maximum(own, load), own), ~fresh
 
 
+def slot_check(load: float, slots: float, cap: float, replicas: int) -> int:
+    """The slots the node's agent should check before it takes a request sent to a free slot
+    (0: no check). Behind several router replicas, a slot this replica counts as free (its
+    load estimate under the slots) may have gone to another replica since the last report: the
+    agent then answers busy at once, with its count, instead of queueing the request behind the
+    slots (see ``router.wire.SLOT_CHECK_HEADER``), and this replica picks again knowing the
+    node is full. Overflow sends (to a node already full, on purpose) and nodes without a cap
+    (unknown slots) are not checked; a single router's own counts are exact."""
+    if replicas > 1 and cap > 0 and load < slots:
+        return int(slots)
+    return 0
+
+
 def batch_one_speed(output_tokens_per_s: float | None, running: int) -> float | None:
     """Per-stream decode speed at batch 1, from a node's output rate over ``running`` streams
     (each extra stream slows every stream by ``BATCH_DECAY``); None when nothing ran."""
@@ -237,7 +250,7 @@ def candidate_for(
                 return None
             if need > sum(g.memory_free_bytes for g in gpus):
                 cold_s *= EVICT_FACTOR
-    age = None if node.report_received_at is None else now - node.report_received_at
+    age = None if node.load_read_at is None else now - node.load_read_at
     # What the node had at the report: this router's own then, plus the others' (smoothed: a
     # single snapshot is noisy). Behind several router replicas, where the model's slots are
     # not known (vLLM, TGI: no cap, no share of free slots to claim), the others' load is left
@@ -245,7 +258,9 @@ def candidate_for(
     # snapshot of the others' herd onto the same node (measured: p99 TTFT 35 ms -> 300 ms).
     # With known slots, each replica claims its share of the reported free slots instead.
     own_only = replicas > 1 and entry.max_parallel is None
-    others = 0.0 if own_only else node.others_in_flight
+    others = node.others_in_flight if node.busy_others is None else node.busy_others
+    if own_only:
+        others = 0.0
     reported = None if report is None else node.own_at_report + others
     stale = age is None or age > stale_after_s
     tok_s = None

@@ -60,6 +60,7 @@ def summarize(o: Outcome, tenant: int | None = None) -> dict[str, float]:
         "avoidable_cold_loads": o.avoidable_cold_loads,
         "rejected": int(((o.status != 0) & mine).sum()),
         "requests": int(window.sum()),
+        "busy_answers": o.busy_answers,
         "wall_s": round(o.wall_s, 2),
     }
 

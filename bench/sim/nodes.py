@@ -114,6 +114,11 @@ class Fleet:
             state == LOADED, 0.0, np.where(state == LOADING, self.load_s[mi], self.base[mi])
         )
 
+    def in_flight(self, eid: int) -> float:
+        """Requests at the engine, running or queued: what its agent counts."""
+        eng = self.engines[eid]
+        return float(self.load[eng.mi][eng.local])
+
     # -- requests ---------------------------------------------------------------------------
 
     def arrive(self, rid: int, eid: int, now: float) -> None:

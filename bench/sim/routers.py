@@ -19,6 +19,7 @@ import numpy as np
 from bench.sim.nodes import Fleet
 from bench.sim.workload import Floats, Requests
 from router.admission import AdmissionLimits, FairQueue
+from router.registry import smooth_others
 from router.scheduling import (
     STALE_PENALTY,
     CandidateTable,
@@ -26,9 +27,11 @@ from router.scheduling import (
     batch_one_speeds,
     estimate_loads,
     loading_for_us,
+    slot_check,
 )
 
 STALE_AFTER_FACTOR = 3.0  # a report older than this many intervals is stale (as the router)
+PICK_TRIES = 3  # the router's max_attempts: busy answers to slot checks before it waits
 
 Snapshot = tuple[int, np.ndarray, Floats, Floats, Floats]  # model, rows, load, speed, cold
 
@@ -41,9 +44,11 @@ class View:
         self.fleet, self.mi = fleet, mi
         self.eids: list[int] = fleet.by_model[mi]
         self.own = np.zeros(n)
-        self.own_at = np.zeros(n)
-        self.reported = np.zeros(n)
-        self.report_at = np.full(n, -math.inf)
+        self.own_at = np.zeros(n)  # as the router's Node: own_at_report
+        self.others = np.zeros(n)  # others_in_flight
+        self.busy_others = np.full(n, math.nan)  # busy_others (NaN: None)
+        self.report_at = np.full(n, -math.inf)  # load_read_at
+        self.seen = np.zeros(n, dtype=bool)  # a report came
         self.cold = fleet.cold_reported(mi)
         self.replicas = 1
         self.jitter = np.zeros(n)
@@ -66,7 +71,7 @@ class View:
         t.load, stale = estimate_loads(
             self.own,
             self.own_at,
-            self.reported,
+            self.own_at + np.where(np.isnan(self.busy_others), self.others, self.busy_others),
             now - self.report_at,
             stale_after,
             slots=t.slots,
@@ -77,12 +82,25 @@ class View:
         t.cold_s = loading_for_us(self.cold, self.own)
         return t
 
-    def take(self, snap: Snapshot, own_at: Floats, sent: float) -> None:
-        """A report sent at ``sent``, when this replica's own counts were ``own_at``."""
+    def busy(self, row: int, in_flight: float, now: float) -> None:
+        """The agent answered a slot check busy, with its count: as fresh as a report
+        (:meth:`router.registry.Registry.note_busy`)."""
+        self.busy_others[row] = max(in_flight - self.own[row], 0.0)
+        self.own_at[row] = self.own[row]
+        self.report_at[row] = now
+
+    def take(self, snap: Snapshot, now: float) -> None:
+        """A report arriving ``now``, taken as :meth:`router.registry.Registry.apply_report`
+        takes it: the others' share smoothed, this replica's own counts as they are now."""
         _, rows, load, speed, cold = snap
-        self.reported[rows] = load
-        self.own_at[rows] = own_at
-        self.report_at[rows] = sent
+        own = self.own[rows]
+        others = np.maximum(load - own, 0.0)
+        seen = self.seen[rows]
+        self.others[rows] = np.where(seen, smooth_others(self.others[rows], others), others)
+        self.seen[rows] = True
+        self.busy_others[rows] = math.nan
+        self.own_at[rows] = own
+        self.report_at[rows] = now
         self.jitter[rows] = self.rng.random(rows.size)
         known = ~np.isnan(speed)
         self.table.tok_s[rows[known]] = speed[known]
@@ -152,6 +170,7 @@ class Replica:
         ]
         self._keys = [f"g/{m}" for m in fleet.models]
         self.where: dict[int, int] = {}  # request -> row in its model's view
+        self.busy_answers = 0
         self._now = 0.0
 
     def offer(self, rid: int, now: float) -> None:
@@ -172,23 +191,34 @@ class Replica:
             self.wake(mi, now)
 
     def try_pick(self, rid: int) -> int | None:
+        """The engine for ``rid``, reserved, or None (queue it). A pick that the agent answers
+        busy (:func:`router.scheduling.slot_check`) is taken back and made again, as the
+        router does, up to ``PICK_TRIES`` times (the round trip is not modelled)."""
         mi = self._model[rid]
         view = self.views[mi]
-        table = view.refresh(self._now, self.stale_after)
-        rows = self.scheduler.rank(
-            self.policy,
-            self._keys[mi],
-            table,
-            limit=1,
-            affinity=self._affinity[rid],
-            waiting=len(self.queues[mi]),
-        )
-        if not rows.size:
-            return None
-        row = int(rows[0])
-        view.own[row] += 1
-        self.where[rid] = row
-        return view.eids[row]
+        for _ in range(PICK_TRIES):
+            table = view.refresh(self._now, self.stale_after)
+            rows = self.scheduler.rank(
+                self.policy,
+                self._keys[mi],
+                table,
+                limit=1,
+                affinity=self._affinity[rid],
+                waiting=len(self.queues[mi]),
+            )
+            if not rows.size:
+                return None
+            row = int(rows[0])
+            eid = view.eids[row]
+            check = slot_check(table.load[row], table.slots[row], table.cap[row], table.replicas)
+            if check and self.fleet.in_flight(eid) >= check:
+                view.busy(row, self.fleet.in_flight(eid), self._now)
+                self.busy_answers += 1
+                continue
+            view.own[row] += 1
+            self.where[rid] = row
+            return eid
+        return None
 
     def wake(self, mi: int, now: float) -> None:
         """Serve model ``mi``'s waiters while it has room; drop those that waited too long.

@@ -38,7 +38,6 @@ class Setup:
     report_interval_s: float = 1.0
     report_delay_s: float = 0.05
     cap_factor: float = 2.0
-    own_at_send: bool = True  # replicas match a report with their own counts when it was sent
     share_room: bool = True  # replicas know how many they are and split reported free slots
     limits: AdmissionLimits = field(
         default_factory=lambda: AdmissionLimits(max_queue=1_000_000, max_wait_s=3600.0)
@@ -66,6 +65,7 @@ class Outcome:
     cold_loads: int
     avoidable_cold_loads: int
     wall_s: float
+    busy_answers: int = 0  # slot checks the agents answered busy (router replicas only)
 
 
 class Simulation:
@@ -78,8 +78,8 @@ class Simulation:
         self.replica_count = 1 if oracle else setup.replicas
         self._heap: list[tuple[float, int, int, int, int]] = []
         self._seq = itertools.count()
-        # report key -> (sent at, what the agents sent, each replica's own counts then)
-        self._snapshots: dict[int, tuple[float, list[Snapshot], list[list[Floats]]]] = {}
+        # report key -> what the agents sent
+        self._snapshots: dict[int, list[Snapshot]] = {}
         n = len(reqs)
         self.status = [0] * n
         self._open = n
@@ -119,7 +119,7 @@ class Simulation:
         ]
         for p in range(PHASES):  # everyone starts with a report in hand, staggered after
             if not oracle:
-                self._snapshots[-1] = self._snap(p, 0.0)
+                self._snapshots[-1] = self._snap(p)
                 self._deliver(-1, 0.0)
                 self.schedule(setup.report_interval_s * (p + 1) / PHASES, TICK, p, 0)
 
@@ -158,6 +158,7 @@ class Simulation:
             cold_loads=fleet.cold_loads,
             avoidable_cold_loads=fleet.avoidable,
             wall_s=time.perf_counter() - started,
+            busy_answers=sum(r.busy_answers for r in replicas),
         )
 
     def _done(self, rid: int, eid: int, now: float) -> None:
@@ -168,29 +169,20 @@ class Simulation:
         self._open -= 1
         self.status[rid] = status
 
-    def _snap(self, phase: int, now: float) -> tuple[float, list[Snapshot], list[list[Floats]]]:
-        rows = self._phase_rows[phase]
-        snaps = [snapshot(self.fleet, mi, r) for mi, r in rows]
-        own = [[rep.views[mi].own[r] for mi, r in rows] for rep in self.replicas]
-        if not self.setup.own_at_send:
-            own = []
-        return now, snaps, own
+    def _snap(self, phase: int) -> list[Snapshot]:
+        return [snapshot(self.fleet, mi, r) for mi, r in self._phase_rows[phase]]
 
     def _tick(self, phase: int, now: float) -> None:
         key = next(self._seq)
-        self._snapshots[key] = self._snap(phase, now)
+        self._snapshots[key] = self._snap(phase)
         self.schedule(now + self.setup.report_delay_s, DELIVER, key, 0)
         self.schedule(now + self.setup.report_interval_s, TICK, phase, 0)
 
     def _deliver(self, key: int, now: float) -> None:
-        sent, snaps, own = self._snapshots.pop(key)
-        for r, replica in enumerate(self.replicas):
-            for i, snap in enumerate(snaps):
-                view = replica.views[snap[0]]
-                if own:
-                    view.take(snap, own[r][i], sent)
-                else:
-                    view.take(snap, view.own[snap[1]], now)
+        snaps = self._snapshots.pop(key)
+        for replica in self.replicas:
+            for snap in snaps:
+                replica.views[snap[0]].take(snap, now)
                 replica.wake(snap[0], now)
 
 

@@ -87,6 +87,17 @@ class TestFairQueue:
         assert len(q) == 3
         assert q.queued("light") == 1
 
+    def test_a_returning_request_goes_back_to_the_head_past_the_bound(self) -> None:
+        """A request whose node answered busy rejoins at the head of its tenant's line, even in
+        a full queue (it was counted in service, not a newcomer)."""
+        q: FairQueue[str] = FairQueue(2)
+        q.push("a", "a0", 1e9)
+        q.push("a", "a1", 1e9)
+        assert q.push("a", "back", 1e9, front=True) is None
+        assert len(q) == 3
+        served = [got[0] for _ in range(3) if (got := q.serve(lambda item: item, 1))]
+        assert served == ["back", "a0", "a1"]
+
     def test_expired_waiters_leave(self) -> None:
         """Waiters past their deadline come out of :meth:`expired`, the rest stay."""
         q: FairQueue[str] = FairQueue(10)
@@ -119,6 +130,21 @@ class TestAdmit:
         ticket.release()
         ticket.release()
         assert pool.free == 1
+
+    async def test_a_returning_request_can_wait_for_news_first(self) -> None:
+        """``wait_first``: even with a free slot, the request is not tried before the next
+        wake (after busy answers in a row: wait for a release or a report)."""
+        pool, adm = Pool(1), admission()
+        task = asyncio.create_task(
+            adm.admit("g", "t", pool.picker("back"), returning=True, wait_first=True)
+        )
+        await settle()
+        assert not task.done()
+        assert adm.waiting("g") == 1
+        adm.wake("g")
+        ticket = await asyncio.wait_for(task, 1.0)
+        assert pool.served == ["back"]
+        ticket.release()
 
     async def test_release_wakes_the_next_waiter(self) -> None:
         """A waiter gets the slot the moment a ticket is released."""

@@ -80,21 +80,26 @@ class TestReplicas:
     """Four router replicas with 1 s-old reports, each seeing a quarter of the traffic."""
 
     def test_four_replicas_keep_the_ordering(self, four_routers: dict[str, Any]) -> None:
-        """least_loaded still beats round robin by far, and stays within 1.6x of one router."""
+        """least_loaded still beats round robin by far, and stays within 1.6x of one router
+        at this small size (a p99 over a few bursts: 0.9-1.6x over seeds 1-8)."""
         res = four_routers["policies"]
         assert res["least_loaded"]["ttft_p99_s"] <= 0.5 * res["round_robin"]["ttft_p99_s"]
         assert four_routers["checks"]["p99_ttft_4_routers_over_1"] <= 1.6
 
-    @pytest.mark.xfail(
-        reason="4 split router queues with 1-2 s old views: 1.43x here (seed 1, size 0.15), "
-        "mean 1.35x over seeds 1-8 (1.03-1.67x); full size 1.26x (seed 1), mean 1.28x over "
-        "seeds 1-4; mean 1.21x even with reports every 0.1 s, 20 ms old (the split queues)"
-    )
-    def test_four_replicas_within_a_quarter_of_one_router(
-        self, four_routers: dict[str, Any]
-    ) -> None:
-        """The issue's target: 4 replicas within 1.25x of a single router's p99 TTFT."""
-        assert four_routers["checks"]["p99_ttft_4_routers_over_1"] <= 1.25
+    def test_only_replicas_have_slots_checked(self, four_routers: dict[str, Any]) -> None:
+        """Replicas send a slot they count as free with a slot check, and some of those slots
+        were taken by another replica since the report; a single router's counts are exact
+        and it checks nothing."""
+        res = four_routers["policies"]
+        assert res["least_loaded"]["busy_answers"] > 0
+        assert res["least_loaded/1-router"]["busy_answers"] == 0
+
+    @pytest.mark.slow
+    def test_four_replicas_within_a_quarter_of_one_router(self) -> None:
+        """The issue's target, on the scenario as ``python -m bench.sim replicas-4`` runs it
+        (full size, seed 1): 4 replicas within 1.25x of a single router's p99 TTFT."""
+        report = replicas_4(1.0, 1, ("least_loaded",))
+        assert report["checks"]["p99_ttft_4_routers_over_1"] <= 1.25
 
 
 class TestScale:
