@@ -234,12 +234,12 @@ class Dispatcher:
             )
             if not order:
                 return None
-            first = order[0]
+            node = group.nodes[order[0]]
             check = 0
-            if settings.router_replicas > 1:  # a free slot may be another replica's by now
-                c = next(c for c in built if c.node_id == first)
+            if settings.router_replicas > 1 and node.has_agent:  # may be another's slot by now
+                c = next(c for c in built if c.node_id == node.node_id)
                 check = slot_check(c.load, c.slots, c.cap, c.replicas)
-            return Picked(order, Reservation(group.nodes[first], model), check)
+            return Picked(order, Reservation(node, model), check)
 
         def no_node() -> NoCapacity:
             cooling = any(not n.breaker_allows(self._clock()) for n in serving.values())
