@@ -153,7 +153,6 @@ def estimate_loads(
     slots: FloatArray | None = None,
     replicas: int = 1,
     jitter: FloatArray | None = None,
-    service_s: FloatArray | None = None,
 ) -> tuple[FloatArray, npt.NDArray[np.bool_]]:
     """:func:`estimate_load` over arrays (NaN or inf age: no report). Returns (load, stale).
 
@@ -167,11 +166,7 @@ def estimate_loads(
     fresh = report_age_s <= stale_after_s
     load = reported + own - own_at_report
     if replicas > 1 and slots is not None and jitter is not None:
-        seen = reported
-        if service_s is not None:
-            age = np.where(fresh, report_age_s, 0.0)
-            seen = reported - np.minimum(reported, slots) * -np.expm1(-age / service_s)
-        free = np.maximum(slots - seen, 0.0)
+        free = np.maximum(slots - reported, 0.0)
         claim = np.floor(free / replicas + jitter)
         age = np.where(fresh, np.maximum(report_age_s, 0.0), 0.0)
         load = load + free - claim * np.exp(-age / REFILL_S)

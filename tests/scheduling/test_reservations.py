@@ -34,9 +34,9 @@ class Flight:
 
 
 class ReservationMachine(RuleBasedStateMachine):
-    """choose / first byte / finish / client gone / node gone / report arrives, in any order:
-    every node's count equals its open reservations, per model too, and never goes negative;
-    the load the scheduler sees is never below this router's own count."""
+    """choose / first byte / finish / client gone / busy answer / node gone / report arrives,
+    in any order: every node's count equals its open reservations, per model too, and never
+    goes negative; the load the scheduler sees is never below this router's own count."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -87,6 +87,17 @@ class ReservationMachine(RuleBasedStateMachine):
             flight.reservation.release()
         flight.done = True
 
+    @precondition(lambda self: any(not f.done and not f.streaming for f in self.flights))
+    @rule(pick=st.integers(0, 1000), count=st.integers(0, 8))
+    def busy_answer(self, pick: int, count: int) -> None:
+        """Behind router replicas, the node's agent answers a slot check busy before any
+        byte: the proxy releases the slot, then notes the agent's count."""
+        waiting = [f for f in self.flights if not f.done and not f.streaming]
+        flight = waiting[pick % len(waiting)]
+        flight.reservation.release()
+        flight.done = True
+        self.registry.note_busy(flight.reservation.node, count, self.now)
+
     @rule(name=st.sampled_from(NAMES), back=st.booleans())
     def node_gone(self, name: str, back: bool) -> None:
         """The node deregisters (its requests still end later) and may register again."""
@@ -122,8 +133,9 @@ class ReservationMachine(RuleBasedStateMachine):
     def load_never_below_own(self) -> None:
         for node in self._live():
             for model in MODELS:
-                c = candidate_for(node, model, 3, self.now, 3.0)
-                assert c is None or c.load >= node.in_flight >= 0
+                for replicas in (1, 4):
+                    c = candidate_for(node, model, 3, self.now, 3.0, replicas=replicas)
+                    assert c is None or c.load >= node.in_flight >= 0
 
     def teardown(self) -> None:
         for flight in self.flights:
