@@ -187,6 +187,7 @@ class Dispatcher:
         session_id = id_header(request.headers, "X-Octopus-Session-Id")
         node_names: dict[str, str] = {}
         key = f"{group.name}/{model}"
+        busy = 0  # busy answers to slot checks: the request goes back to the head of its queue
         admission = request.app[ADMISSION]
         settings = self._settings
 
@@ -238,7 +239,7 @@ class Dispatcher:
             check = 0
             if settings.router_replicas > 1 and node.has_agent:  # may be another's slot by now
                 c = next(c for c in built if c.node_id == node.node_id)
-                check = slot_check(c.load, c.slots, c.cap, c.replicas)
+                check = slot_check(c.load, c.slots, c.cap, c.replicas, busy)
             return Picked(order, Reservation(node, model), check)
 
         def no_node() -> NoCapacity:
@@ -264,7 +265,6 @@ class Dispatcher:
             done_marker=target.done_marker,
         )
         queued_at = time.perf_counter()
-        busy = 0  # busy answers to slot checks: the request goes back to the head of its queue
         while True:
             try:
                 ticket = await admission.admit(

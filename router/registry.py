@@ -221,7 +221,7 @@ class Registry:
         if report.queue_waiting is not None:
             busy = max(busy, report.queue_waiting + (report.queue_running or 0))
         others = max(0, busy - node.in_flight)
-        if node.report is None:
+        if node.report is None or node.busy_others is not None:  # first, or after a busy answer
             node.others_in_flight = float(others)
         else:
             node.others_in_flight = smooth_others(node.others_in_flight, float(others))

@@ -173,15 +173,21 @@ def estimate_loads(
     return np.where(fresh, np.maximum(own, load), own), ~fresh
 
 
-def slot_check(load: float, slots: float, cap: float, replicas: int) -> int:
+# Busy answers one request may get before it goes unchecked (queues at the node it picks, as
+# without slot checks): bounds the round trips a request spends when every report is stale.
+MAX_BUSY_ANSWERS = 6
+
+
+def slot_check(load: float, slots: float, cap: float, replicas: int, busy: int = 0) -> int:
     """The slots the node's agent should check before it takes a request sent to a free slot
     (0: no check). Behind several router replicas, a slot this replica counts as free (its
     load estimate under the slots) may have gone to another replica since the last report: the
     agent then answers busy at once, with its count, instead of queueing the request behind the
     slots (see ``router.wire.SLOT_CHECK_HEADER``), and this replica picks again knowing the
     node is full. Overflow sends (to a node already full, on purpose) and nodes without a cap
-    (unknown slots) are not checked; a single router's own counts are exact."""
-    if replicas > 1 and cap > 0 and load < slots:
+    (unknown slots) are not checked; a single router's own counts are exact. ``busy``: the
+    busy answers this request already had (no check from ``MAX_BUSY_ANSWERS`` on)."""
+    if replicas > 1 and cap > 0 and load < slots and busy < MAX_BUSY_ANSWERS:
         return int(slots)
     return 0
 
@@ -251,8 +257,11 @@ def candidate_for(
     # not known (vLLM, TGI: no cap, no share of free slots to claim), the others' load is left
     # out: each replica balances its own requests, and replicas that all chase one stale
     # snapshot of the others' herd onto the same node (measured: p99 TTFT 35 ms -> 300 ms).
-    # With known slots, each replica claims its share of the reported free slots instead.
+    # With known slots, the node's agent settles a race for a free slot (see slot_check), so
+    # every reported free slot counts as free; without an agent to ask, each replica claims
+    # only its share of them.
     own_only = replicas > 1 and entry.max_parallel is None
+    claims = replicas > 1 and not own_only and not node.has_agent
     others = node.others_in_flight if node.busy_others is None else node.busy_others
     if own_only:
         others = 0.0
@@ -275,9 +284,9 @@ def candidate_for(
             age,
             stale_after_s,
             slots=slots,
-            replicas=1 if own_only else replicas,
+            replicas=replicas if claims else 1,
             jitter=_hash64(f"{replica_salt}/{node.node_id}/{report.seq}") / 2.0**64
-            if report is not None and replicas > 1
+            if report is not None and claims
             else 0.0,
         ),
         slots=slots,

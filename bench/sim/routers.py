@@ -50,9 +50,6 @@ class View:
         self.report_at = np.full(n, -math.inf)  # load_read_at
         self.seen = np.zeros(n, dtype=bool)  # a report came
         self.cold = fleet.cold_reported(mi)
-        self.replicas = 1
-        self.jitter = np.zeros(n)
-        self.rng = np.random.default_rng(mi)
         slots = fleet.slots[mi]
         self.table = CandidateTable(
             ids=list(names),
@@ -74,10 +71,7 @@ class View:
             self.own_at + np.where(np.isnan(self.busy_others), self.others, self.busy_others),
             now - self.report_at,
             stale_after,
-            slots=t.slots,
-            replicas=self.replicas,
-            jitter=self.jitter,
-        )
+        )  # every node has an agent: no share of the free slots to claim (candidate_for)
         t.penalty = np.where(stale, STALE_PENALTY, 1.0)
         t.cold_s = loading_for_us(self.cold, self.own)
         return t
@@ -95,13 +89,12 @@ class View:
         _, rows, load, speed, cold = snap
         own = self.own[rows]
         others = np.maximum(load - own, 0.0)
-        seen = self.seen[rows]
+        seen = self.seen[rows] & np.isnan(self.busy_others[rows])
         self.others[rows] = np.where(seen, smooth_others(self.others[rows], others), others)
         self.seen[rows] = True
         self.busy_others[rows] = math.nan
         self.own_at[rows] = own
         self.report_at[rows] = now
-        self.jitter[rows] = self.rng.random(rows.size)
         known = ~np.isnan(speed)
         self.table.tok_s[rows[known]] = speed[known]
         self.cold[rows] = cold
@@ -151,9 +144,8 @@ class Replica:
         self.views: list[View] = [
             kind(fleet, mi, names[mi], cap_factor) for mi in range(len(names))
         ]
-        for mi, view in enumerate(self.views):
-            view.replicas = view.table.replicas = replicas
-            view.rng = np.random.default_rng([seed, mi])
+        for view in self.views:
+            view.table.replicas = replicas  # slot checks and the backlog's node queueing
         self.policy = "least_loaded" if oracle else policy
         self.scheduler = Scheduler(random.Random(seed))
         # one queue per model: a freed slot can only serve its own model's waiters
@@ -171,6 +163,7 @@ class Replica:
         self._keys = [f"g/{m}" for m in fleet.models]
         self.where: dict[int, int] = {}  # request -> row in its model's view
         self.busy_answers = 0
+        self.bounced: dict[int, int] = {}  # request -> busy answers it had
         self._now = 0.0
 
     def offer(self, rid: int, now: float) -> None:
@@ -210,11 +203,16 @@ class Replica:
                 return None
             row = int(rows[0])
             eid = view.eids[row]
-            check = slot_check(table.load[row], table.slots[row], table.cap[row], table.replicas)
+            busy = self.bounced.get(rid, 0)
+            check = slot_check(
+                table.load[row], table.slots[row], table.cap[row], table.replicas, busy
+            )
             if check and self.fleet.in_flight(eid) >= check:
                 view.busy(row, self.fleet.in_flight(eid), self._now)
                 self.busy_answers += 1
+                self.bounced[rid] = busy + 1
                 continue
+            self.bounced.pop(rid, None)
             view.own[row] += 1
             self.where[rid] = row
             return eid

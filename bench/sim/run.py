@@ -38,7 +38,7 @@ class Setup:
     report_interval_s: float = 1.0
     report_delay_s: float = 0.05
     cap_factor: float = 2.0
-    share_room: bool = True  # replicas know how many they are and split reported free slots
+    share_room: bool = True  # replicas know how many they are (router_replicas): slot checks
     limits: AdmissionLimits = field(
         default_factory=lambda: AdmissionLimits(max_queue=1_000_000, max_wait_s=3600.0)
     )
