@@ -80,7 +80,6 @@ class NodeBusy(Exception):
 
     def __init__(self, node: Node, in_flight: int) -> None:
         super().__init__(f"{node.name} is busy ({in_flight} in flight)")
-        self.node = node
         self.in_flight = in_flight
 
 

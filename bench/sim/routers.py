@@ -207,8 +207,9 @@ class Replica:
             check = slot_check(
                 table.load[row], table.slots[row], table.cap[row], table.replicas, busy
             )
-            if check and self.fleet.in_flight(eid) >= check:
-                view.busy(row, self.fleet.in_flight(eid), self._now)
+            at_node = self.fleet.in_flight(eid)
+            if check and at_node >= check:
+                view.busy(row, at_node, self._now)
                 self.busy_answers += 1
                 self.bounced[rid] = busy + 1
                 continue

@@ -63,6 +63,13 @@ async def metric_statuses(client: aiohttp.ClientSession, agent: RunningAgent) ->
     }
 
 
+async def assert_busy(r: aiohttp.ClientResponse, in_flight: int) -> None:
+    """A busy answer: 503, the agent's count in ``X-Node-Busy``, code ``node_busy``."""
+    assert r.status == 503
+    assert r.headers[NODE_BUSY_HEADER] == str(in_flight)
+    assert (await r.json())["error"]["code"] == "node_busy"
+
+
 class TestBusy:
     """With N or more requests in flight, a slot check for N is answered 503 by the agent."""
 
@@ -136,9 +143,7 @@ class TestBusy:
                 json={"prompt": "hi", "model": "m"},
                 headers={SLOT_CHECK_HEADER: "1"},
             )
-            assert r.status == 503
-            assert r.headers[NODE_BUSY_HEADER] == "1"
-            assert (await r.json())["error"]["code"] == "node_busy"
+            await assert_busy(r, 1)
             assert len(fake.state.requests) == 1
 
     async def test_triton_translated_route_is_checked(self, triton: TritonServers) -> None:
@@ -153,9 +158,7 @@ class TestBusy:
         ):
             seen = len(ctl.requests)
             r = await client.post(f"{agent.url}{PATH}", json=chat, headers={SLOT_CHECK_HEADER: "1"})
-            assert r.status == 503
-            assert r.headers[NODE_BUSY_HEADER] == "1"
-            assert (await r.json())["error"]["code"] == "node_busy"
+            await assert_busy(r, 1)
             assert len(ctl.requests) == seen
 
 
