@@ -14,6 +14,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY router/ router/
+COPY node_protocol/ node_protocol/
 COPY node_agent/ node_agent/
 COPY bench/ bench/
 RUN python -m venv /opt/venv \

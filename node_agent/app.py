@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import aiohttp
 from aiohttp import web
 
-from router.upstream import UpstreamPool
+from node_protocol.upstream import UpstreamPool
 
 from .appkeys import (
     BACKEND,

@@ -1,7 +1,7 @@
 """A backend's answer as the agent holds it: the request's accounting and, for a handler that
 translates between APIs, the answer held open to read whole or line by line.
 
-Lines are cut from the lean client's pieces (:meth:`router.upstream.UpstreamResponse.readany`)
+Lines are cut from the lean client's pieces (``UpstreamResponse.readany``)
 as they come, however the backend split them; a line over :data:`MAX_LINE` is a bad answer.
 """
 
@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 
-from router.upstream import UpstreamResponse
+from node_protocol.upstream import UpstreamResponse
 
 from .errors import BackendBadAnswer, BackendTimeout, BackendUnreachable
 from .metrics import CLIENT_GONE

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 import orjson
 from aiohttp import web
 
-from router.wire import NODE_BUSY_HEADER
+from node_protocol.wire import NODE_BUSY_HEADER
 
 log = logging.getLogger("node_agent.errors")
 
@@ -105,7 +105,7 @@ class RouteNotServed(AgentError):
 class NodeBusy(AgentError):
     """A router's slot check found every slot taken: the request was not forwarded.
 
-    ``X-Node-Busy`` carries the agent's in-flight count (``router.wire.NODE_BUSY_HEADER``).
+    ``X-Node-Busy`` carries the agent's in-flight count (``node_protocol.wire.NODE_BUSY_HEADER``).
     """
 
     status = 503

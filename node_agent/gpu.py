@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import aiohttp
 import orjson
 
-from router.wire import GpuReport, WireError
+from node_protocol.wire import GpuReport, WireError
 
 log = logging.getLogger("node_agent.gpu")
 

@@ -15,7 +15,7 @@ import sys
 from dataclasses import asdict, dataclass
 
 from node_agent.gpu import NvmlGpus
-from router.wire import GpuReport
+from node_protocol.wire import GpuReport
 
 QUERY = "index,name,memory.total,memory.used,memory.free,memory.reserved"
 MIB = 2**20

@@ -21,7 +21,7 @@ from urllib.parse import quote
 import orjson
 from aiohttp import web
 
-from router.wire import LoadReport
+from node_protocol.wire import LoadReport
 
 from .appkeys import BACKEND, PROXY, REPORTER
 from .errors import BackendBadAnswer, BadRequest

@@ -19,7 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
-from router.wire import HEALTH_VALUES, LoadReport
+from node_protocol.wire import HEALTH_VALUES, LoadReport
 
 from .traffic import TrafficStats
 

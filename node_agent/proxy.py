@@ -11,12 +11,12 @@ APIs (OpenAI on Triton, :mod:`node_agent.triton_openai`) holds the backend's ans
 :meth:`BackendProxy.opened` and gets the same accounting, headers and cancellation.
 
 A router that believes the node has a free slot may ask ``X-Router-Slot-Check: N`` (the
-model's parallel slots, :data:`router.wire.SLOT_CHECK_HEADER`): with N or more requests already
+model's parallel slots, ``SLOT_CHECK_HEADER``): with N or more requests already
 in flight the agent does not call the backend but answers 503 ``node_busy`` at once, with
 ``X-Node-Busy: <in flight>``. Such an answer is not counted in flight, not observed in the
 request metrics and not a backend failure. The header is never passed on.
 
-The calls go out on the router's lean HTTP/1.1 client (:mod:`router.upstream`): aiohttp's
+The calls go out on the router's lean HTTP/1.1 client (:mod:`node_protocol.upstream`): aiohttp's
 client call cost more than all of the agent's own work on a short request. Like the aiohttp
 session it replaced (``auto_decompress=False``), it passes the body through undecoded, so
 ``Content-Encoding`` and ``Content-Length`` go back as the backend sent them.
@@ -33,8 +33,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from router.upstream import CallLimits, ConnectTimeout, UpstreamPool, UpstreamResponse
-from router.wire import SLOT_CHECK_HEADER
+from node_protocol.upstream import CallLimits, ConnectTimeout, UpstreamPool, UpstreamResponse
+from node_protocol.wire import SLOT_CHECK_HEADER
 
 from .backend_answer import Track, Upstream
 from .errors import AgentError, BackendTimeout, BackendUnreachable, NodeBusy

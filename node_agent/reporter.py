@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 
-from router.wire import LoadReport, Registration
+from node_protocol.wire import LoadReport, Registration
 
 from .backends.base import Backend
 from .gpu import GpuSource

@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from router.wire import LoadReport
+from node_protocol.wire import LoadReport
 
 log = logging.getLogger("node_agent.router_link")
 

@@ -18,6 +18,8 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from node_protocol.upstream import UpstreamPool
+from node_protocol.wire import Registration
 from router.access_log import ACCESS_LOG, AccessLog, close_access_log
 from router.admission import ADMISSION, Admission, AdmissionLimits
 from router.aliases import Aliases
@@ -39,8 +41,6 @@ from router.scheduling import Scheduler
 from router.server import RouterRunner
 from router.settings import RouterSettings
 from router.triton_api import TritonApi
-from router.upstream import UpstreamPool
-from router.wire import Registration
 
 SETTINGS = web.AppKey("settings", RouterSettings)
 REGISTRY = web.AppKey("registry", Registry)

@@ -9,12 +9,12 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from node_protocol.wire import LoadReport, Registration, WireError
 from router.admission import ADMISSION
 from router.auth import ADMIN, AGENT_TOKEN, HostAllowlist
 from router.errors import Forbidden, InvalidRequest, NotFound
 from router.registry import ROUTABLE, Group, Node, Registry, node_id_for
 from router.settings import SettingsError, check_group_name
-from router.wire import LoadReport, Registration, WireError
 
 log = logging.getLogger("router.groups")
 MAX_CONTROL_BODY = 1024 * 1024

@@ -18,9 +18,9 @@ from collections.abc import Callable
 import aiohttp
 import orjson
 
+from node_protocol.wire import LoadReport, ModelReport
 from router.registry import Node, Registry
 from router.settings import RouterSettings
-from router.wire import LoadReport, ModelReport
 
 log = logging.getLogger("router.monitor")
 

@@ -21,14 +21,14 @@ from urllib.parse import quote
 import orjson
 from aiohttp import web
 
+from node_protocol.upstream import CallLimits, UpstreamPool, UpstreamResponse
+from node_protocol.wire import NODE_BUSY_HEADER, SLOT_CHECK_HEADER
 from router.aliases import apply_renaming, renaming, rewrite_model
 from router.errors import NoCapacity, UpstreamError, UpstreamTimeout, envelope
 from router.metrics import RouterMetrics
 from router.records import RequestRecord
 from router.registry import Group, Node, Registry, Reservation
 from router.settings import RouterSettings
-from router.upstream import CallLimits, UpstreamPool, UpstreamResponse
-from router.wire import NODE_BUSY_HEADER, SLOT_CHECK_HEADER
 
 log = logging.getLogger("router.proxy")
 

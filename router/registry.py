@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, TypeVar
 
-from router.wire import LoadReport, ModelReport, Registration
+from node_protocol.wire import LoadReport, ModelReport, Registration
 
 if TYPE_CHECKING:
     import numpy as np
@@ -242,7 +242,7 @@ class Registry:
             self.groups[node.group].reindex()
 
     def note_busy(self, node: Node, in_flight: int, now: float) -> None:
-        """The node's agent answered a slot check busy (``router.wire.NODE_BUSY_HEADER``) with
+        """The node's agent answered a slot check busy (``NODE_BUSY_HEADER``) with
         its count of requests in flight: a reading of its load as fresh as a report, taken
         after this router released the slot it had reserved there. The rest of the last
         report (models, speed, health) stands."""

@@ -183,7 +183,7 @@ def slot_check(load: float, slots: float, cap: float, replicas: int, busy: int =
     (0: no check). Behind several router replicas, a slot this replica counts as free (its
     load estimate under the slots) may have gone to another replica since the last report: the
     agent then answers busy at once, with its count, instead of queueing the request behind the
-    slots (see ``router.wire.SLOT_CHECK_HEADER``), and this replica picks again knowing the
+    slots (see ``node_protocol.wire.SLOT_CHECK_HEADER``), and this replica picks again knowing the
     node is full. Overflow sends (to a node already full, on purpose) and nodes without a cap
     (unknown slots) are not checked; a single router's own counts are exact. ``busy``: the
     busy answers this request already had (no check from ``MAX_BUSY_ANSWERS`` on)."""

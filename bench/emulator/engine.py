@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from router.wire import GpuReport
+from node_protocol.wire import GpuReport
 
 from .config import EmulatorConfig
 from .faults import Fault

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from router.wire import GpuReport
+from node_protocol.wire import GpuReport
 
 from .capacity import GIB, ModelSpec
 

@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Literal
 import aiohttp
 import orjson
 
-from router.wire import GpuReport, ModelReport
+from node_protocol.wire import GpuReport, ModelReport
 
 Health = Literal["ok", "degraded", "unhealthy"]
 
@@ -72,7 +72,7 @@ class Backend(ABC):
 
     @property
     def kind(self) -> str:
-        """The wire name of the backend kind (``router.wire.BACKEND_KINDS``)."""
+        """The wire name of the backend kind (``node_protocol.wire.BACKEND_KINDS``)."""
         return self.KIND
 
     @property

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from router.wire import ModelReport
+from node_protocol.wire import ModelReport
 
 from .base import Backend, BackendFacts, int_field, list_field, positive_int, str_field
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from router.wire import ModelReport
+from node_protocol.wire import ModelReport
 
 from .base import Backend, BackendFacts, Health, positive_int, str_field
 from .prometheus_text import parse_gauges

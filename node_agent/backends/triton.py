@@ -20,7 +20,7 @@ from typing import Any
 
 from yarl import URL
 
-from router.wire import GpuReport, ModelReport
+from node_protocol.wire import GpuReport, ModelReport
 
 from .base import Backend, BackendFacts, Health, decode_json, str_field
 from .prometheus_text import Scrape, parse_gauges

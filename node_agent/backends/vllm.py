@@ -6,7 +6,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from router.wire import ModelReport
+from node_protocol.wire import ModelReport
 
 from .base import Backend, BackendFacts, int_field, list_field, str_field
 from .prometheus_text import parse_gauges

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from bench.emulator import serve
-from router.wire import GpuReport
+from node_protocol.wire import GpuReport
 
 from .conftest import (
     CHAT,

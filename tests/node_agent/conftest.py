@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict
 
 from node_agent.settings import AgentSettings
-from router.wire import LoadReport, Registration
+from node_protocol.wire import LoadReport, Registration
 
 from .fake_streams import ollama_embed, ollama_native
 from .fakes import FakeLmStudio, FakeTgi, FakeTriton

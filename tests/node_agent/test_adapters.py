@@ -9,7 +9,7 @@ from node_agent.app import serve
 from node_agent.backends.detect import detect_kind, make_backend
 from node_agent.backends.prometheus_text import parse_gauges
 from node_agent.backends.triton import TritonStats, default_metrics_url
-from router.wire import BACKEND_KINDS, LoadReport
+from node_protocol.wire import BACKEND_KINDS, LoadReport
 
 from .conftest import FakeBackend, TritonServers, agent_settings, free_port
 from .fakes import LMS_LLAMA, LMS_QWEN, TGI_MODEL, FakeLmStudio, FakeTgi

@@ -19,7 +19,7 @@ from node_agent.backend_answer import MAX_LINE
 from node_agent.errors import error_middleware
 from node_agent.proxy import BackendProxy
 from node_agent.traffic import TrafficStats
-from router.upstream import UpstreamPool
+from node_protocol.upstream import UpstreamPool
 
 from .conftest import ServerFactory, base_url, free_port
 

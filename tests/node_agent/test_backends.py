@@ -8,7 +8,7 @@ import pytest
 from node_agent.app import serve
 from node_agent.backends.detect import BackendUnreachableError, detect_kind, make_backend
 from node_agent.backends.vllm import EngineStats
-from router.wire import LoadReport
+from node_protocol.wire import LoadReport
 
 from .conftest import FakeBackend, ServerFactory, agent_settings, base_url, free_port
 

@@ -9,7 +9,7 @@ import pytest
 
 from node_agent.app import serve
 from node_agent.gpu import NvmlGpus, open_gpu_source
-from router.wire import GpuReport, LoadReport
+from node_protocol.wire import GpuReport, LoadReport
 
 from .conftest import FakeBackend, agent_settings, free_port
 

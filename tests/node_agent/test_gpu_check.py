@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from node_agent.gpu_check import compare, parse_smi
-from router.wire import GpuReport
+from node_protocol.wire import GpuReport
 
 # nvidia-smi --query-gpu=index,name,memory.total,memory.used,memory.free,memory.reserved
 SMI = "0, NVIDIA H100 80GB HBM3, 81559, 6671, 74409, 480\n"

@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestServer
 from node_agent.app import serve
 from node_agent.reporter import changed
 from node_agent.traffic import TokenRate
-from router.wire import LoadReport
+from node_protocol.wire import LoadReport
 
 from .conftest import (
     OLLAMA_TAG_DETAILS,

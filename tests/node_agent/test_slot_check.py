@@ -17,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from node_agent.app import RunningAgent, serve
-from router.wire import NODE_BUSY_HEADER, SLOT_CHECK_HEADER
+from node_protocol.wire import NODE_BUSY_HEADER, SLOT_CHECK_HEADER
 
 from .conftest import FakeBackend, TritonServers, agent_settings, wait_until
 

@@ -14,9 +14,9 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 from pytest_benchmark.fixture import BenchmarkFixture
 
+from node_protocol.wire import GpuReport, LoadReport, ModelReport
 from router.app import RunningRouter
 from router.metrics import render_metrics
-from router.wire import GpuReport, LoadReport, ModelReport
 
 NODES = 100
 GROUP = "inference-cluster"

@@ -8,9 +8,9 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from node_protocol.wire import LoadReport, ModelReport, Registration
 from router.registry import Node, Registry, Reservation
 from router.scheduling import Candidate, Scheduler, estimate_load
-from router.wire import LoadReport, ModelReport, Registration
 
 
 def _cand(node_id: str, load: float = 0, slots: int = 4, **kw: object) -> Candidate:

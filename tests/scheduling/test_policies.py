@@ -9,6 +9,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from node_protocol.wire import GpuReport, LoadReport, ModelReport, Registration
 from router.registry import Registry
 from router.scheduling import (
     DEFAULT_LOAD_S,
@@ -22,7 +23,6 @@ from router.scheduling import (
     estimate_load,
     estimate_loads,
 )
-from router.wire import GpuReport, LoadReport, ModelReport, Registration
 
 GIB = 1024**3
 

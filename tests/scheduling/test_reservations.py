@@ -9,9 +9,9 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from node_protocol.wire import LoadReport, ModelReport, Registration
 from router.registry import Node, Registry, Reservation
 from router.scheduling import POLICIES, Scheduler, candidate_for
-from router.wire import LoadReport, ModelReport, Registration
 
 MODELS = ("m1", "m2")
 NAMES = ("a", "b", "c")

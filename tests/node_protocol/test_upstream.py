@@ -16,7 +16,13 @@ import pytest
 import trustme
 from aiohttp import web
 
-from router.upstream import HIGH_WATER, CallLimits, ConnectTimeout, UpstreamBroken, UpstreamPool
+from node_protocol.upstream import (
+    HIGH_WATER,
+    CallLimits,
+    ConnectTimeout,
+    UpstreamBroken,
+    UpstreamPool,
+)
 
 LIMITS = CallLimits(connect_s=2.0, idle_s=2.0, total_s=10.0)
 JSON = {"Content-Type": "application/json"}
