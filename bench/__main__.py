@@ -4,6 +4,7 @@
     python -m bench overhead [--quick] [--plant-delay-ms MS] [--plant-burn-ms MS]
     python -m bench ci [--plant-delay-ms MS] [--plant-burn-ms MS]
     python -m bench policies [--duration S] [--policies A,B,...] [--json] [--out DIR]
+    python -m bench replicas [--workers N] [--max-parallel N] [--seconds S]
 
 ``run`` exits 1 when a target is missed, ``ci`` when the gate fails (after one rerun),
 ``policies`` when the real router orders routing policies unlike the simulator.
@@ -23,6 +24,8 @@ from bench.ci import ci
 from bench.overhead.suite import OverheadSettings, run_overhead
 from bench.policy_check import add_parser as add_policies_parser
 from bench.policy_check import run_cli as run_policies
+from bench.replica_check import add_parser as add_replicas_parser
+from bench.replica_check import run_cli as run_replicas
 from bench.report import write_overhead_reports, write_reports
 from bench.runner import RunOptions, run_scenario, say
 from bench.scenario import ScenarioError, load_scenario, scenario_path
@@ -70,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.choices["ci"].add_argument("--scenario", default="ci")
     sub.choices["ci"].add_argument("--workers", type=int, default=0)
     add_policies_parser(sub)
+    add_replicas_parser(sub)
     return p
 
 
@@ -124,6 +128,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             code = uvloop.run(_overhead(args))
         elif args.command == "policies":
             code = uvloop.run(run_policies(args))
+        elif args.command == "replicas":
+            code = uvloop.run(run_replicas(args))
         else:
             out = args.out or RESULTS / "ci"
             code = uvloop.run(ci(args.scenario, out, _wrapper(args), args.workers))
