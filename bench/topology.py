@@ -23,7 +23,12 @@ from bench.cluster import Process, wait_until_healthy
 
 STATIC_GROUP = "static"
 AGENT_GROUP = "agent"
+FLEET_GROUP = "fleet"
 NODE_NAME = "node"
+# The fleet path: the same fast node behind this many static nodes, so every decision ranks a
+# fleet's worth of candidates and every per-node cost (health polls, series, pools) is paid.
+FLEET_SIZE = 16
+FLEET_NODES = tuple(f"{NODE_NAME}-{i:02d}" for i in range(FLEET_SIZE))
 
 
 @contextlib.contextmanager
@@ -107,7 +112,11 @@ def _router_config(node_url: str, folder: Path) -> Path:
         "health_interval_s = 1.0\n"
         f'[[groups]]\nname = "{STATIC_GROUP}"\n'
         f'[[groups.nodes]]\nname = "{NODE_NAME}"\nbase_url = "{node_url}"\n'
-        f'[[groups]]\nname = "{AGENT_GROUP}"\n',
+        f'[[groups]]\nname = "{AGENT_GROUP}"\n'
+        f'[[groups]]\nname = "{FLEET_GROUP}"\n'
+        + "".join(
+            f'[[groups.nodes]]\nname = "{name}"\nbase_url = "{node_url}"\n' for name in FLEET_NODES
+        ),
         encoding="utf-8",
     )
     return path
@@ -220,6 +229,7 @@ async def node_paths(
                 started.append(router)
                 topo.bases["direct"] = f"{emu.url}/v1"
                 topo.bases["router"] = f"{router.url}/{STATIC_GROUP}/v1"
+                topo.bases["router 16 nodes"] = f"{router.url}/{FLEET_GROUP}/v1"
                 if agent:
                     started.append(
                         await Process.start(
@@ -258,6 +268,7 @@ async def node_paths(
                     else:
                         topo.bases["nginx"] = f"{ngx}/v1"
             await wait_until_healthy(router.url, STATIC_GROUP, {NODE_NAME})
+            await wait_until_healthy(router.url, FLEET_GROUP, set(FLEET_NODES))
             if agent:
                 await wait_until_healthy(router.url, AGENT_GROUP, {f"{NODE_NAME}-agent"})
             yield topo

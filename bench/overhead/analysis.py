@@ -18,6 +18,9 @@ RATIO_PAIRS = (
     ("router", "nginx"),
     ("router+agent", "direct"),
     ("router+agent", "router"),
+    ("router 16 nodes", "bare proxy"),
+    ("router 16 nodes", "nginx"),
+    ("router 16 nodes", "router"),
     ("bare proxy", "direct"),
     ("nginx", "direct"),
 )
@@ -112,9 +115,11 @@ def throughput_ratios(rounds: dict[str, dict[str, list[float]]]) -> dict[str, fl
 
 
 def issue_targets(result: OverheadResult) -> list[TargetCheck]:
-    """The targets of issue 5 (one 2-core machine, ratios from one run, fast emulated node)."""
+    """The overhead targets (ratios from one run, fast emulated node), with one node and with
+    the same node behind a 16-node group."""
     ttfb = result.added_ms.get("router", {}).get("ttfb", {}).get("p50")
     nginx = result.ratios.get("stream16 router/nginx")
+    fleet_nginx = result.ratios.get("stream16 router 16 nodes/nginx")
     return [
         TargetCheck("added p50 TTFB, router (static node), concurrency 1 [ms]", ttfb, 1.0, "max"),
         TargetCheck(
@@ -129,6 +134,19 @@ def issue_targets(result: OverheadResult) -> list[TargetCheck]:
             0.9,
             "min",
             "" if nginx is not None else "nginx not installed",
+        ),
+        TargetCheck(
+            "short non-streamed, 32 connections: router with 16 nodes / bare proxy",
+            result.ratios.get("short router 16 nodes/bare proxy"),
+            0.9,
+            "min",
+        ),
+        TargetCheck(
+            "16-chunk streams, 32 connections: router with 16 nodes / nginx",
+            fleet_nginx,
+            0.85,
+            "min",
+            "" if fleet_nginx is not None else "nginx not installed",
         ),
     ]
 

@@ -222,7 +222,7 @@ def overhead_tables(paired: Mapping[str, Any]) -> list[Table]:
         [(k, num(v, 3)) for k, v in paired["ratios"].items()],
     )
     targets = Table(
-        "Targets (issue 5)",
+        "Targets",
         ("target", "measured", "limit", "result"),
         [
             (
