@@ -4,9 +4,9 @@ and distributed mode (a master and two workers on loopback). Locust runs in subp
 from __future__ import annotations
 
 from pathlib import Path
+from statistics import median
 
 import aiohttp
-import pytest
 
 from bench.emulator.app import RunningEmulator
 from bench.loadrun import LocustPlan, empty_records_folder, run_locust
@@ -35,7 +35,10 @@ class TestLocustUser:
     async def test_closed_loop_records(
         self, emulator: RunningEmulator, scenario_file: Path, tmp_path: Path
     ) -> None:
-        """TTFT ~ the node's, TPOT ~ its per-stream rate, tokens from usage, no errors."""
+        """TTFT and TPOT follow the node's settings (never faster than the node makes them; the
+        medians near them), tokens from usage, headers before the first token, no errors. How
+        close the harness gets to the node's figures is the calibration benchmark's business:
+        on a busy machine every figure only grows."""
         result = await run_locust(_plan(emulator, scenario_file, tmp_path / "rec"), progress=False)
         assert result.returncodes == (0,)
         records = load_records(tmp_path / "rec")
@@ -46,10 +49,15 @@ class TestLocustUser:
             assert rec.status == 200
             assert (rec.completion_tokens, rec.tokens_from) == (MAX_TOKENS, "usage")
             assert len(rec.token_times) == MAX_TOKENS
-            assert rec.ttft_s == pytest.approx(TTFT_S, rel=0.5)
-            assert rec.tpot_s == pytest.approx(1 / rate, rel=0.25)
+            assert rec.ttft_s is not None
+            assert rec.ttft_s >= 0.9 * TTFT_S
+            assert rec.tpot_s is not None
+            assert rec.tpot_s >= 0.9 / rate
             assert rec.t_headers is not None
-            assert rec.t_headers - rec.t_send < TTFT_S  # vLLM sends headers before tokens
+            assert rec.t_first_token is not None
+            assert rec.t_headers <= rec.t_first_token  # vLLM sends headers before tokens
+        assert median([r.ttft_s for r in records]) < 4 * TTFT_S
+        assert median([r.tpot_s for r in records]) < 4 / rate
 
     async def test_open_loop_logs_dispatch_lag(
         self, emulator: RunningEmulator, scenario_file: Path, tmp_path: Path
