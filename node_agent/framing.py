@@ -1,32 +1,23 @@
-"""What the proxy needs to know about a streamed answer's framing, without parsing it.
+"""How an answer is framed, which decides how a cut stream is told to its client.
 
-Three framings pass through the agent (reference/backends.md): OpenAI SSE (``data: {json}``,
-errors as ``{"error": {...}}``), native SSE (TGI ``/generate_stream``, Triton
-``generate_stream``: errors as ``{"error": "..."}``) and Ollama's NDJSON (one object a line,
-errors as a final ``{"error": "..."}`` line). Output tokens are counted by scanning the raw bytes
-for non-empty text fields, corrected at the end by an exact count when the backend sends one
-(OpenAI ``usage.completion_tokens``, Ollama ``eval_count``, TGI ``details.generated_tokens``).
+Three framings pass through the agent: OpenAI SSE (``data: {json}``, errors as
+``{"error": {...}}``), native SSE (TGI ``/generate_stream``, Triton ``generate_stream``: errors
+as ``{"error": "..."}``) and Ollama's NDJSON (one object a line, errors as a final
+``{"error": "..."}`` line). What the answer says (its tokens, counts and end) is read by
+:class:`node_protocol.events.AnswerReader`, which the router uses too.
 """
 
 from __future__ import annotations
 
 import enum
-import re
 
 import orjson
 
-# One streamed piece of text in each API: OpenAI delta ``content`` / completion ``text``, TGI
-# ``token.text``, Ollama ``message.content`` / ``response``, Triton ``text_output``.
-_TEXT_FIELDS = (b'"content":', b'"text":', b'"response":', b'"text_output":')
-_TOKEN_MARKS = tuple(f + sep + b'"' for f in _TEXT_FIELDS for sep in (b"", b" "))
-_EMPTY_MARKS = tuple(m + b'"' for m in _TOKEN_MARKS)
-_EXACT_RE = re.compile(rb'"(?:completion_tokens|eval_count|generated_tokens)"\s*:\s*(\d+)')
-
 
 class Framing(enum.Enum):
-    """How an answer is framed, which decides token counting and the mid-stream error."""
+    """How an answer is framed, which decides the mid-stream error."""
 
-    BODY = "body"  # one JSON (or other) body: nothing to count while relaying
+    BODY = "body"  # one JSON (or other) body: no way to say "cut" inside it
     SSE = "sse"  # OpenAI server-sent events
     NATIVE_SSE = "native_sse"  # TGI / Triton server-sent events
     NDJSON = "ndjson"  # Ollama's native stream
@@ -44,22 +35,6 @@ def framing_of(content_type: str, *, native: bool) -> Framing:
     if ctype.startswith("application/x-ndjson"):
         return Framing.NDJSON
     return Framing.BODY
-
-
-def count_content_events(chunk: bytes) -> int:
-    """Roughly the tokens in a streamed chunk: events with a non-empty text field."""
-    n = 0
-    for mark in _TOKEN_MARKS:
-        n += chunk.count(mark)
-    for mark in _EMPTY_MARKS:
-        n -= chunk.count(mark)
-    return max(0, n)
-
-
-def usage_tokens(tail: bytes) -> int | None:
-    """The last exact output-token count in the end of a body, if the backend sent one."""
-    found = _EXACT_RE.findall(tail)
-    return int(found[-1]) if found else None
 
 
 def cut_event(framing: Framing, message: str, last: bytes) -> bytes | None:

@@ -33,14 +33,15 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from node_protocol.events import AnswerReader, Surface, surface_of
 from node_protocol.upstream import CallLimits, ConnectTimeout, UpstreamPool, UpstreamResponse
 from node_protocol.wire import SLOT_CHECK_HEADER
 
 from .backend_answer import Track, Upstream
 from .errors import AgentError, BackendTimeout, BackendUnreachable, NodeBusy
-from .framing import Framing, count_content_events, cut_event, framing_of, usage_tokens
+from .framing import Framing, cut_event, framing_of
 from .metrics import CLIENT_GONE, RequestMetrics
-from .traffic import TrafficStats
+from .traffic import AnswerTokens, TrafficStats
 
 __all__ = ["BackendProxy", "Exchange", "Upstream", "route_label"]  # Upstream: for handlers
 
@@ -181,6 +182,7 @@ class BackendProxy:
         ``native``: the route is the backend's own API (a cut stream ends in its error shape).
         """
         body = await request.read() if request.body_exists else None
+        surface = surface_of(path)
         query = request.rel_url.raw_query_string  # as the client encoded it
         if query:
             path = f"{path}?{query}"
@@ -190,7 +192,7 @@ class BackendProxy:
             track.headers_s = track.since_start()
             upstream.pace(self._idle_s)
             try:
-                resp, complete = await self._relay(request, upstream, track, native)
+                resp, complete = await self._relay(request, upstream, track, native, surface)
                 track.failed = not complete or upstream.status >= 500
                 return resp
             finally:
@@ -216,7 +218,9 @@ class BackendProxy:
                 upstream.close()
             track.failed = upstream.status >= 500
             if upstream.status == 200:
-                self._stats.add_tokens(usage_tokens(raw[-4096:]) or 0)
+                reader = AnswerReader(surface_of(path))
+                reader.read_body(raw, time.perf_counter())
+                self._stats.add_tokens(reader.output_tokens)
             ctype = upstream.headers.get("content-type", "application/json")
             return Exchange(upstream.status, ctype, raw)
 
@@ -271,6 +275,7 @@ class BackendProxy:
         upstream: UpstreamResponse,
         track: Track,
         native: bool,
+        surface: Surface,
     ) -> tuple[web.StreamResponse, bool]:
         """Relay the answer; the flag is False when the backend stalled or dropped mid-answer.
 
@@ -282,18 +287,16 @@ class BackendProxy:
             status=upstream.status, reason=upstream.reason or None, headers=headers
         )
         framing = framing_of(found.get("content-type", ""), native=native)
-        ok = upstream.status == 200
-        count = framing.streamed and ok
+        tokens = None
+        if upstream.status == 200:
+            tokens = AnswerTokens(self._stats, surface, streamed=framing.streamed)
         await resp.prepare(request)
-        counted = 0
-        previous = last = b""
+        last = b""
         try:
             while chunk := await upstream.readany():  # each wait bounded by the idle timeout
-                if count:
-                    n = count_content_events(chunk)
-                    counted += n
-                    self._stats.add_tokens(n)
-                previous, last = last, chunk
+                if tokens is not None:
+                    tokens.take(chunk)
+                last = chunk
                 if upstream.finished:  # the last piece goes out with the end, in one write
                     break
                 await resp.write(chunk)
@@ -301,8 +304,8 @@ class BackendProxy:
                     track.first_byte_s = track.since_start()
             if track.first_byte_s is None and chunk:
                 track.first_byte_s = track.since_start()
-            if ok:
-                self._add_exact(found, framing, previous[-1024:] + last, counted)
+            if tokens is not None:
+                tokens.end(_header_int(found, "x-generated-tokens"))
             await resp.write_eof(chunk)
         except ConnectionResetError:
             # The client went away (the handler is usually cancelled first; this is the case
@@ -315,16 +318,6 @@ class BackendProxy:
             await self._cut(request, resp, framing, last, exc)
             return resp, False
         return resp, True
-
-    def _add_exact(
-        self, found: dict[str, str], framing: Framing, tail: bytes, counted: int
-    ) -> None:
-        """Correct the tokens counted from events by the exact count the answer ends with."""
-        exact = usage_tokens(tail)
-        if exact is None and not framing.streamed:
-            exact = _header_int(found, "x-generated-tokens")
-        if exact is not None:
-            self._stats.add_tokens(exact - counted)
 
     async def _cut(
         self,

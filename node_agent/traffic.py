@@ -1,13 +1,20 @@
 """Counters the proxy keeps and the reporter reads: requests in flight and output tokens.
 
 Kept deliberately cheap (plain int arithmetic on the proxy path); the reporter turns the token
-total into a rate over a sliding window of its own samples.
+total into a rate over a sliding window of its own samples. :class:`AnswerTokens` adds one
+relayed answer's tokens to the total as they pass.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
+
+from node_protocol.events import AnswerReader, Surface
+
+# A bigger whole (non-streamed) answer is relayed unread: only a header may count its tokens.
+MAX_BODY_READ = 1024 * 1024
 
 
 class TrafficStats:
@@ -75,3 +82,50 @@ class TokenRate:
         if elapsed <= 0 or produced <= 0:
             return None
         return produced / elapsed
+
+
+class AnswerTokens:
+    """One relayed answer's output tokens, added to the stats as they come: a stream's pieces
+    as they pass (corrected once the backend sends its exact count), a whole answer's exact
+    count (else the ``x-generated-tokens`` header TGI sends) at its end."""
+
+    __slots__ = ("_added", "_body", "_stats", "_streamed", "reader")
+
+    def __init__(self, stats: TrafficStats, surface: Surface, *, streamed: bool) -> None:
+        self.reader = AnswerReader(surface)
+        self._stats = stats
+        self._streamed = streamed
+        self._added = 0
+        self._body: bytearray | None = None
+        if not streamed and surface is not Surface.NONE:
+            self._body = bytearray()
+
+    def take(self, chunk: bytes) -> None:
+        """One relayed piece of the answer."""
+        if self._streamed:
+            self.reader.feed(chunk, time.perf_counter())
+            self._settle()
+        elif self._body is not None:
+            if len(self._body) + len(chunk) <= MAX_BODY_READ:
+                self._body += chunk
+            else:
+                self._body = None
+
+    def end(self, generated_header: int | None) -> None:
+        """The answer was relayed to its end."""
+        reader = self.reader
+        if self._streamed:
+            reader.end(time.perf_counter())
+        elif self._body is not None:
+            reader.read_body(bytes(self._body), time.perf_counter())
+        if not self._streamed and reader.usage_tokens is None and generated_header is not None:
+            self._stats.add_tokens(generated_header - self._added)
+            self._added = generated_header
+        else:
+            self._settle()
+
+    def _settle(self) -> None:
+        total = self.reader.output_tokens
+        if total != self._added:
+            self._stats.add_tokens(total - self._added)
+            self._added = total

@@ -151,7 +151,7 @@ class Dispatcher:
             record.error = record.error or "client_gone"
             raise
         finally:
-            record.t_end = time.perf_counter()
+            record.close(time.perf_counter())
             in_progress.add(by_group, -1)
             if self._rate_limiter:
                 self._rate_limiter.charge_tokens(record.tenant, record.output_tokens, self._clock())

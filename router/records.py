@@ -1,9 +1,10 @@
 """One record per routed request: timings, tokens, node, outcome; logged as one line
 (:mod:`router.access_log`).
 
-The stream is watched, not parsed: :class:`StreamWatch` looks at each relayed chunk with a few
-byte searches (C speed) to time the first token and count content events, and reads the
-``usage`` object when the backend sends one, so the relay stays lean.
+The answer is read as it is relayed by the reader the agent uses too
+(:class:`node_protocol.events.AnswerReader`), for the surface the endpoint speaks: it times the
+first and last tokens, counts them, and keeps the counts the backend sends (output, prompt,
+cached prompt tokens) and whether the answer reached its own end.
 """
 
 from __future__ import annotations
@@ -11,9 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-_CONTENT = b'"content":"'
-_EMPTY_CONTENT = b'"content":""'
-_USAGE = b'"completion_tokens":'
+from node_protocol.events import AnswerReader, surface_of
 
 
 @dataclass(slots=True)
@@ -33,14 +32,41 @@ class RequestRecord:
     t_upstream_sent: float | None = None
     t_upstream_headers: float | None = None
     t_headers_out: float | None = None
-    t_first_token: float | None = None
-    t_last_token: float | None = None
     t_end: float | None = None
-    tokens: int = 0
-    usage_tokens: int | None = None
     queue_wait_s: float = 0.0
     admitted: bool = False
     tail: bytes = b""  # the last bytes of a relayed stream
+    answer: AnswerReader = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.answer = AnswerReader(surface_of(self.endpoint))
+
+    @property
+    def t_first_token(self) -> float | None:
+        return self.answer.t_first_token
+
+    @property
+    def t_last_token(self) -> float | None:
+        return self.answer.t_last_token
+
+    @property
+    def tokens(self) -> int:
+        """Pieces of output seen in the stream."""
+        return self.answer.tokens
+
+    @property
+    def usage_tokens(self) -> int | None:
+        """The backend's exact output-token count, when it sent one."""
+        return self.answer.usage_tokens
+
+    @property
+    def prompt_tokens(self) -> int | None:
+        return self.answer.prompt_tokens
+
+    @property
+    def cached_tokens(self) -> int | None:
+        """Prompt tokens the backend took from its cache, when it says."""
+        return self.answer.cached_tokens
 
     @property
     def overhead_s(self) -> float | None:
@@ -54,7 +80,7 @@ class RequestRecord:
 
     @property
     def output_tokens(self) -> int:
-        return self.usage_tokens if self.usage_tokens is not None else self.tokens
+        return self.answer.output_tokens
 
     @property
     def ttft_s(self) -> float | None:
@@ -70,33 +96,18 @@ class RequestRecord:
     def watch(self, chunk: bytes, now: float) -> None:
         """Account one relayed stream chunk."""
         self.tail = chunk[-32:] if len(chunk) >= 32 else (self.tail + chunk)[-32:]
-        found = chunk.count(_CONTENT)
-        if found:
-            tokens = found - chunk.count(_EMPTY_CONTENT)
-            if tokens > 0:
-                if self.t_first_token is None:
-                    self.t_first_token = now
-                self.t_last_token = now
-                self.tokens += tokens
-        if _USAGE in chunk:
-            self._read_usage(chunk)
-
-    def _read_usage(self, chunk: bytes) -> None:
-        start = chunk.rfind(_USAGE) + len(_USAGE)
-        digits = bytearray()
-        for byte in chunk[start : start + 12]:
-            if 48 <= byte <= 57:
-                digits.append(byte)
-            elif digits or byte not in b" ":
-                break
-        if digits:
-            self.usage_tokens = int(digits)
+        self.answer.feed(chunk, now)
 
     def take_body(self, body: bytes, now: float) -> None:
         """Account a whole (non-streamed) answer."""
-        self.t_first_token = self.t_last_token = now
-        if _USAGE in body:
-            self._read_usage(body)  # a byte search, not a parse of the whole answer
+        self.answer.read_body(body, now)
+
+    def close(self, now: float) -> None:
+        """The request is over. A stream that was not cut ended with its body: a last line
+        without its newline is read too, and an answer with no end marker is finished."""
+        self.t_end = now
+        if self.stream and self.error is None:
+            self.answer.end(now)
 
     def fields(self) -> dict[str, object]:
         ttft = self.ttft_s
