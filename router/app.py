@@ -36,7 +36,7 @@ from router.ollama_api import OllamaApi
 from router.openai_api import OpenAIApi
 from router.openapi import OpenApiDoc
 from router.proxy import FORWARDER, Forwarder
-from router.registry import Registry
+from router.registry import Node, Registry
 from router.scheduling import Scheduler
 from router.server import RouterRunner
 from router.settings import RouterSettings
@@ -54,10 +54,11 @@ log = logging.getLogger("router")
 
 def _registry_from(settings: RouterSettings) -> Registry:
     registry = Registry(settings.default_policy, settings.failure_threshold)
-    registry.ensure_group(settings.default_group)
+    registry.ensure_group(settings.default_group).declared = True
     now = time.monotonic()
     for group in settings.groups:
-        registry.ensure_group(group.name, group.policy).policy = group.policy
+        declared = registry.ensure_group(group.name, group.policy)
+        declared.policy, declared.declared = group.policy, True
         for static in group.nodes:
             reg = Registration(
                 name=static.name,
@@ -89,6 +90,9 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
     )
     pool = UpstreamPool(upstream_ssl if isinstance(upstream_ssl, ssl.SSLContext) else None)
     app[FORWARDER] = Forwarder(pool, app[REGISTRY], settings, app[METRICS])
+    # POOL-FORGET: a removed node's idle pooled connections should be closed here, once
+    # UpstreamPool has a call to drop one origin's connections (it has none yet); until then
+    # they stay idle until the node closes them.
     yield
     pool.close()
     await app[SESSION].close()
@@ -104,6 +108,20 @@ async def _monitor(app: web.Application) -> AsyncIterator[None]:
     app[MONITOR_TASK].cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await app[MONITOR_TASK]
+
+
+def _forget_removed(app: web.Application) -> None:
+    """When a node (and maybe its group) is removed, its metric series go too, and a removed
+    group's idle admission queues."""
+    metrics, admission = app[METRICS], app[ADMISSION]
+
+    def forget(node: Node, group_gone: bool) -> None:
+        metrics.forget_node(node.group, node.name)
+        if group_gone:
+            metrics.forget_group(node.group)
+            admission.drop_idle(lambda key: key.partition("/")[0] == node.group)
+
+    app[REGISTRY].on_removed.append(forget)
 
 
 async def _health(request: web.Request) -> web.Response:
@@ -157,6 +175,7 @@ def make_app(settings: RouterSettings) -> web.Application:
     )
     prometheus = CollectorRegistry()
     app[METRICS] = RouterMetrics(prometheus)
+    _forget_removed(app)
     app[FLEET] = FleetMetrics(app[REGISTRY])
     app[ADMISSION_QUEUES] = app[ADMISSION].queue_lengths
     app.router.add_get("/metrics", metrics_handler)
@@ -171,7 +190,7 @@ def make_app(settings: RouterSettings) -> web.Application:
     app[STARTED_AT] = time.monotonic()
     app.on_shutdown.append(_drain_streams)
     allowlist = HostAllowlist(settings.registration_allowlist)
-    app.router.add_routes(GroupsApi(app[REGISTRY], time.monotonic, allowlist).routes())
+    app.router.add_routes(GroupsApi(app[REGISTRY], time.monotonic, allowlist, auth).routes())
     app[DISPATCHER] = Dispatcher(
         settings,
         app[REGISTRY],
@@ -217,6 +236,8 @@ async def serve(settings: RouterSettings) -> AsyncIterator[RunningRouter]:
         ssl_context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
     site = web.TCPSite(runner, settings.host, settings.port, ssl_context=ssl_context)
     await site.start()
+    for line in app[AUTH].describe():
+        log.info("%s", line)
     try:
         port = runner.addresses[0][1]
         host = "127.0.0.1" if settings.host in ("0.0.0.0", "") else settings.host

@@ -194,8 +194,10 @@ class Dispatcher:
         def candidates() -> list[Candidate]:
             now = self._clock()
             found = []
+            nodes = group.nodes
             for node in serving.values():
-                if not node.breaker_allows(now):
+                # A node removed since (deregistered, expired) is no candidate any more.
+                if nodes.get(node.node_id) is not node or not node.breaker_allows(now):
                     continue
                 name = node_name_for(node, names) or model
                 candidate = candidate_for(

@@ -5,7 +5,8 @@ one failed check, so a silent agent goes degraded, then unhealthy after ``failur
 intervals. Nodes with no agent (static in config, or registered by hand without a report) are
 polled every ``health_interval_s``: ``healthUrl`` (2xx passes) and ``/v1/models`` (the models
 they serve, all taken as loaded), turned into a synthetic load report so the rest of the router
-treats every node alike.
+treats every node alike. A registered node not heard from (a report, a poll it answered or a
+registration) for ``node_expiry_s`` is removed; nodes declared in config stay.
 """
 
 from __future__ import annotations
@@ -52,6 +53,17 @@ class Monitor:
                     continue
                 if now - node.report_received_at > stale_after:
                     node.check_failed(self._registry.threshold)
+
+    def expire_nodes(self, now: float) -> None:
+        """Remove registered nodes (and the groups they made) silent for ``node_expiry_s``."""
+        expiry_s = self._settings.node_expiry_s
+        for node in self._registry.expire(now, expiry_s):
+            log.info(
+                "node %s removed from group %s: not heard from for %gs",
+                node.name,
+                node.group,
+                expiry_s,
+            )
 
     def _polled_nodes(self) -> list[Node]:
         return [
@@ -100,6 +112,7 @@ class Monitor:
         while True:
             now = self._clock()
             self.check_reports(now)
+            self.expire_nodes(now)
             if now - self._last_poll >= self._settings.health_interval_s:
                 self._last_poll = now
                 nodes = self._polled_nodes()

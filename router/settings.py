@@ -92,6 +92,9 @@ class RouterSettings:
     report_interval_s: float = 1.0
     failure_threshold: int = 3
     health_interval_s: float = 5.0
+    # A registered node not heard from for this long (no report, poll or registration) is
+    # removed, with its metric series; nodes declared in config stay.
+    node_expiry_s: float = 600.0
     shutdown_grace_s: float = 30.0
     retry_after_s: int = 2
     log_format: str = "auto"
@@ -149,6 +152,8 @@ class RouterSettings:
             "slow_client_timeout_s",
         ):
             _positive(name, getattr(self, name))
+        if not self.node_expiry_s > self.report_interval_s:
+            raise SettingsError("node_expiry_s must be longer than report_interval_s")
         if self.log_format not in ("auto", "json", "text"):
             raise SettingsError("log_format must be auto, json or text")
         if not self.cap_factor > 0 or self.queue_max < 0 or not self.queue_wait_s > 0:
@@ -194,6 +199,7 @@ _SCALARS: dict[str, type] = {
     "report_interval_s": float,
     "failure_threshold": int,
     "health_interval_s": float,
+    "node_expiry_s": float,
     "shutdown_grace_s": float,
     "retry_after_s": int,
     "log_format": str,

@@ -41,6 +41,7 @@ class ReservationMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.registry = Registry("least_loaded", 3)
+        self.registry.ensure_group("g").declared = True  # as configured: stays when emptied
         self.scheduler = Scheduler(random.Random(0))
         self.flights: list[Flight] = []
         self.retired: list[Node] = []  # removed nodes that may still hold reservations
