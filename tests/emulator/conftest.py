@@ -70,6 +70,7 @@ DEFAULT_MODELS = {
     "ollama": TWO_MODELS,
     "triton": TWO_MODELS,
     "lmstudio": TWO_MODELS,
+    "llamacpp": (VLLM_MODEL,),
 }
 
 
