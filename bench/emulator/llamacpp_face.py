@@ -125,9 +125,6 @@ class LlamaBox:
         job.on_first_token = lambda job: self.stats.prompt_read(job, self.slots.busy)
         return binding
 
-    def slot_of(self, job: Job) -> Slot | None:
-        return self._bound.get(job)
-
     def _closed(self, job: Job) -> None:
         slot = self._bound.pop(job, None)
         if slot is not None:

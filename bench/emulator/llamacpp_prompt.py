@@ -95,6 +95,8 @@ def _one_prompt(value: Any) -> Tokens:
     if isinstance(value, str):
         return prompt_tokens(value)
     if isinstance(value, list) and all(_is_int(v) for v in value):
+        if not value:
+            raise invalid('"prompt" must not be empty')
         return tuple(f"#{v}" for v in value)  # token ids are used as given: no BOS added
     raise invalid(PROMPT_SHAPE_MESSAGE)
 

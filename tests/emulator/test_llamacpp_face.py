@@ -407,7 +407,8 @@ async def test_a_prompt_longer_than_a_slot_is_refused(
 
 
 async def test_errors_use_the_llama_cpp_envelope(llama: Llama, http: aiohttp.ClientSession) -> None:
-    """Unknown routes and wrong methods are 404 ``File Not Found``; a missing field is 400."""
+    """Unknown routes and wrong methods are 404 ``File Not Found``; a missing or empty field
+    is 400; a body that is not JSON is a 500."""
     for method, path in (("GET", "/nope"), ("GET", "/v1/chat/completions")):
         async with http.request(method, llama.url + path) as resp:
             assert resp.status == 404
@@ -419,6 +420,13 @@ async def test_errors_use_the_llama_cpp_envelope(llama: Llama, http: aiohttp.Cli
     assert orjson.loads(raw) == {
         "error": {"code": 400, "message": "'messages' is required", "type": "invalid_request_error"}
     }
+    body = {"prompt": [], "max_tokens": 1}
+    status, raw, _ = await post_raw(http, llama.url + "/v1/completions", body)
+    assert status == 400
+    assert orjson.loads(raw)["error"]["message"] == '"prompt" must not be empty'
+    status, raw, _ = await post_raw(http, llama.url + "/v1/completions", b"{bad")
+    assert status == 500
+    assert orjson.loads(raw)["error"]["type"] == "server_error"
 
 
 async def _raw_answer(
@@ -518,7 +526,7 @@ async def test_a_repeated_prompt_is_read_from_the_slot_cache(
     llama: Llama, http: aiohttp.ClientSession
 ) -> None:
     """The same long prompt twice: the second reuses all of it but its last token, and the
-    metrics count the reused tokens."""
+    metrics count the reused tokens; ``cache_prompt: false`` reuses nothing."""
     url = llama.url + "/v1/chat/completions"
     _, raw, _ = await post_raw(http, url, chat(LONG_TEXT, max_tokens=2))
     first = orjson.loads(raw)
@@ -534,6 +542,8 @@ async def test_a_repeated_prompt_is_read_from_the_slot_cache(
     assert samples["prompt_tokens_cached_total"] == prompt - 1
     assert samples["prompt_tokens_total"] == prompt + 1
     assert samples["tokens_predicted_total"] == 4
+    _, raw, _ = await post_raw(http, url, chat(LONG_TEXT, max_tokens=2, cache_prompt=False))
+    assert orjson.loads(raw)["timings"]["cache_n"] == 0
 
 
 async def test_a_follow_up_turn_finds_its_conversation_cached(
