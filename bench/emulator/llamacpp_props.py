@@ -24,38 +24,49 @@ SAMPLERS = (
 )  # fmt: skip
 
 
+# llama-server's sampling defaults, in the order it lists them.
+SAMPLING: dict[str, Any] = {
+    "seed": 4294967295,
+    "temperature": 0.800000011920929,
+    "dynatemp_range": 0.0,
+    "dynatemp_exponent": 1.0,
+    "top_k": 40,
+    "top_p": 0.949999988079071,
+    "min_p": 0.05000000074505806,
+    "top_n_sigma": -1.0,
+    "xtc_probability": 0.0,
+    "xtc_threshold": 0.10000000149011612,
+    "typical_p": 1.0,
+    "repeat_last_n": 64,
+    "repeat_penalty": 1.0,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+    "dry_multiplier": 0.0,
+    "dry_base": 1.75,
+    "dry_allowed_length": 2,
+    "dry_penalty_last_n": 64,
+}
+MIROSTAT: dict[str, Any] = {
+    "mirostat": 0,
+    "mirostat_tau": 5.0,
+    "mirostat_eta": 0.10000000149011612,
+    "adaptive_target": -1.0,
+    "adaptive_decay": 0.8999999761581421,
+}
+GRAMMAR: dict[str, Any] = {
+    "grammar": "",
+    "grammar_lazy": False,
+    "grammar_triggers": [],
+    "preserved_tokens": [],
+}
+
+
 def generation_settings(n_predict: int, stream: bool, full: bool = False) -> dict[str, Any]:
     """The sampling settings of a task (``/props``, ``/slots``, native ``/completion``)."""
-    out: dict[str, Any] = {
-        "seed": 4294967295,
-        "temperature": 0.800000011920929,
-        "dynatemp_range": 0.0,
-        "dynatemp_exponent": 1.0,
-        "top_k": 40,
-        "top_p": 0.949999988079071,
-        "min_p": 0.05000000074505806,
-        "top_n_sigma": -1.0,
-        "xtc_probability": 0.0,
-        "xtc_threshold": 0.10000000149011612,
-        "typical_p": 1.0,
-        "repeat_last_n": 64,
-        "repeat_penalty": 1.0,
-        "presence_penalty": 0.0,
-        "frequency_penalty": 0.0,
-        "dry_multiplier": 0.0,
-        "dry_base": 1.75,
-        "dry_allowed_length": 2,
-        "dry_penalty_last_n": 64,
-    }
+    out = dict(SAMPLING)
     if full:
         out["dry_sequence_breakers"] = ["\n", ":", '"', "*"]
-    out |= {
-        "mirostat": 0,
-        "mirostat_tau": 5.0,
-        "mirostat_eta": 0.10000000149011612,
-        "adaptive_target": -1.0,
-        "adaptive_decay": 0.8999999761581421,
-    }
+    out |= MIROSTAT
     if full:
         out["stop"] = []
     out |= {
@@ -70,12 +81,7 @@ def generation_settings(n_predict: int, stream: bool, full: bool = False) -> dic
         out["logit_bias"] = []
     out |= {"n_probs": 0, "min_keep": 0}
     if full:
-        out |= {
-            "grammar": "",
-            "grammar_lazy": False,
-            "grammar_triggers": [],
-            "preserved_tokens": [],
-        }
+        out |= GRAMMAR
     return out | {
         "chat_format": "Content-only",
         "reasoning_format": "deepseek" if full else "none",

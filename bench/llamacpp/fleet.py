@@ -27,7 +27,6 @@ from pathlib import Path
 import aiohttp
 
 from bench.cluster import Process, wait_until_healthy
-from bench.llamacpp.tiny_gguf import write_tiny_model
 
 VERSION = os.environ.get("LLAMA_CPP_PYTHON_VERSION", "0.3.36")
 START_TIMEOUT_S = 60.0
@@ -182,6 +181,8 @@ async def _serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    from bench.llamacpp.tiny_gguf import write_tiny_model  # needs gguf, a dev dependency
+
     with tempfile.TemporaryDirectory(prefix="llama-fleet-") as tmp:
         model = args.model or write_tiny_model(Path(tmp) / "tiny.gguf")
         spec = ServerSpec(model, args.alias, args.parallel, args.ctx, args.threads)
