@@ -61,20 +61,20 @@ class Throughput:
         return self.steps / self.seconds if self.seconds > 0 else 0.0
 
 
-def prompt_seconds(job: Job) -> float:
-    """From taking the slot to the end of the prompt (the first token, or the end of a job
-    that generates nothing), in whole µs."""
+def prompt_us(job: Job) -> int:
+    """Whole µs from taking the slot to the end of the prompt (the first token, or the end of
+    a job that generates nothing), as llama-server times it."""
     read_at = job.first_token_at or job.ended_at
     if job.slot_at is None or read_at is None:
-        return 0.0
-    return round((read_at - job.slot_at) * 1e6) / 1e6
+        return 0
+    return round((read_at - job.slot_at) * 1e6)
 
 
-def generation_seconds(job: Job) -> float:
-    """From the first token to the last, in whole µs (at least one once a token is out)."""
+def generation_us(job: Job) -> int:
+    """Whole µs from the first token to the last (at least one once a token is out)."""
     if job.first_token_at is None or job.last_token_at is None:
-        return 0.0
-    return max(1, round((job.last_token_at - job.first_token_at) * 1e6)) / 1e6
+        return 0
+    return max(1, round((job.last_token_at - job.first_token_at) * 1e6))
 
 
 def cpp_double(value: float) -> str:
@@ -102,7 +102,7 @@ class LlamaStats:
     def prompt_read(self, job: Job, busy_slots: int) -> None:
         """The prompt of ``job`` has been read: its first token is out."""
         computed = job.prompt_tokens - job.cached_tokens
-        seconds = prompt_seconds(job)
+        seconds = prompt_us(job) / 1e6
         self.prompt.add(computed, computed, seconds)
         self.prompt_window.add(computed, computed, seconds)
         self.decodes += 1
@@ -110,7 +110,7 @@ class LlamaStats:
 
     def finished(self, job: Job) -> None:
         """``job`` left its slot: count what it generated."""
-        seconds, steps = generation_seconds(job), max(0, job.generated - 1)
+        seconds, steps = generation_us(job) / 1e6, max(0, job.generated - 1)
         self.predicted.add(job.generated, steps, seconds)
         self.predicted_window.add(job.generated, steps, seconds)
         self.decodes += job.decode_steps

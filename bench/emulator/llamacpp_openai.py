@@ -27,7 +27,7 @@ from aiohttp import web
 from .errors import FaceError
 from .job import Job
 from .llamacpp_face import ERROR_TYPES, JSON_TYPE, LLAMA, Binding, LlamaBox, read_body, reply
-from .llamacpp_metrics import generation_seconds, prompt_seconds
+from .llamacpp_metrics import generation_us, prompt_us
 from .llamacpp_prompt import (
     Tokens,
     chat_prompt,
@@ -120,8 +120,8 @@ def _usage(job: Job) -> dict[str, Any]:
 def timings(job: Job) -> dict[str, Any]:
     """llama-server's per-request ``timings``."""
     prompt_n = job.prompt_tokens - job.cached_tokens
-    prompt_ms = prompt_seconds(job) * 1e3
-    gen_ms = generation_seconds(job) * 1e3
+    prompt_ms = prompt_us(job) / 1e3
+    gen_ms = generation_us(job) / 1e3
     steps = max(0, job.generated - 1)
     return {
         "cache_n": job.cached_tokens,
