@@ -62,7 +62,7 @@ __all__ = [
 ]
 
 MAX_IDLE_PER_NODE = 256
-# Below the shortest keep-alive timeout common servers use (5 s: uvicorn, Node, llama.cpp's
+# Below the shortest keep-alive timeout common servers use (5 s: uvicorn, Node.js, llama.cpp's
 # httplib), with room for the node's timer starting before the client's.
 KEEP_IDLE_S = 3.0
 _BODYLESS = frozenset(("GET", "HEAD", "OPTIONS", "TRACE"))
@@ -223,7 +223,7 @@ class UpstreamPool:
         self._origins: dict[str, _Origin] = {}
         self._ssl = ssl_context
         self._keep_idle_s = keep_idle_s
-        self._sweep: asyncio.TimerHandle | None = None
+        self._expiry_timer: asyncio.TimerHandle | None = None
         self._closed = False
 
     def origin(self, base_url: str) -> _Origin:
@@ -257,9 +257,9 @@ class UpstreamPool:
         """
         origin = self.origin(base_url)
         message = origin.message(method, path, body, headers)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + limits.total_s  # the whole call, headers and body
-        conn = self._kept(origin, loop.time())
+        now = asyncio.get_running_loop().time()
+        deadline = now + limits.total_s  # the whole call, headers and body
+        conn = self._kept(origin, now)
         if conn is not None:
             try:
                 return await self._exchange(origin, conn, method, message, limits, deadline)
@@ -330,15 +330,15 @@ class UpstreamPool:
             return
         conn.park(conn.loop.time())
         idle.append(conn)
-        if self._sweep is None:
-            self._sweep = conn.loop.call_later(self._keep_idle_s / 2, self._close_expired)
+        if self._expiry_timer is None:
+            self._expiry_timer = conn.loop.call_later(self._keep_idle_s / 2, self._close_expired)
 
     def _close_expired(self) -> None:
         """Close the connections idle for ``keep_idle_s`` or closed meanwhile; runs every half
         ``keep_idle_s`` while any are kept."""
         loop = asyncio.get_running_loop()
         cutoff = loop.time() - self._keep_idle_s
-        self._sweep = None
+        self._expiry_timer = None
         for origin, idle in list(self._idle.items()):
             live = []
             for conn in idle:
@@ -351,20 +351,21 @@ class UpstreamPool:
             else:
                 del self._idle[origin]
         if self._idle and not self._closed:
-            self._sweep = loop.call_later(self._keep_idle_s / 2, self._close_expired)
+            self._expiry_timer = loop.call_later(self._keep_idle_s / 2, self._close_expired)
 
     def forget(self, base_url: str) -> None:
         """A node that is gone: close the connections kept for ``base_url`` and drop what the
         pool knew of it (a connection still carrying an answer closes when it expires)."""
         origin = self._origins.pop(base_url, None)
-        for conn in self._idle.pop(origin, []) if origin is not None else []:
-            conn.close()
+        if origin is not None:
+            for conn in self._idle.pop(origin, ()):
+                conn.close()
 
     def close(self) -> None:
         self._closed = True
-        if self._sweep is not None:
-            self._sweep.cancel()
-            self._sweep = None
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+            self._expiry_timer = None
         for idle in self._idle.values():
             for conn in idle:
                 conn.close()
