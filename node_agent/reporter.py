@@ -169,6 +169,8 @@ class Reporter:
             draining=self.draining,
         )
         self.latest = report
+        # the names requests are counted under, and whether per model
+        self._stats.know_models(report.models, slots_per_model=self._backend.slots_per_model)
         for link in self.links:
             link.offer(report)
         return report

@@ -53,7 +53,9 @@ log = logging.getLogger("router")
 
 
 def _registry_from(settings: RouterSettings) -> Registry:
-    registry = Registry(settings.default_policy, settings.failure_threshold)
+    registry = Registry(
+        settings.default_policy, settings.failure_threshold, Aliases(settings.aliases)
+    )
     registry.ensure_group(settings.default_group)
     now = time.monotonic()
     for group in settings.groups:
@@ -176,7 +178,7 @@ def make_app(settings: RouterSettings) -> web.Application:
         settings,
         app[REGISTRY],
         app[SCHEDULER],
-        Aliases(settings.aliases),
+        app[REGISTRY].aliases,
         TenantRateLimiter(settings.tenant_requests_per_minute, settings.tenant_tokens_per_minute),
     )
     # OpenAI first: aiohttp tries the "/{group}/..." routes in the order they were added, and
