@@ -152,6 +152,8 @@ class Reporter:
         if self._stopped:
             return
         self._stopped = True
+        if self._follower is not None:  # first: it starts links
+            await self._follower.stop()
         await asyncio.gather(*(task.stop() for task in self.tasks))
         await asyncio.gather(*(link.deregister() for link in self.links))
 
