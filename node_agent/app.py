@@ -1,6 +1,7 @@
 """The agent's aiohttp application and :func:`serve`, which runs it on a socket.
 
-Routes: ``GET /health`` (the seed's semantics), ``GET /status`` (the current load report),
+Routes: ``GET /health`` (the seed's semantics), ``GET /ready`` (503 while one of the reporter's
+loops is down, or the backend is not healthy), ``GET /status`` (the current load report),
 ``GET /metrics`` (the agent's own Prometheus metrics), the OpenAI paths (relayed, or translated
 to the generate extension on a Triton node: :mod:`node_agent.triton_openai`), ``POST /infer``
 in both Octopus shapes (:mod:`node_agent.infer`) and the backends' native APIs
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 import aiohttp
 from aiohttp import web
 
+from node_protocol.supervision import not_ready
 from node_protocol.upstream import UpstreamPool
 
 from .appkeys import (
@@ -118,7 +120,13 @@ async def _backend_and_gpus(app: web.Application) -> AsyncIterator[None]:
 async def _reporter(app: web.Application) -> AsyncIterator[None]:
     s = app[SETTINGS]
     reporter = Reporter(
-        s, app[CONTROL_SESSION], app[BACKEND], app[GPUS], app[STATS], resolver=app[RESOLVER]
+        s,
+        app[CONTROL_SESSION],
+        app[BACKEND],
+        app[GPUS],
+        app[STATS],
+        resolver=app[RESOLVER],
+        restarts=app[METRICS].task_restarts,
     )
     app[REPORTER] = reporter
     # Reports are built from now on (for /status); registration waits for reporter.advertise(),
@@ -134,6 +142,19 @@ async def health(request: web.Request) -> web.Response:
     """200 ok when the backend answers 2xx, 503 degraded on another status, 503 unhealthy."""
     state = await request.app[BACKEND].health()
     return web.json_response({"status": state}, status=200 if state == "ok" else 503)
+
+
+async def ready(request: web.Request) -> web.Response:
+    """200 when the reporter's loops all run and the backend is healthy; else 503 saying why
+    (a loop waiting to restart after a failure, or the backend's state)."""
+    tasks = request.app[REPORTER].tasks
+    views = {task.name: task.view() for task in tasks}
+    reason = not_ready(tasks)
+    if reason is None:
+        state = await request.app[BACKEND].health()
+        reason = None if state == "ok" else f"backend {state}"
+    status = 200 if reason is None else 503
+    return web.json_response({"status": reason or "ok", "tasks": views}, status=status)
 
 
 async def status(request: web.Request) -> web.Response:
@@ -161,6 +182,7 @@ def make_app(settings: AgentSettings, resolver: Resolver = dns_resolver) -> web.
     app[METRICS] = AgentMetrics(stats, lambda: app.get(REPORTER))
     app.cleanup_ctx.extend([_sessions, _backend_and_gpus, _reporter])
     app.router.add_get("/health", health, allow_head=False)
+    app.router.add_get("/ready", ready, allow_head=False)
     app.router.add_get("/status", status, allow_head=False)
     app.router.add_get("/metrics", metrics, allow_head=False)
     for method, path, upstream in PROXY_ROUTES:

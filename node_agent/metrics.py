@@ -145,6 +145,12 @@ class AgentMetrics:
     def __init__(self, stats: TrafficStats, reporter: Callable[[], Reporter | None]) -> None:
         self.registry = CollectorRegistry()
         self.requests = RequestMetrics(self.registry)
+        self.task_restarts = Counter(
+            "node_agent_task_restarts",
+            "Restarts of a long-lived loop (reports, a router link, router DNS) after a failure.",
+            ["task"],
+            registry=self.registry,
+        )
         self.registry.register(AgentCollector(stats, reporter))
 
     def render(self) -> web.Response:

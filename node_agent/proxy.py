@@ -11,10 +11,11 @@ APIs (OpenAI on Triton, :mod:`node_agent.triton_openai`) holds the backend's ans
 :meth:`BackendProxy.opened` and gets the same accounting, headers and cancellation.
 
 A router that believes the node has a free slot may ask ``X-Router-Slot-Check: N`` (the
-model's parallel slots, ``SLOT_CHECK_HEADER``): with N or more requests already
-in flight the agent does not call the backend but answers 503 ``node_busy`` at once, with
-``X-Node-Busy: <in flight>``. Such an answer is not counted in flight, not observed in the
-request metrics and not a backend failure. The header is never passed on.
+model's parallel slots, ``SLOT_CHECK_HEADER``): with N or more requests for the same model
+already in flight (counted per model: :meth:`TrafficStats.model_key`) the agent does not call
+the backend but answers 503 ``node_busy`` at once, with ``X-Node-Busy: <in flight>`` (all of
+the node's). Such an answer is not counted in flight, not observed in the request metrics and
+not a backend failure. The header is never passed on.
 
 The calls go out on the router's lean HTTP/1.1 client (:mod:`node_protocol.upstream`): aiohttp's
 client call cost more than all of the agent's own work on a short request. Like the aiohttp
@@ -146,18 +147,21 @@ class BackendProxy:
         return headers
 
     @contextmanager
-    def _track(self, request: web.Request) -> Iterator[Track]:
-        """Count the request in flight and observe it once it ends, however it ends.
+    def _track(self, request: web.Request, path: str, body: bytes | None) -> Iterator[Track]:
+        """Count the request in flight (under its model: ``path`` and ``body`` as the backend
+        gets them) and observe it once it ends, however it ends.
 
-        A router's slot check that finds every slot taken raises :class:`NodeBusy` first, with
-        nothing counted; the check and the count go together, with no ``await`` between them,
-        so two requests cannot both take the last slot.
+        A router's slot check that finds every slot of the model taken raises :class:`NodeBusy`
+        first, with nothing counted; the check and the count go together, with no ``await``
+        between them, so two requests cannot both take the last slot.
         """
+        stats = self._stats
+        key = stats.model_key(path, body)
         slots = _slot_check(request)
-        if slots is not None and self._stats.in_flight >= slots:
-            raise NodeBusy(self._stats.in_flight, slots)
+        if slots is not None and stats.in_flight_for(key) >= slots:
+            raise NodeBusy(stats.in_flight_for(key), slots, stats.in_flight)
         track = Track(route_label(request), time.perf_counter())
-        self._stats.enter()
+        stats.enter(key)
         try:
             yield track
         except AgentError as exc:
@@ -167,8 +171,8 @@ class BackendProxy:
             track.status = CLIENT_GONE
             raise
         finally:
-            self._stats.leave()
-            self._stats.hint(failure=track.failed)
+            stats.leave(key)
+            stats.hint(failure=track.failed)
             if self._metrics is not None:
                 # An answer without a body had its first byte with its headers.
                 first_byte = track.headers_s if track.first_byte_s is None else track.first_byte_s
@@ -184,10 +188,11 @@ class BackendProxy:
         body = await request.read() if request.body_exists else None
         surface = surface_of(path)
         query = request.rel_url.raw_query_string  # as the client encoded it
-        if query:
-            path = f"{path}?{query}"
-        with self._track(request) as track:
-            upstream = await self._open(request.method, path, body, self.upstream_headers(request))
+        target = f"{path}?{query}" if query else path
+        with self._track(request, path, body) as track:
+            upstream = await self._open(
+                request.method, target, body, self.upstream_headers(request)
+            )
             track.status = upstream.status
             track.headers_s = track.since_start()
             upstream.pace(self._idle_s)
@@ -203,7 +208,7 @@ class BackendProxy:
     async def exchange(self, request: web.Request, path: str, body: bytes) -> Exchange:
         """POST a JSON body to ``{backend}{path}`` and read the whole answer (not relayed)."""
         headers = self.upstream_headers(request) | {"Content-Type": "application/json"}
-        with self._track(request) as track:
+        with self._track(request, path, body) as track:
             upstream = await self._open("POST", path, body, headers)
             track.status = upstream.status
             track.headers_s = track.since_start()
@@ -235,7 +240,7 @@ class BackendProxy:
         headers = self.upstream_headers(request) | {"Content-Type": "application/json"}
         for name in ("Accept", "Inference-Header-Content-Length"):
             headers.pop(name, None)
-        with self._track(request) as track:
+        with self._track(request, path, body) as track:
             response = await self._open("POST", path, body, headers)
             track.status = response.status
             track.headers_s = track.since_start()

@@ -5,7 +5,9 @@ the proxy hints that something may have changed and the loaded-model set or the 
 Each router URL has its own :class:`~node_agent.router_link.RouterLink` task that sends the
 latest report (registering first, again when the router forgot the node). GPUs come from the
 GPU source (NVML) and, when it has none, from the backend itself (Triton's DCGM gauges). On stop
-every link deregisters.
+every link deregisters. Every loop (the collector, each link, the DNS follower) runs supervised
+on its own (:class:`~node_protocol.supervision.Supervised`): one that fails is logged and
+restarted, and the others go on.
 """
 
 from __future__ import annotations
@@ -14,11 +16,14 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from typing import Any
 
 import aiohttp
+from prometheus_client import Counter
 
+from node_protocol.supervision import Supervised
 from node_protocol.wire import LoadReport, Registration
 
 from .backends.base import Backend
@@ -57,8 +62,10 @@ class Reporter:
         gpus: GpuSource,
         stats: TrafficStats,
         resolver: Resolver = dns_resolver,
+        restarts: Counter | None = None,
     ) -> None:
         self._settings = settings
+        self._restarts = restarts
         self._backend = backend
         self._gpus = gpus
         self._stats = stats
@@ -68,21 +75,35 @@ class Reporter:
         self.latest: LoadReport | None = None
         self.advertise_url: str | None = None
         self._advertised = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._stopped = False
+        self._started = self._stopped = False
         self._session = session
         self.draining = False
         self._links: dict[str, RouterLink] = {}
-        self._link_tasks: dict[str, asyncio.Task[None]] = {}
+        self._link_tasks: dict[str, Supervised] = {}
         for url in settings.router_urls:
             self._add_link(url)
-        self._directory = (
-            RouterDirectory(settings.router_dns, resolver) if settings.router_dns else None
-        )
+        self._collector = self._supervised("report-collector", self._collect_loop)
+        self._follower: Supervised | None = None
+        if settings.router_dns:
+            directory = RouterDirectory(settings.router_dns, resolver)
+            self._follower = self._supervised(
+                "router-directory", lambda: self._follow_directory(directory)
+            )
 
     @property
     def links(self) -> list[RouterLink]:
         return list(self._links.values())
+
+    @property
+    def tasks(self) -> list[Supervised]:
+        """The reporter's long-lived loops, for ``/ready``."""
+        follower = [] if self._follower is None else [self._follower]
+        return [self._collector, *follower, *self._link_tasks.values()]
+
+    def _supervised(
+        self, name: str, run: Callable[[], Awaitable[None]], label: str | None = None
+    ) -> Supervised:
+        return Supervised(name, run, restarts=self._restarts, label=label)
 
     def _add_link(self, url: str) -> RouterLink:
         s = self._settings
@@ -98,7 +119,14 @@ class Reporter:
         self._links[url] = link
         if self.latest is not None:
             link.offer(self.latest)
+        self._link_tasks[url] = self._supervised(
+            f"router-link {url}", lambda: self._run_link(link), label="router-link"
+        )
         return link
+
+    async def _run_link(self, link: RouterLink) -> None:
+        await self._advertised.wait()  # registration needs the URL routers are to use
+        await link.run()
 
     def _told_to_drain(self, draining: bool) -> None:
         """A router replica said drain (or resume): tell every replica in the next report."""
@@ -114,18 +142,19 @@ class Reporter:
         self._advertised.set()
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="node-agent-reporter")
+        if not self._started:
+            self._started = True
+            for task in self.tasks:
+                task.start()
 
     async def stop(self) -> None:
         """Stop the loops, then deregister from every router (idempotent)."""
         if self._stopped:
             return
         self._stopped = True
-        if self._task is not None:
-            self._task.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._task
+        if self._follower is not None:  # first: it starts links
+            await self._follower.stop()
+        await asyncio.gather(*(task.stop() for task in self.tasks))
         await asyncio.gather(*(link.deregister() for link in self.links))
 
     async def current(self) -> LoadReport:
@@ -169,6 +198,8 @@ class Reporter:
             draining=self.draining,
         )
         self.latest = report
+        # the names requests are counted under, and whether per model
+        self._stats.know_models(report.models, slots_per_model=self._backend.slots_per_model)
         for link in self.links:
             link.offer(report)
         return report
@@ -185,29 +216,21 @@ class Reporter:
             metadata=dict(s.metadata),
         ).to_json()
 
-    async def _run(self) -> None:
-        async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(self._collect_loop())
-            if self._links or self._directory is not None:
-                await self._advertised.wait()
-                for url, link in self._links.items():
-                    self._link_tasks[url] = tasks.create_task(link.run())
-                if self._directory is not None:
-                    tasks.create_task(self._follow_directory(self._directory, tasks))
-
-    async def _follow_directory(self, directory: RouterDirectory, tasks: asyncio.TaskGroup) -> None:
+    async def _follow_directory(self, directory: RouterDirectory) -> None:
         """Keep one link per router replica the DNS name resolves to."""
         static = set(self._settings.router_urls)
+        await self._advertised.wait()
         while True:
             urls = await directory.urls()
             if urls is not None:
                 for url in urls - set(self._links):
                     log.info("router replica %s found", url)
-                    self._link_tasks[url] = tasks.create_task(self._add_link(url).run())
+                    self._add_link(url)
+                    self._link_tasks[url].start()
                 for url in set(self._links) - urls - static:
                     log.info("router replica %s is gone", url)
                     self._links.pop(url)
-                    self._link_tasks.pop(url).cancel()
+                    await self._link_tasks.pop(url).stop()
             await asyncio.sleep(self._settings.router_dns_interval_s)
 
     async def _collect_loop(self) -> None:

@@ -14,9 +14,12 @@ BACKEND_KINDS = ("ollama", "vllm", "tgi", "triton", "lmstudio", "openai")
 HEALTH_VALUES = ("ok", "degraded", "unhealthy")
 # Behind several router replicas a router may believe a node has a free slot that another
 # replica took since the last report. It then sends ``SLOT_CHECK_HEADER: N`` (the model's
-# parallel slots): an agent that already has N or more requests in flight does not forward the
-# request but answers 503 at once with ``NODE_BUSY_HEADER: <its in-flight count>``, and the
-# router, now knowing the node is full, picks again or queues the request.
+# parallel slots): an agent that already has N or more requests in flight for the request's model
+# (the one its body or path names, as the backend knows it; every request where the backend's
+# models share its slots, as vLLM's adapters do) does not forward the request but answers 503 at
+# once with ``NODE_BUSY_HEADER: <its in-flight count>`` (every model's, as
+# ``LoadReport.in_flight``), and the router, now knowing the node is full, picks again or
+# queues the request.
 SLOT_CHECK_HEADER = "X-Router-Slot-Check"
 NODE_BUSY_HEADER = "X-Node-Busy"
 

@@ -186,7 +186,7 @@ class Dispatcher:
         record.model = model
         session_id = id_header(request.headers, "X-Octopus-Session-Id")
         node_names: dict[str, str] = {}
-        key = f"{group.name}/{model}"
+        key = f"{group.name}/{self._aliases.canonical(model)}"  # one queue whatever the alias
         busy = 0  # busy answers to slot checks: the request goes back to the head of its queue
         admission = request.app[ADMISSION]
         settings = self._settings

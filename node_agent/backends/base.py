@@ -52,6 +52,9 @@ class Backend(ABC):
     # True when a request can change which models are loaded (Ollama, LM Studio JIT): the
     # reporter then re-checks the loaded set as requests finish, not only at its next tick.
     LOADS_ON_DEMAND: ClassVar[bool] = False
+    # True when each model has parallel slots of its own (Ollama, LM Studio, Triton); else one
+    # engine's slots serve every model it lists (vLLM's LoRA adapters share the base's).
+    SLOTS_PER_MODEL: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -78,6 +81,10 @@ class Backend(ABC):
     @property
     def loads_on_demand(self) -> bool:
         return self.LOADS_ON_DEMAND
+
+    @property
+    def slots_per_model(self) -> bool:
+        return self.SLOTS_PER_MODEL
 
     @property
     def metrics_url(self) -> str:

@@ -174,6 +174,10 @@ class AutoBackend(Backend):
         return True if self._resolved is None else self._resolved.loads_on_demand
 
     @property
+    def slots_per_model(self) -> bool:
+        return False if self._resolved is None else self._resolved.slots_per_model
+
+    @property
     def resolved(self) -> Backend | None:
         return self._resolved
 
