@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import signal
 import socket
 from collections import Counter
@@ -51,8 +50,10 @@ async def _nodes(
     async with contextlib.AsyncExitStack() as stack:
         for name in BOXES:
             emu = await stack.enter_async_context(serve_emulator(EMULATOR))
-            settings = dataclasses.replace(
-                agent_settings(name, emu.url, "http://127.0.0.1:1"),
+            settings = agent_settings(
+                name,
+                emu.url,
+                "http://127.0.0.1:1",
                 router_urls=router_urls,
                 router_dns=router_dns,
                 router_dns_interval_s=0.5,
