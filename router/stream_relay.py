@@ -79,11 +79,12 @@ class _Pieces:
     """One stream's pieces on their way to the client: accounted in the record, renamed, and,
     for an OpenAI stream, watched for an answer (content or a finish reason) until one shows."""
 
-    __slots__ = ("answered", "record", "rename")
+    __slots__ = ("answered", "done_marker", "record", "rename")
 
     def __init__(self, record: RequestRecord, rename: Renaming | None, done_marker: bool) -> None:
         self.record = record
         self.rename = rename
+        self.done_marker = done_marker
         self.answered = not done_marker  # only an OpenAI stream is checked for an answer
 
     def account(self, piece: bytes) -> bytes:
@@ -154,15 +155,8 @@ class StreamRelay:
         upstream.push_to(piece_writer(request, response, pieces.direct))
         try:
             last = await self._pump(request, upstream, response, node, pieces)
-            fault = (
-                None if record.error else improper_end(done_marker, record.tail, pieces.answered)
-            )
-            if fault is not None:
-                self._count_cut(node, record)
-                notice = _cut_notice(
-                    headers["Content-Type"], f"the stream from node {node.name} {fault}"
-                )
-                last = _without_done(last) + notice
+            if not record.error:
+                last = self._ending(node, record, pieces, last, headers["Content-Type"])
         finally:
             upstream.push_to(None)
             self._live.discard(upstream)
@@ -171,6 +165,18 @@ class StreamRelay:
         node.served += 1
         await response.write_eof(last)  # the last piece and the end of the body in one write
         return response
+
+    def _ending(
+        self, node: Node, record: RequestRecord, pieces: _Pieces, last: bytes, content_type: str
+    ) -> bytes:
+        """The stream's last bytes: the node's, or, for a stream not properly ended, an error
+        notice in their place (before the node's ``[DONE]``, if it sent one)."""
+        fault = improper_end(pieces.done_marker, record.tail, pieces.answered)
+        if fault is None:
+            return last
+        self._count_cut(node, record)
+        notice = _cut_notice(content_type, f"the stream from node {node.name} {fault}")
+        return _without_done(last) + notice
 
     def _count_cut(self, node: Node, record: RequestRecord) -> None:
         record.error = "stream_interrupted"
@@ -197,9 +203,9 @@ class StreamRelay:
                 return held
             hold = pieces.holds(piece)
             piece = held + pieces.account(piece)
-            if upstream.finished or hold:
-                if upstream.finished:
-                    return piece
+            if upstream.finished:
+                return piece
+            if hold:
                 held = piece
                 upstream.push_to(None)  # what follows must not overtake the held piece
                 continue

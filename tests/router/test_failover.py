@@ -208,9 +208,7 @@ class TestNodeFaults:
             status, body, headers = await _post(session, router, _chat())
             assert status == 200, body
             assert headers["X-Inference-Node"] == "alive"
-            gone_node = _node(router, "gone")
-            assert gone_node.breaker_trips == 1
-            assert not gone_node.breaker_allows(asyncio.get_running_loop().time() - 1e9)
+            assert _node(router, "gone").breaker_trips == 1
 
     async def test_client_leaving_during_a_failover_frees_the_slot(
         self, router: RunningRouter, session: aiohttp.ClientSession
