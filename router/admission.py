@@ -29,6 +29,7 @@ import asyncio
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Any, Generic, Protocol, TypeVar
 
 from aiohttp import web
@@ -210,7 +211,8 @@ class FairQueue(Generic[W]):
 
 class Ticket(Generic[G]):
     """An admitted request's grant. :meth:`release` (idempotent) releases the grant, ends the
-    tenant's share of service and hands the freed capacity to the next waiter."""
+    tenant's share of service and hands the freed capacity to the next waiter. A context
+    manager: leaving the block releases it."""
 
     __slots__ = ("_done", "grant")
 
@@ -223,6 +225,14 @@ class Ticket(Generic[G]):
         if done is not None:
             self.grant.release()
             done()
+
+    def __enter__(self) -> Ticket[G]:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()
 
 
 @dataclass(eq=False, slots=True)

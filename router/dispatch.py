@@ -2,9 +2,10 @@
 
 A surface (OpenAI, Ollama native, Triton) reads what it needs from the request and hands a
 :class:`Target` to :meth:`Dispatcher.dispatch`, which resolves the model (aliases included),
-keeps only the nodes that serve it and speak the surface, asks the scheduler for an order, and
-forwards. Every request, answered or refused, leaves one :class:`RequestRecord` in the metrics,
-the live page and the log.
+takes the roster of the nodes that serve it and speak the surface (:mod:`router.roster`), and
+hands the request to a :class:`Dispatch`: it picks and reserves a node, waits in the model's
+queue while every node is full, and forwards. Every request, answered or refused, leaves one
+:class:`RequestRecord` in the metrics, the live page and the log.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from router.access_log import ACCESS_LOG
-from router.admission import ADMISSION, Rejected
-from router.aliases import Aliases, node_name_for
+from router.admission import ADMISSION, Rejected, Ticket
+from router.aliases import Aliases
 from router.auth import TENANT
 from router.dashboard import ACTIVITY
 from router.errors import (
@@ -37,7 +38,8 @@ from router.metrics import METRICS
 from router.proxy import FORWARDER, NodeBusy, Outbound
 from router.records import RequestRecord
 from router.registry import Group, Registry, Reservation
-from router.scheduling import Candidate, Scheduler, candidate_for, slot_check
+from router.roster import CandidateRules, Roster, Rosters
+from router.scheduling import Scheduler
 from router.settings import RouterSettings
 
 MAX_ID_HEADER = 256
@@ -70,6 +72,8 @@ class Target:
 
 
 class Dispatcher:
+    """The routing shared by every API surface: one per router."""
+
     def __init__(
         self,
         settings: RouterSettings,
@@ -85,35 +89,45 @@ class Dispatcher:
         # "not yet", so it answers 503 (retry, elsewhere) rather than 404.
         self._warmup_s = settings.warmup
 
-        self._settings = settings
+        self.settings = settings
         self._registry = registry
-        self._scheduler = scheduler
-        self._aliases = aliases
-        self._clock = clock
+        self.scheduler = scheduler
+        self.aliases = aliases
+        self.clock = clock
         self._ids = random.Random()  # correlation ids: unique, not secret (no syscall each)
+        self._rosters = Rosters(
+            CandidateRules(
+                threshold=registry.threshold,
+                stale_after_s=3 * settings.report_interval_s,
+                cap_factor=settings.cap_factor,
+                replicas=settings.router_replicas,
+                replica_salt=settings.router_id,
+                params=scheduler.params,
+            )
+        )
 
     def group_of(self, request: web.Request) -> Group:
-        name = request.match_info.get("group", self._settings.default_group)
+        name = request.match_info.get("group", self.settings.default_group)
         group = self._registry.groups.get(name)
         if group is None:
             raise NotFound(f"no server group named '{name}'", code="group_not_found")
         return group
 
     def names(self, model: str) -> tuple[str, ...]:
-        return self._aliases.names(model)
+        return self.aliases.names(model)
 
     async def read_body(self, request: web.Request) -> bytes:
-        limit = self._settings.max_body_bytes
+        limit = self.settings.max_body_bytes
         if (request.content_length or 0) > limit:
             raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
         if request.content.is_eof():  # all of it came with the headers: nothing to wait for
             return await request.read()
         try:
-            async with asyncio.timeout(self._settings.client_body_timeout_s):
+            async with asyncio.timeout(self.settings.client_body_timeout_s):
                 return await request.read()
         except TimeoutError as exc:
             raise RequestTimeout(
-                f"request body not received within {self._settings.client_body_timeout_s:g}s"
+                f"request body not received within {self.settings.client_body_timeout_s:g}s"
             ) from exc
 
     async def dispatch(
@@ -138,9 +152,9 @@ class Dispatcher:
         in_progress.add(by_group, 1)
         try:
             if self._rate_limiter:
-                self._rate_limiter.admit(record.tenant, self._clock())
+                self._rate_limiter.admit(record.tenant, self.clock())
             target = build(await self.read_body(request))
-            return await self._send(request, group, target, record)
+            return await Dispatch(self, request, group, target, record).run()
         except RouterError as err:
             record.status = err.status
             record.error = err.code or err.type
@@ -154,166 +168,166 @@ class Dispatcher:
             record.close(time.perf_counter())
             in_progress.add(by_group, -1)
             if self._rate_limiter:
-                self._rate_limiter.charge_tokens(record.tenant, record.output_tokens, self._clock())
+                self._rate_limiter.charge_tokens(record.tenant, record.output_tokens, self.clock())
             metrics.observe(record)
             request.app[ACTIVITY].note(record)
             request.app[ACCESS_LOG].write(record)
 
-    async def _send(
-        self, request: web.Request, group: Group, target: Target, record: RequestRecord
-    ) -> web.StreamResponse:
-        model = target.model
-        names = self._aliases.names(model)
-        serving = {n.node_id: n for name in names for n in group.nodes_serving(name)}
-        if target.kinds is not None:
-            serving = {
-                k: n
-                for k, n in serving.items()
-                if n.report is not None and n.report.backend_kind in target.kinds
-            }
-        if not serving:
-            record.model = "other"
-            if self._clock() - self._started < self._warmup_s:
-                raise NoCapacity(
-                    f"this router is starting and has not yet heard of a node serving '{model}'",
-                    retry_after_s=1,
-                )
-            raise ModelNotFound(
-                f"model '{model}' is not served by group '{group.name}'"
-                + (" on a backend that speaks this API" if target.kinds else ""),
-                param="model",
-            )
-        record.model = model
-        session_id = id_header(request.headers, "X-Octopus-Session-Id")
-        node_names: dict[str, str] = {}
-        key = f"{group.name}/{self._aliases.canonical(model)}"  # one queue whatever the alias
-        busy = 0  # busy answers to slot checks: the request goes back to the head of its queue
-        admission = request.app[ADMISSION]
-        settings = self._settings
-
-        def candidates() -> list[Candidate]:
-            now = self._clock()
-            found = []
-            nodes = group.nodes
-            for node in serving.values():
-                # A node removed since (deregistered, expired) is no candidate any more.
-                if nodes.get(node.node_id) is not node or not node.breaker_allows(now):
-                    continue
-                name = node_name_for(node, names) or model
-                candidate = candidate_for(
-                    node,
-                    name,
-                    self._registry.threshold,
-                    now,
-                    3 * settings.report_interval_s,
-                    cap_factor=settings.cap_factor,
-                    replicas=settings.router_replicas,
-                    replica_salt=settings.router_id,
-                )
-                if candidate is not None:
-                    found.append(candidate)
-                    if name != model:
-                        node_names[node.node_id] = name
-            return found
-
-        found = candidates()
-        first_pick = [found]  # the first pick reuses what was just built
-
-        def pick() -> Picked | None:
-            """Choose and reserve in one step (no gap for another request to slip into)."""
-            waiting = admission.waiting(key)
-            built = first_pick.pop() if first_pick else None
-            if built is None or waiting:  # picked later, from the queue: build anew
-                built = candidates()
-                if not built:  # no node can take it now, full or not: do not wait for one
-                    raise no_node()
-            order = self._scheduler.order(
-                group.policy,
-                key,
-                built,
-                limit=settings.max_attempts,
-                affinity=session_id or record.tenant,
-                waiting=waiting,
-            )
-            if not order:
-                return None
-            node = group.nodes[order[0]]
-            check = 0
-            if settings.router_replicas > 1 and node.has_agent:  # may be another's slot by now
-                c = next(c for c in built if c.node_id == node.node_id)
-                check = slot_check(c.load, c.slots, c.cap, c.replicas, busy)
-            return Picked(order, Reservation(node, model), check)
-
-        def no_node() -> NoCapacity:
-            cooling = any(not n.breaker_allows(self._clock()) for n in serving.values())
-            reason = " (nodes are cooling down after errors)" if cooling else ""
+    def unknown_model(self, group: Group, target: Target) -> RouterError:
+        """No node of the group serves the model (on a backend that speaks the surface)."""
+        if self.clock() - self._started < self._warmup_s:
             return NoCapacity(
-                f"no healthy node serves model '{model}' right now{reason}",
-                retry_after_s=settings.retry_after_s,
+                f"this router is starting and has not yet heard of a node serving '{target.model}'",
+                retry_after_s=1,
             )
+        return ModelNotFound(
+            f"model '{target.model}' is not served by group '{group.name}'"
+            + (" on a backend that speaks this API" if target.kinds else ""),
+            param="model",
+        )
 
-        if not found:
-            raise no_node()
-        out = Outbound(
+    def roster(self, group: Group, model: str, kinds: frozenset[str] | None) -> Roster:
+        """The nodes of ``group`` serving ``model`` (under any of its names) that speak one of
+        ``kinds`` (None: every kind), as kept candidates."""
+        aliases = self.aliases
+        return self._rosters.get(group, aliases.canonical(model), aliases.names(model), kinds)
+
+
+class Dispatch:
+    """One request from its model to a node: the roster it is chosen from, the queue it waits
+    in, and what it has been through (busy answers to slot checks). Each pick reserves a slot
+    (a :class:`~router.registry.Reservation`, which owns it until it is released); the
+    admission ticket that carries it is released when the request ends."""
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        request: web.Request,
+        group: Group,
+        target: Target,
+        record: RequestRecord,
+    ) -> None:
+        self._d = dispatcher
+        self._settings = dispatcher.settings
+        self._request = request
+        self._group = group
+        self._target = target
+        self._record = record
+        self._admission = request.app[ADMISSION]
+        self._model = target.model
+        # one queue whatever name the request used
+        self._key = f"{group.name}/{dispatcher.aliases.canonical(target.model)}"
+        self._session_id = id_header(request.headers, "X-Octopus-Session-Id")
+        self._busy = 0  # busy answers to slot checks: the request goes back to its queue's head
+        self._order: list[str] = []  # what the last pick chose: the nodes to try, in order
+        self._slot_check = 0  # the first node's slots, for its agent to check (0: no check)
+
+    def _roster(self) -> Roster:
+        return self._d.roster(self._group, self._model, self._target.kinds)
+
+    async def run(self) -> web.StreamResponse:
+        roster = self._roster()
+        record = self._record
+        if not roster.nodes:
+            record.model = "other"
+            raise self._d.unknown_model(self._group, self._target)
+        record.model = self._model
+        if not roster.can_serve(self._d.clock()):
+            raise self._no_node(roster)
+        out = self._outbound(roster)
+        queued_at = time.perf_counter()
+        while True:
+            ticket = await self._admit()
+            record.queue_wait_s = time.perf_counter() - queued_at
+            record.admitted = True
+            with ticket:
+                try:
+                    return await self._request.app[FORWARDER].forward(
+                        self._request,
+                        self._group,
+                        self._order,
+                        out,
+                        record,
+                        first=ticket.grant,
+                        on_release=self._freed,
+                        slot_check=self._slot_check,
+                    )
+                except NodeBusy:
+                    self._busy += 1
+
+    async def _admit(self) -> Ticket[Reservation]:
+        """A slot, at once or after a fair wait in the model's queue."""
+        busy, attempts = self._busy, self._settings.max_attempts
+        try:
+            return await self._admission.admit(
+                self._key,
+                self._record.tenant,
+                self._pick,
+                returning=busy > 0,
+                # after max_attempts busy answers in a row, wait for capacity news
+                wait_first=busy > 0 and busy % attempts == 0,
+            )
+        except Rejected as exc:
+            error = RateLimited if exc.status == 429 else NoCapacity
+            raise error(
+                f"no capacity for '{self._model}': {exc.reason}",
+                code="queue_full" if exc.status == 429 else "no_capacity",
+                retry_after_s=exc.retry_after_s,
+            ) from None
+
+    def _freed(self) -> None:
+        """A slot of this request's was freed: a waiter for the model may take it."""
+        self._admission.wake(self._key)
+
+    def _pick(self) -> Reservation | None:
+        """Choose and reserve in one step (no gap for another request to slip into); None when
+        every node is full (wait), an error when no node can take the request at all."""
+        roster = self._roster()
+        settings = self._settings
+        rows = roster.decide(
+            self._d.scheduler,
+            self._group.policy,
+            self._key,
+            self._d.clock(),
+            limit=settings.max_attempts,
+            affinity=self._session_id or self._record.tenant,
+            waiting=self._admission.waiting(self._key),
+        )
+        if rows is None:  # no node can take it now, full or not: do not wait for one
+            raise self._no_node(roster)
+        if not rows:
+            return None
+        first = rows[0]
+        node = roster.nodes[first]
+        self._order = [roster.ids[i] for i in rows]
+        self._slot_check = 0
+        if settings.router_replicas > 1 and node.has_agent:  # may be another's slot by now
+            self._slot_check = roster.slot_check(first, self._d.clock(), self._busy)
+        return Reservation(node, self._model, self._freed)
+
+    def _no_node(self, roster: Roster) -> NoCapacity:
+        now = self._d.clock()
+        cooling = any(not n.breaker_allows(now) for n in roster.nodes)
+        reason = " (nodes are cooling down after errors)" if cooling else ""
+        return NoCapacity(
+            f"no healthy node serves model '{self._model}' right now{reason}",
+            retry_after_s=self._settings.retry_after_s,
+        )
+
+    def _outbound(self, roster: Roster) -> Outbound:
+        target, record = self._target, self._record
+        return Outbound(
             path=target.node_path,
             body=target.body,
-            model=model,
+            model=self._model,
             correlation_id=record.correlation_id,
             tenant_id=record.tenant,
-            session_id=session_id,
-            node_models=node_names,
+            session_id=self._session_id,
+            node_models=roster.renamed(self._model),
             model_in_body=target.model_in_body,
             stream=target.stream,
             done_marker=target.done_marker,
         )
-        queued_at = time.perf_counter()
-        while True:
-            try:
-                ticket = await admission.admit(
-                    key,
-                    record.tenant,
-                    pick,
-                    returning=busy > 0,
-                    # after max_attempts busy answers in a row, wait for capacity news
-                    wait_first=busy > 0 and busy % settings.max_attempts == 0,
-                )
-            except Rejected as exc:
-                error = RateLimited if exc.status == 429 else NoCapacity
-                raise error(
-                    f"no capacity for '{model}': {exc.reason}",
-                    code="queue_full" if exc.status == 429 else "no_capacity",
-                    retry_after_s=exc.retry_after_s,
-                ) from None
-            record.queue_wait_s = time.perf_counter() - queued_at
-            record.admitted = True
-            grant = ticket.grant
-            try:
-                return await request.app[FORWARDER].forward(
-                    request,
-                    group,
-                    grant.order,
-                    out,
-                    record,
-                    first=grant.reservation,
-                    on_release=lambda: admission.wake(key),
-                    slot_check=grant.slot_check,
-                )
-            except NodeBusy:
-                busy += 1
-            finally:
-                ticket.release()
-
-
-@dataclass(slots=True)
-class Picked:
-    """What admission grants: the nodes in order, the first one's slot already reserved."""
-
-    order: list[str]
-    reservation: Reservation
-    slot_check: int = 0  # the first node's slots, for its agent to check (0: no check)
-
-    def release(self) -> None:
-        self.reservation.release()
 
 
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from types import TracebackType
 
 import orjson
 from aiohttp import web
@@ -66,32 +65,6 @@ class NodeBusy(Exception):
     def __init__(self, node: Node, in_flight: int) -> None:
         super().__init__(f"{node.name} is busy ({in_flight} in flight)")
         self.in_flight = in_flight
-
-
-class _Slot:
-    """One attempt's reservation, released exactly once: early (before the node's load is
-    noted) or when the attempt ends, whichever comes first."""
-
-    __slots__ = ("_on_release", "_reservation")
-
-    def __init__(self, reservation: Reservation, on_release: Callable[[], None] | None) -> None:
-        self._reservation: Reservation | None = reservation
-        self._on_release = on_release
-
-    def free(self) -> None:
-        reservation, self._reservation = self._reservation, None
-        if reservation is not None:
-            reservation.release()
-            if self._on_release is not None:
-                self._on_release()
-
-    def __enter__(self) -> _Slot:
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.free()
 
 
 def _has_envelope(body: bytes) -> bool:
@@ -146,7 +119,8 @@ class Forwarder:
         slot_check: int = 0,
     ) -> web.StreamResponse:
         """Try the nodes in ``order``; ``first`` is a slot already reserved on the first one
-        (admission reserves when it picks); ``on_release`` runs after each slot is freed.
+        (admission reserves when it picks); the slots taken here on the others run
+        ``on_release`` once freed. Each slot is released when its attempt ends, at the latest.
         ``slot_check``: the first node's slots, for its agent to check (see
         :func:`router.scheduling.slot_check`); a busy answer raises :class:`NodeBusy` after
         the slot is released and the node's load noted."""
@@ -165,8 +139,8 @@ class Forwarder:
                 if first is not None and first.node is node:
                     reservation, first, check = first, None, slot_check
                 else:
-                    reservation = Reservation(node, out.model)
-                with _Slot(reservation, on_release) as slot:
+                    reservation = Reservation(node, out.model, on_release)
+                with reservation as slot:
                     answer = await self._attempt(
                         request, group, node, out, record, slot, check, unclear
                     )
@@ -178,7 +152,7 @@ class Forwarder:
                     failures.append(answer)
         finally:
             if first is not None:  # its node was gone before it was tried
-                _Slot(first, on_release).free()
+                first.release()
         self._settle(unclear, AT_END)
         record.node = None
         raise final_error(out.model, failures, self._settings.retry_after_s)
@@ -190,7 +164,7 @@ class Forwarder:
         node: Node,
         out: Outbound,
         record: RequestRecord,
-        slot: _Slot,
+        slot: Reservation,
         check: int,
         unclear: list[tuple[Node, ErrorAnswer]],
     ) -> web.StreamResponse | Failure:
@@ -200,7 +174,7 @@ class Forwarder:
             opened = await self._open(node, out, check)
         except NodeBusy as busy:
             record.attempts -= 1  # not a failure: the request was never sent on
-            slot.free()
+            slot.release()
             self._registry.note_busy(node, busy.in_flight, time.monotonic())
             self._metrics.busy_answers.labels(group.name, node.name).inc()
             raise
@@ -221,12 +195,12 @@ class Forwarder:
         node: Node,
         out: Outbound,
         failure: Failure,
-        slot: _Slot,
+        slot: Reservation,
         unclear: list[tuple[Node, ErrorAnswer]],
     ) -> Next:
         """Apply the policy's decision on a failed attempt to the node (and to earlier ones)."""
         decision = decide(failure, [answer for _, answer in unclear])
-        slot.free()  # before the node's load is noted
+        slot.release()  # before the node's load is noted
         if decision.next is Next.RETRY:
             log.warning("node %s failed before first byte: %s", node.name, failure.reason)
             self._metrics.retries.labels(group.name, node.name).inc()

@@ -8,9 +8,14 @@ poll, a backend the agent reports as down and a failed connection to the node ar
 
 The router's own reservations are the exact part of each node's load: a slot is reserved when
 the scheduler picks the node and released exactly once when the response ends or the client
-leaves (:class:`Reservation`). A model goes by several names (the node's own aliases, and the
-router's alias table); on each node the router counts it under one: the id the node reports it
-by (:attr:`Node.model_keys`), whatever name a request asked for.
+leaves (:class:`Reservation`, which owns the slot from the pick to its release). A model goes by
+several names (the node's own aliases, and the router's alias table); on each node the router
+counts it under one: the id the node reports it by (:attr:`Node.model_keys`), whatever name a
+request asked for.
+
+Views kept of the nodes (the rosters of candidates, :mod:`router.roster`) watch them
+(:class:`NodeWatcher`): a node tells them when its state or report changes and when a slot on
+it is taken or freed, so they never rebuild what did not change.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, TypeVar
+from types import TracebackType
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from node_protocol.wire import LoadReport, ModelReport, Registration
 from router.aliases import Aliases
@@ -56,6 +62,20 @@ BREAKER_MAX_S = 30.0
 ROUTABLE = frozenset({NodeState.HEALTHY, NodeState.DEGRADED})
 
 
+class NodeWatcher(Protocol):
+    """A kept view of some nodes (a roster of candidates), told of what changes in them; ``row``
+    is the node's place in the view, given when it started watching."""
+
+    def node_changed(self, row: int) -> None:
+        """The node's state, report or breaker changed."""
+
+    def node_heard(self, row: int) -> None:
+        """The node reported again, and nothing but the time of its report changed."""
+
+    def counted(self, row: int, key: str, delta: int) -> None:
+        """A slot on the node for the model counted under ``key`` was taken (+1) or freed (-1)."""
+
+
 def node_id_for(group: str, name: str) -> str:
     """Stable id from group and name, so every router replica names a node the same way."""
     digest = hashlib.sha256(f"{group}/{name}".encode()).hexdigest()
@@ -76,6 +96,9 @@ class Node:
     load_read_at: float | None = None
     has_agent: bool = False  # reports come from an agent (else the router polls the node)
     own_at_report: int = 0
+    # The node's output rate and the streams it ran over, from the last report that saw any
+    # running: a node that idles keeps its measured speed until it runs again.
+    speed_sample: tuple[float, int] | None = None
     # Requests other routers (or clients) have on the node, from its reports, smoothed: one
     # snapshot is a second old and noisy, and replicas that all chase it herd.
     others_in_flight: float = 0.0
@@ -84,7 +107,7 @@ class Node:
     busy_others: float | None = None
     failed_checks: int = 0
     ever_passed: bool = False
-    draining: bool = False
+    _draining: bool = False
     # An operator's drain/resume at this replica that the agent has not echoed yet; the agent
     # then puts it in its reports to every replica, so all of them agree.
     drain_intent: bool | None = None
@@ -97,6 +120,56 @@ class Node:
     failures: int = 0
     breaker_trips: int = 0
     breaker_until: float = 0.0
+    watchers: list[tuple[NodeWatcher, int]] = field(default_factory=list)
+
+    def changed(self) -> None:
+        """Tell the views that watch this node that its state, report or breaker changed."""
+        for watcher, row in self.watchers:
+            watcher.node_changed(row)
+
+    def heard(self) -> None:
+        """Tell the views that watch this node that it reported again, changing nothing else."""
+        for watcher, row in self.watchers:
+            watcher.node_heard(row)
+
+    def seen_state(self) -> tuple[object, ...]:  # fmt: skip
+        """What a load report can change that views of the node read, but its time."""
+        r = self.report
+        content = None
+        if r is not None:
+            content = (
+                r.seq,
+                r.backend_kind,
+                r.backend_health,
+                r.in_flight,
+                r.models,
+                r.gpus,
+                r.queue_waiting,
+                r.queue_running,
+                r.output_tokens_per_s,
+                r.draining,
+            )
+        return (
+            content,
+            self.others_in_flight,
+            self.busy_others,
+            self.own_at_report,
+            self.speed_sample,
+            self.has_agent,
+            self.failed_checks,
+            self.ever_passed,
+        )
+
+    @property
+    def draining(self) -> bool:
+        """No new requests (operator's drain, here or told through the agent)."""
+        return self._draining
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        if value != self._draining:
+            self._draining = value
+            self.changed()
 
     def breaker_allows(self, now: float) -> bool:
         """Closed: yes. Open (cooling down after a failed connection): no. Half-open (cooled
@@ -126,11 +199,14 @@ class Node:
         return self.report.models if self.report is not None else ()
 
     def check_passed(self) -> None:
-        self.failed_checks = 0
-        self.ever_passed = True
+        if self.failed_checks or not self.ever_passed:
+            self.failed_checks = 0
+            self.ever_passed = True
+            self.changed()
 
     def check_failed(self, threshold: int, *, definitive: bool = False) -> None:
         self.failed_checks = threshold if definitive else self.failed_checks + 1
+        self.changed()
 
 
 def model_keys(models: tuple[ModelReport, ...], aliases: Aliases) -> dict[str, str]:
@@ -148,29 +224,54 @@ def model_keys(models: tuple[ModelReport, ...], aliases: Aliases) -> dict[str, s
 
 
 class Reservation:
-    """One request's slot on one node; :meth:`release` is idempotent. ``model`` may be any
-    name the node serves the model under: the slot is counted under the node's key for it."""
+    """One request's slot on one node, owned from the pick to its release: counted on the node
+    (and in the views watching it) when made, uncounted by :meth:`release`, which does it once
+    however often it is called and then runs ``on_release`` (admission hands the slot on). A
+    context manager: leaving the block releases the slot, whichever way the block ends.
+    ``model`` may be any name the node serves the model under: the slot is counted under the
+    node's key for it."""
 
-    __slots__ = ("_released", "model", "node")
+    __slots__ = ("_on_release", "_released", "model", "node")
 
-    def __init__(self, node: Node, model: str) -> None:
+    def __init__(
+        self, node: Node, model: str, on_release: Callable[[], None] | None = None
+    ) -> None:
         self.node = node
         self.model = model = node.model_keys.get(model, model)
+        self._on_release = on_release
         self._released = False
         node.in_flight += 1
         node.in_flight_by_model[model] = node.in_flight_by_model.get(model, 0) + 1
+        for watcher, row in node.watchers:
+            watcher.counted(row, model, 1)
 
     def release(self) -> None:
         if self._released:
             return
         self._released = True
-        node = self.node
+        node, model = self.node, self.model
         node.in_flight -= 1
-        left = node.in_flight_by_model[self.model] - 1
+        left = node.in_flight_by_model[model] - 1
         if left:
-            node.in_flight_by_model[self.model] = left
+            node.in_flight_by_model[model] = left
         else:
-            del node.in_flight_by_model[self.model]
+            del node.in_flight_by_model[model]
+        for watcher, row in node.watchers:
+            watcher.counted(row, model, -1)
+        if self._on_release is not None:
+            self._on_release()
+
+    @property
+    def released(self) -> bool:
+        return self._released
+
+    def __enter__(self) -> Reservation:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()
 
 
 class RegistryFull(Exception):
@@ -189,18 +290,29 @@ class Group:
     nodes: dict[str, Node] = field(default_factory=dict)
     # model id or alias -> ids of nodes that list it (loaded or not)
     model_index: dict[str, set[str]] = field(default_factory=dict)
+    # Counts the changes of who serves what: a view of the nodes made before it is outdated.
+    generation: int = 0
 
     def reindex(self) -> None:
+        """After a node came, went or changed the names of its models: the index anew, and the
+        views of the old one stop watching (they are made again when next asked for)."""
         index: dict[str, set[str]] = {}
         for node in self.nodes.values():
+            node.watchers.clear()
             for model in node.models():
                 for key in (model.id, *model.aliases):
                     index.setdefault(key, set()).add(node.node_id)
         self.model_index = index
+        self.generation += 1
 
     def nodes_serving(self, model: str) -> Iterator[Node]:
         for node_id in self.model_index.get(model, ()):
             yield self.nodes[node_id]
+
+
+def _names(models: tuple[ModelReport, ...]) -> list[tuple[str, tuple[str, ...]]]:
+    """What a group's index keeps of a node's models: their ids and aliases."""
+    return [(m.id, m.aliases) for m in models]
 
 
 def _last_heard(node: Node) -> float:
@@ -245,7 +357,9 @@ class Registry:
         node_id = node_id_for(group_name, reg.name)
         node = self.find(group_name, node_id)
         if node is not None:
-            node.registration = reg
+            if reg != node.registration:
+                node.registration = reg
+                node.changed()
             node.registered_at = now  # heard from: it does not expire
             return node, False
         if not static:
@@ -286,6 +400,7 @@ class Registry:
         node = group.nodes.pop(node_id, None)
         if node is None:
             return None
+        node.watchers.clear()
         group.reindex()
         group_gone = not group.nodes and not group.declared
         if group_gone:
@@ -311,6 +426,7 @@ class Registry:
         self, node: Node, report: LoadReport, now: float, *, from_agent: bool = True
     ) -> None:
         """Take a load report: it is a health check and the node's new view of its models."""
+        seen = node.seen_state()
         old_models = node.models()
         busy = report.in_flight
         if report.queue_waiting is not None:
@@ -322,6 +438,9 @@ class Registry:
             node.others_in_flight = smooth_others(node.others_in_flight, float(others))
         node.report = report
         node.report_received_at = node.load_read_at = now
+        running = report.queue_running or report.in_flight
+        if report.output_tokens_per_s and running >= 1:
+            node.speed_sample = (report.output_tokens_per_s, running)
         node.busy_others = None
         node.has_agent = node.has_agent or from_agent
         node.own_at_report = node.in_flight
@@ -335,7 +454,12 @@ class Registry:
             node.check_failed(self.threshold, definitive=report.backend_health == "unhealthy")
         if report.models != old_models:
             node.model_keys = model_keys(report.models, self.aliases)
-            self.groups[node.group].reindex()
+            if _names(report.models) != _names(old_models):
+                self.groups[node.group].reindex()
+        if node.seen_state() == seen:
+            node.heard()
+        else:
+            node.changed()
 
     def note_busy(self, node: Node, in_flight: int, now: float) -> None:
         """The node's agent answered a slot check busy (``NODE_BUSY_HEADER``) with
@@ -346,6 +470,7 @@ class Registry:
         node.own_at_report = node.in_flight
         if node.report is not None:
             node.load_read_at = now
+        node.changed()
 
     def connection_failed(self, node: Node, now: float) -> None:
         """The router could not get an answer from the node: a failed check, and the breaker
@@ -356,7 +481,10 @@ class Registry:
         doublings = min(node.breaker_trips - 1, 16)  # the cap comes long before 2**16
         cooldown = min(BREAKER_MAX_S, BREAKER_BASE_S * 2**doublings)
         node.breaker_until = now + cooldown
+        node.changed()
 
     @staticmethod
     def connection_ok(node: Node) -> None:
-        node.breaker_trips = 0
+        if node.breaker_trips:
+            node.breaker_trips = 0
+            node.changed()

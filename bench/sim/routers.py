@@ -1,125 +1,137 @@
-"""Router replicas in the simulation, each deciding with the router's own modules.
+"""Router replicas in the simulation, each running the router's own scheduler.
 
-A replica keeps, per model, a :class:`router.scheduling.CandidateTable` built the way the router
-builds its candidates: its own exact in-flight counts, the agents' last reports (load, measured
-speed, residency) with their age, and the concurrency cap. It orders with the real
-:class:`router.scheduling.Scheduler` and queues with the real
-:class:`router.admission.FairQueue`. The oracle is the same decision rule fed the truth:
-every request in flight at every node, true speeds and residency, instantly.
+A replica is a router's registry (:class:`router.registry.Registry`) with one node per engine
+(:mod:`bench.sim.agents`), which takes the agents' reports (:meth:`~router.registry.Registry.
+apply_report`) and busy answers (:meth:`~router.registry.Registry.note_busy`) as the router
+does, and a roster of each model's nodes (:class:`router.roster.Roster`: the router's candidate
+code, scoring with :class:`router.scoring.ScoringParams`). It reserves with the router's
+:class:`~router.registry.Reservation`, orders with the real :class:`router.scheduling.Scheduler`
+and queues with the real :class:`router.admission.FairQueue`. The oracle is the same decision
+rule fed the truth: every request in flight at every node, true speeds and residency, instantly.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 
+from bench.sim.agents import Reader, Snapshot, engine_name, snapshot
 from bench.sim.nodes import Fleet
-from bench.sim.workload import Floats, Requests
+from bench.sim.workload import Requests
+from node_protocol.wire import Registration
 from router.admission import AdmissionLimits, FairQueue
-from router.registry import smooth_others
-from router.scheduling import (
-    STALE_PENALTY,
-    CandidateTable,
-    Scheduler,
-    batch_one_speeds,
-    estimate_loads,
-    loading_for_us,
-    slot_check,
-)
+from router.registry import Registry, Reservation, node_id_for
+from router.roster import CandidateRules, Roster
+from router.scheduling import CandidateTable, Scheduler
 
 STALE_AFTER_FACTOR = 3.0  # a report older than this many intervals is stale (as the router)
 PICK_TRIES = 3  # the router's max_attempts: busy answers to slot checks before it waits
+GROUP = "g"
+FAILURE_THRESHOLD = 3
 
-Snapshot = tuple[int, np.ndarray, Floats, Floats, Floats]  # model, rows, load, speed, cold
+__all__ = ["Replica", "Snapshot", "snapshot"]
 
 
 class View:
-    """One replica's knowledge of one model's engines."""
+    """One replica's view of one model's engines: the router's roster of their nodes."""
 
-    def __init__(self, fleet: Fleet, mi: int, names: Sequence[str], cap_factor: float) -> None:
+    def __init__(self, registry: Registry, fleet: Fleet, mi: int, rules: CandidateRules) -> None:
+        self.registry, self.mi = registry, mi
+        self.eids: list[int] = fleet.by_model[mi]
+        group = registry.groups[GROUP]
+        nodes = [group.nodes[node_id_for(GROUP, engine_name(e))] for e in self.eids]
+        self.model = fleet.models[mi]
+        self.roster = Roster(nodes, (self.model,), rules, group.generation)
+        self._held: dict[int, Reservation] = {}
+        self._reader = Reader(fleet, mi)
+
+    def pick(
+        self, scheduler: Scheduler, policy: str, key: str, now: float, affinity: str,
+        waiting: int, busy: int,
+    ) -> tuple[int, int] | None:  # fmt: skip
+        """The row to send to and its slot check, or None (queue the request)."""
+        rows = self.roster.decide(scheduler, policy, key, now, limit=1, affinity=affinity,
+                                  waiting=waiting)  # fmt: skip
+        if not rows:
+            return None
+        return rows[0], self.roster.slot_check(rows[0], now, busy)
+
+    def hold(self, rid: int, row: int) -> None:
+        self._held[rid] = Reservation(self.roster.nodes[row], self.model)
+
+    def free(self, rid: int) -> None:
+        self._held.pop(rid).release()
+
+    def busy(self, row: int, in_flight: float, now: float) -> None:
+        """The agent answered a slot check busy, with its count."""
+        self.registry.note_busy(self.roster.nodes[row], int(in_flight), now)
+
+    def take(self, snap: Snapshot, now: float) -> None:
+        """Reports arriving ``now``."""
+        nodes = self.roster.nodes
+        for row, report in self._reader.reports(snap):
+            self.registry.apply_report(nodes[row], report, now)
+
+
+class OracleView:
+    """Perfect, instant knowledge, ordered by ``least_loaded``."""
+
+    def __init__(self, fleet: Fleet, mi: int, cap_factor: float) -> None:
         n = len(fleet.by_model[mi])
+        slots = fleet.slots[mi]
         self.fleet, self.mi = fleet, mi
         self.eids: list[int] = fleet.by_model[mi]
         self.own = np.zeros(n)
-        self.own_at = np.zeros(n)  # as the router's Node: own_at_report
-        self.others = np.zeros(n)  # others_in_flight
-        self.busy_others = np.full(n, math.nan)  # busy_others (NaN: None)
-        self.report_at = np.full(n, -math.inf)  # load_read_at
-        self.seen = np.zeros(n, dtype=bool)  # a report came
-        self.cold = fleet.cold_reported(mi)
-        slots = fleet.slots[mi]
+        self._row: dict[int, int] = {}
         self.table = CandidateTable(
-            ids=list(names),
+            ids=[engine_name(e) for e in self.eids],
             load=np.zeros(n),
             slots=slots,
             cap=np.ceil(slots * cap_factor) if cap_factor > 0 else np.zeros(n),
             tok_s=np.full(n, math.nan),
             weight=np.ones(n),
-            cold_s=fleet.cold_reported(mi),
+            cold_s=np.zeros(n),
             penalty=np.ones(n),
             own=self.own,
         )
 
-    def refresh(self, now: float, stale_after: float) -> CandidateTable:
-        t = self.table
-        t.load, stale = estimate_loads(
-            self.own,
-            self.own_at,
-            self.own_at + np.where(np.isnan(self.busy_others), self.others, self.busy_others),
-            now - self.report_at,
-            stale_after,
-        )  # every node has an agent: no share of the free slots to claim (candidate_for)
-        t.penalty = np.where(stale, STALE_PENALTY, 1.0)
-        t.cold_s = loading_for_us(self.cold, self.own)
-        return t
+    def pick(
+        self, scheduler: Scheduler, policy: str, key: str, now: float, affinity: str,
+        waiting: int, busy: int,
+    ) -> tuple[int, int] | None:  # fmt: skip
+        t, fleet, mi = self.table, self.fleet, self.mi
+        t.load, t.tok_s, t.cold_s = fleet.load[mi], fleet.tok1[mi], fleet.cold_true(mi, now)
+        rows = scheduler.rank("least_loaded", key, t, limit=1, affinity=affinity, waiting=waiting)
+        return (int(rows[0]), 0) if rows.size else None
+
+    def hold(self, rid: int, row: int) -> None:
+        self._row[rid] = row
+        self.own[row] += 1
+
+    def free(self, rid: int) -> None:
+        self.own[self._row.pop(rid)] -= 1
 
     def busy(self, row: int, in_flight: float, now: float) -> None:
-        """The agent answered a slot check busy, with its count: as fresh as a report
-        (:meth:`router.registry.Registry.note_busy`)."""
-        self.busy_others[row] = max(in_flight - self.own[row], 0.0)
-        self.own_at[row] = self.own[row]
-        self.report_at[row] = now
+        raise AssertionError("the oracle sends no slot checks")
 
     def take(self, snap: Snapshot, now: float) -> None:
-        """A report arriving ``now``, taken as :meth:`router.registry.Registry.apply_report`
-        takes it: the others' share smoothed, this replica's own counts as they are now."""
-        _, rows, load, speed, cold = snap
-        own = self.own[rows]
-        others = np.maximum(load - own, 0.0)
-        seen = self.seen[rows] & np.isnan(self.busy_others[rows])
-        self.others[rows] = np.where(seen, smooth_others(self.others[rows], others), others)
-        self.seen[rows] = True
-        self.busy_others[rows] = math.nan
-        self.own_at[rows] = own
-        self.report_at[rows] = now
-        known = ~np.isnan(speed)
-        self.table.tok_s[rows[known]] = speed[known]
-        self.cold[rows] = cold
+        raise AssertionError("the oracle reads no reports")
 
 
-class OracleView(View):
-    """Perfect, instant knowledge."""
-
-    def refresh(self, now: float, stale_after: float) -> CandidateTable:
-        t, fleet = self.table, self.fleet
-        t.load, t.tok_s, t.cold_s = (
-            fleet.load[self.mi],
-            fleet.tok1[self.mi],
-            fleet.cold_true(self.mi, now),
-        )
-        return t
-
-
-def snapshot(fleet: Fleet, mi: int, rows: np.ndarray) -> Snapshot:
-    """What the agents of these engines report now."""
-    running = fleet.running[mi][rows]
-    tok1, decay = fleet.tok1[mi][rows], fleet.decay[mi][rows]
-    aggregate = running * tok1 / (1.0 + decay * np.maximum(running - 1.0, 0.0))
-    speed = batch_one_speeds(aggregate, running)
-    return mi, rows, fleet.load[mi][rows].copy(), speed, fleet.cold_reported(mi)[rows]
+def _registry(fleet: Fleet) -> Registry:
+    """A router's registry with a node per engine, each with its first report in hand."""
+    registry = Registry("least_loaded", FAILURE_THRESHOLD)
+    registry.ensure_group(GROUP).declared = True
+    for mi, eids in enumerate(fleet.by_model):
+        sent = Reader(fleet, mi).reports(snapshot(fleet, mi, np.arange(len(eids))))
+        for eid, (_, report) in zip(eids, sent, strict=True):
+            name = engine_name(eid)
+            node, _ = registry.register(GROUP, Registration(name, f"http://{name}"), 0.0)
+            registry.apply_report(node, report, 0.0)
+    return registry
 
 
 class Replica:
@@ -139,13 +151,18 @@ class Replica:
         replicas: int = 1,
         oracle: bool = False,
     ) -> None:
-        names = [[f"e{e}" for e in eids] for eids in fleet.by_model]
-        kind: type[View] = OracleView if oracle else View
-        self.views: list[View] = [
-            kind(fleet, mi, names[mi], cap_factor) for mi in range(len(names))
-        ]
-        for view in self.views:
-            view.table.replicas = replicas  # slot checks and the backlog's node queueing
+        self.views: list[View | OracleView]
+        if oracle:
+            self.views = [OracleView(fleet, mi, cap_factor) for mi in range(len(fleet.models))]
+        else:
+            rules = CandidateRules(
+                FAILURE_THRESHOLD,
+                STALE_AFTER_FACTOR * report_interval_s,
+                cap_factor=cap_factor if cap_factor > 0 else None,
+                replicas=replicas,
+            )
+            registry = _registry(fleet)
+            self.views = [View(registry, fleet, mi, rules) for mi in range(len(fleet.models))]
         self.policy = "least_loaded" if oracle else policy
         self.scheduler = Scheduler(random.Random(seed))
         # one queue per model: a freed slot can only serve its own model's waiters
@@ -153,15 +170,13 @@ class Replica:
             FairQueue(limits.max_queue, limits.tenant_weights) for _ in self.views
         ]
         self.limits, self.fleet, self.reject = limits, fleet, reject
-        self.stale_after = STALE_AFTER_FACTOR * report_interval_s
         self._model: list[int] = reqs.model.tolist()
         self._tenant = [str(t) for t in reqs.tenant.tolist()]
         self._affinity = [
             f"s{s}" if s >= 0 else f"t{t}"
             for s, t in zip(reqs.session.tolist(), self._tenant, strict=True)
         ]
-        self._keys = [f"g/{m}" for m in fleet.models]
-        self.where: dict[int, int] = {}  # request -> row in its model's view
+        self._keys = [f"{GROUP}/{m}" for m in fleet.models]
         self.busy_answers = 0
         self.bounced: dict[int, int] = {}  # request -> busy answers it had
         self._now = 0.0
@@ -185,28 +200,18 @@ class Replica:
 
     def try_pick(self, rid: int) -> int | None:
         """The engine for ``rid``, reserved, or None (queue it). A pick that the agent answers
-        busy (:func:`router.scheduling.slot_check`) is taken back and made again, as the
+        busy (:func:`router.load_estimates.slot_check`) is taken back and made again, as the
         router does, up to ``PICK_TRIES`` times (the round trip is not modelled)."""
         mi = self._model[rid]
         view = self.views[mi]
         for _ in range(PICK_TRIES):
-            table = view.refresh(self._now, self.stale_after)
-            rows = self.scheduler.rank(
-                self.policy,
-                self._keys[mi],
-                table,
-                limit=1,
-                affinity=self._affinity[rid],
-                waiting=len(self.queues[mi]),
-            )
-            if not rows.size:
-                return None
-            row = int(rows[0])
-            eid = view.eids[row]
             busy = self.bounced.get(rid, 0)
-            check = slot_check(
-                table.load[row], table.slots[row], table.cap[row], table.replicas, busy
-            )
+            picked = view.pick(self.scheduler, self.policy, self._keys[mi], self._now,
+                               self._affinity[rid], len(self.queues[mi]), busy)  # fmt: skip
+            if picked is None:
+                return None
+            row, check = picked
+            eid = view.eids[row]
             at_node = self.fleet.in_flight(eid)
             if check and at_node >= check:
                 view.busy(row, at_node, self._now)
@@ -214,8 +219,7 @@ class Replica:
                 self.bounced[rid] = busy + 1
                 continue
             self.bounced.pop(rid, None)
-            view.own[row] += 1
-            self.where[rid] = row
+            view.hold(rid, row)
             return eid
         return None
 
@@ -240,6 +244,6 @@ class Replica:
 
     def done(self, rid: int, now: float) -> None:
         mi = self._model[rid]
-        self.views[mi].own[self.where.pop(rid)] -= 1
+        self.views[mi].free(rid)
         self.queues[mi].finished(self._tenant[rid])
         self.wake(mi, now)

@@ -1,0 +1,176 @@
+"""``least_loaded`` over a few candidates, with their loads and scores kept between decisions.
+
+A score (:func:`router.scoring.score`) changes only when its inputs do: a slot taken or freed
+on the node (its load), a report or a change of state (everything), a report growing stale
+(its load, speed and penalty), or the set of open nodes its speed is compared with (the
+speeds are filled among them). Those are far rarer than decisions at high load, so
+:class:`KeptScores` makes a row's load and score again only after one of them, and a decision
+mostly reads what is kept: which rows are open now, then the choice among them
+(:meth:`router.scheduling.Scheduler.best_of`). The result is the column path's
+(:meth:`router.scheduling.Scheduler.rank`) to the bit, draws included; where that path has more
+to decide (no open row, or a model to load while other nodes are full) this one declines.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from router.candidates import Standing, cold_now, is_stale, penalty_of
+from router.scheduling import Scheduler, room_of
+from router.scoring import ScoringParams, fill_speed_list, time_to_serve
+
+# A report this close to its stale moment is looked at again (the moment is a sum of floats,
+# the test of staleness a difference: they may differ in the last bit).
+_EARLY_S = 1e-6
+
+
+class KeptScores:
+    """The kept loads and scores of a roster's rows (see the module doc). The roster tells it
+    of changes: :meth:`moved` (a row's counts), :meth:`clear` (a node changed)."""
+
+    __slots__ = ("_base", "_fill_rows", "_limit", "_load", "_penalty", "_recheck_at", "_score",
+                 "_speed", "_stale", "_tok_s")  # fmt: skip
+
+    def __init__(self, n: int) -> None:
+        self._load: list[float | None] = [None] * n
+        self._base: list[float | None] = [None] * n  # time to serve, before penalty and weight
+        self._score: list[float | None] = [None] * n  # with them, and no prefill
+        self._speed = [math.nan] * n  # the filled speed each kept score was made with
+        self._tok_s = [math.nan] * n  # measured speeds, NaN where unknown or stale
+        self._penalty = [1.0] * n
+        self._stale = [False] * n  # the report was stale at the last refresh
+        self._limit = [math.inf] * n  # room: the cap, and the slots under a cap
+        self._fill_rows: list[int] | None = None  # the open rows the speeds were filled among
+        self._recheck_at = -math.inf  # when a report may turn stale: look at every row again
+
+    def moved(self, row: int) -> None:
+        """A slot on the row's node was taken or freed."""
+        self._load[row] = self._base[row] = self._score[row] = None
+
+    def heard(self, row: int) -> None:
+        """The row's node reported again, changing nothing else: a stale row is fresh again."""
+        if self._stale[row]:
+            self.clear()
+
+    def clear(self) -> None:
+        """A node changed: everything is made again at the next decision."""
+        self._recheck_at = -math.inf
+
+    def _refresh(
+        self, standings: Sequence[Standing | None], read_at: Sequence[float | None], now: float,
+        stale_after_s: float, p: ScoringParams,
+    ) -> None:  # fmt: skip
+        n = len(standings)
+        self._load, self._base, self._score = [None] * n, [None] * n, [None] * n
+        self._speed = [math.nan] * n
+        self._fill_rows = None
+        recheck = math.inf
+        for i, s in enumerate(standings):
+            if s is None:
+                continue
+            stale = self._stale[i] = is_stale(read_at[i], now, stale_after_s)
+            last = read_at[i]
+            if not stale and last is not None:
+                recheck = min(recheck, last + stale_after_s - _EARLY_S)
+            self._tok_s[i] = math.nan if stale or s.tok_s is None else s.tok_s
+            self._penalty[i] = penalty_of(s.degraded, stale, p)
+            self._limit[i] = room_of(s.cap, s.slots, True)
+        self._recheck_at = recheck
+
+    def choose(
+        self,
+        scheduler: Scheduler,
+        standings: Sequence[Standing | None],
+        read_at: Sequence[float | None],
+        own: Sequence[int],
+        own_model: Sequence[int],
+        now: float,
+        stale_after_s: float,
+        limit: int,
+        prefill_s: Sequence[float] | None = None,
+    ) -> list[int] | None:
+        """The ``limit`` best rows, best first, or None where the column path must decide.
+        ``read_at[i]``: when row ``i``'s node's load was read; ``own[i]``, ``own_model[i]``:
+        this router's requests there, and those for the model; ``prefill_s[i]``: the uncached
+        prompt's prefill there (None: 0)."""
+        p = scheduler.params
+        if now >= self._recheck_at:
+            self._refresh(standings, read_at, now, stale_after_s, p)
+        loads, limits = self._load, self._limit
+        ok: list[int] = []
+        ok_loads: list[float] = []
+        ok_cold: list[float] = []
+        present, cold_open = 0, False
+        for i, s in enumerate(standings):
+            cold_s = cold_now(s, own[i], own_model[i], now)
+            if cold_s is None or s is None:
+                continue
+            present += 1
+            load = loads[i]
+            if load is None:
+                load = s.load_at(own[i], read_at[i], now, stale_after_s, p)
+                if not s.claim_free:  # a claimed share weighs more with time: never kept
+                    loads[i] = load
+            if load < limits[i]:
+                ok.append(i)
+                ok_loads.append(load)
+                ok_cold.append(cold_s)
+                cold_open = cold_open or cold_s > 0.0
+        if not ok or (cold_open and len(ok) < present):
+            return None
+        if ok != self._fill_rows:
+            self._fill(ok, p)
+        if prefill_s is None:
+            chosen = [self._scored(i, load, cold_s, standings, p)
+                      for i, load, cold_s in zip(ok, ok_loads, ok_cold, strict=True)]  # fmt: skip
+        else:
+            chosen = [
+                (self._time_to_serve(i, load, cold_s, standings, p) + prefill_s[i])
+                * self._penalty[i]
+                / self._weight(standings[i])
+                for i, load, cold_s in zip(ok, ok_loads, ok_cold, strict=True)
+            ]
+        return scheduler.best_of(ok, chosen, limit)
+
+    @staticmethod
+    def _weight(s: Standing | None) -> float:
+        assert s is not None
+        return s.weight
+
+    def _scored(self, i: int, load: float, cold_s: float, standings: Sequence[Standing | None],
+                p: ScoringParams) -> float:  # fmt: skip
+        """Row ``i``'s score without a prefill term (:func:`router.scoring.score`)."""
+        kept = self._score[i]
+        if kept is None:
+            kept = self._time_to_serve(i, load, cold_s, standings, p) * self._penalty[i]
+            kept = kept / self._weight(standings[i])
+            if not self._claims(standings[i]):
+                self._score[i] = kept
+        return kept
+
+    def _time_to_serve(
+        self, i: int, load: float, cold_s: float, standings: Sequence[Standing | None],
+        p: ScoringParams,
+    ) -> float:  # fmt: skip
+        kept = self._base[i]
+        if kept is None:
+            s = standings[i]
+            assert s is not None
+            kept = time_to_serve(load, s.slots, self._speed[i], cold_s, p)
+            if not s.claim_free:
+                self._base[i] = kept
+        return kept
+
+    @staticmethod
+    def _claims(s: Standing | None) -> bool:
+        return s is not None and bool(s.claim_free)
+
+    def _fill(self, ok: list[int], p: ScoringParams) -> None:
+        """Fill the speeds among the open rows; a row whose speed moved is scored again."""
+        speeds = fill_speed_list([self._tok_s[i] for i in ok], p)
+        for i, speed in zip(ok, speeds, strict=True):
+            if self._speed[i] != speed:
+                self._speed[i] = speed
+                self._base[i] = self._score[i] = None
+        self._fill_rows = ok
