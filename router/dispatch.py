@@ -221,9 +221,14 @@ class Dispatch:
         self._busy = 0  # busy answers to slot checks: the request goes back to its queue's head
         self._order: list[str] = []  # what the last pick chose: the nodes to try, in order
         self._slot_check = 0  # the first node's slots, for its agent to check (0: no check)
+        self._kept: Roster | None = None
 
     def _roster(self) -> Roster:
-        return self._d.roster(self._group, self._model, self._target.kinds)
+        """The model's roster in the group as it stands (made again after the group changed)."""
+        roster = self._kept
+        if roster is None or roster.generation != self._group.generation:
+            roster = self._kept = self._d.roster(self._group, self._model, self._target.kinds)
+        return roster
 
     async def run(self) -> web.StreamResponse:
         roster = self._roster()

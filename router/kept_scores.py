@@ -17,7 +17,7 @@ import math
 from collections.abc import Sequence
 
 from router.candidates import Standing, cold_now, is_stale, penalty_of
-from router.scheduling import Scheduler, room_of
+from router.scheduling import TIE, Scheduler, room_of
 from router.scoring import ScoringParams, fill_speed_list, time_to_serve
 
 # A report this close to its stale moment is looked at again (the moment is a sum of floats,
@@ -117,7 +117,7 @@ class KeptScores:
                 ok_loads.append(load)
                 ok_cold.append(cold_s)
                 cold_open = cold_open or cold_s > 0.0
-        if not ok or (cold_open and len(ok) < present):
+        if not ok:
             return None
         if ok != self._fill_rows:
             self._fill(ok, p)
@@ -131,6 +131,8 @@ class KeptScores:
                 / self._weight(standings[i])
                 for i, load, cold_s in zip(ok, ok_loads, ok_cold, strict=True)
             ]
+        if cold_open and len(ok) < present and not _best_is_hot(chosen, ok_cold):
+            return None  # a load may be worth a wait for a full node: the column path weighs it
         return scheduler.best_of(ok, chosen, limit)
 
     @staticmethod
@@ -174,3 +176,11 @@ class KeptScores:
                 self._speed[i] = speed
                 self._base[i] = self._score[i] = None
         self._fill_rows = ok
+
+
+def _best_is_hot(scores: list[float], cold_s: list[float]) -> bool:
+    """The best of these rows needs no model load, whatever the random tie-breaks (which move
+    a score by less than ``TIE`` of it)."""
+    hot = min((s for s, c in zip(scores, cold_s, strict=True) if c <= 0.0), default=math.inf)
+    cold = min((s for s, c in zip(scores, cold_s, strict=True) if c > 0.0), default=math.inf)
+    return hot * (1.0 + TIE) < cold

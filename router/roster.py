@@ -18,7 +18,7 @@ when next asked.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,7 +44,7 @@ from router.scoring import DEFAULT_PARAMS, FloatArray, ScoringParams
 MAX_ROSTERS = 4096  # kept per router: (group, model, API surface) triples asked for
 # Up to this many nodes a roster keeps Python lists and its least_loaded scores; past it,
 # numpy columns, scored at each decision (measured: the columns win from about this size).
-MAX_ROWS = 48
+MAX_ROWS = 96
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,9 +65,10 @@ class CandidateRules:
 class _Columns:
     """The standings as numpy columns, for a decision over a fleet (NaN: no report)."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, params: ScoringParams) -> None:
+        self.params = params
         self.routable = np.zeros(n, dtype=bool)
-        self.degraded = np.zeros(n, dtype=bool)
+        self.penalty = np.ones(n)  # for being degraded
         self.probe_at = np.full(n, -math.inf)  # -inf: breaker closed
         self.cold_s = np.zeros(n)
         self.slots = np.zeros(n)
@@ -81,17 +82,28 @@ class _Columns:
         self.claim = np.zeros(n)
         self.own = np.zeros(n)  # this router's requests at the node, as Roster.own
         self.own_model = np.zeros(n)  # and those for the model
+        self.has_report = np.zeros(n, dtype=bool)
+        self.some_cold = False  # some node must load the model first
+        self.some_closed = False  # some node is not routable, its breaker open, or unfit
+
+    def wrote(self) -> None:
+        """Rows were written: what holds for all of them, again."""
+        self.some_cold = bool((self.cold_s > 0.0).any())
+        closed = ~self.routable | (self.probe_at > -math.inf) | (self.cold_s == math.inf)
+        self.some_closed = bool(closed.any())
 
     def write(self, i: int, s: Standing | None) -> None:
         if s is None:
             self.routable[i] = False
             return
-        self.routable[i], self.degraded[i] = s.routable, s.degraded
+        self.routable[i] = s.routable
+        self.penalty[i] = penalty_of(s.degraded, False, self.params)
         self.probe_at[i] = -math.inf if s.probe_at is None else s.probe_at
         self.cold_s[i], self.slots[i], self.cap[i] = s.cold_s, s.slots, s.cap
         self.tok_s[i] = math.nan if s.tok_s is None else s.tok_s
         self.weight[i] = s.weight
         self.reported[i] = math.nan if s.reported is None else s.reported
+        self.has_report[i] = s.reported is not None
         self.own_at[i] = s.own_at_report
         self.claim_free[i], self.claim[i] = s.claim_free, s.claim
 
@@ -112,9 +124,10 @@ class Roster:
         self.nodes = list(nodes)
         self.ids = [node.node_id for node in self.nodes]
         self.names = [node_name_for(node, names) or names[0] for node in self.nodes]
+        self._renamed: dict[str, Mapping[str, str]] = {}
         n = len(self.nodes)
         self.standings: list[Standing | None] = [None] * n
-        self._columns = _Columns(n) if n > MAX_ROWS else None
+        self._columns = _Columns(n, rules.params) if n > MAX_ROWS else None
         self._kept = KeptScores(n) if n <= MAX_ROWS else None
         self._hashes: HashArray | None = None
         self._dirty: set[int] = set()
@@ -131,6 +144,7 @@ class Roster:
         if self._columns is not None:
             c = self._columns
             c.own[:], c.own_model[:] = self.own, self.own_model
+            c.wrote()
 
     def node_changed(self, row: int) -> None:
         self._dirty.add(row)
@@ -182,6 +196,8 @@ class Roster:
             self._sync(self._dirty.pop())
         if self._kept is not None:
             self._kept.clear()
+        if self._columns is not None:
+            self._columns.wrote()
 
     def _cold_s(self, i: int, now: float) -> float | None:
         return cold_now(self.standings[i], self.own[i], self.own_model[i], now)
@@ -202,9 +218,14 @@ class Roster:
         )
         return slot_check(load, s.slots, s.cap, s.replicas, busy)
 
-    def renamed(self, model: str) -> dict[str, str]:
-        """Node id -> the name the node serves the model under, where not ``model``."""
-        return {i: name for i, name in zip(self.ids, self.names, strict=True) if name != model}
+    def renamed(self, model: str) -> Mapping[str, str]:
+        """Node id -> the name the node serves the model under, where not ``model`` (the name
+        a request asked for: one of the roster's names)."""
+        renamed = self._renamed.get(model)
+        if renamed is None:
+            pairs = zip(self.ids, self.names, strict=True)
+            renamed = self._renamed[model] = {i: name for i, name in pairs if name != model}
+        return renamed
 
     def decide(
         self,
@@ -286,24 +307,24 @@ class Roster:
         assert c is not None
         p, stale_after = self.rules.params, self.rules.stale_after_s
         own = c.own
-        cold_s = np.where(c.own_model > 0, 0.0, c.cold_s)
-        allowed = (
-            c.routable
-            & ((now >= c.probe_at) & ((c.probe_at == -math.inf) | (own == 0)))
-            & (cold_s < math.inf)
-        )
         claims = self.rules.replicas > 1 and bool(c.claim_free.any())
         load, stale = claimed_loads(
             own, c.own_at, c.reported, now - c.read_at, stale_after,
             c.claim_free if claims else None, c.claim if claims else None, p,
         )  # fmt: skip
-        stale &= ~np.isnan(c.read_at)
-        penalty = np.where(c.degraded, p.degraded_penalty, 1.0) * np.where(
-            stale, p.stale_penalty, 1.0
-        )
-        tok_s = np.where(stale, math.nan, c.tok_s)
+        stale &= c.has_report
+        penalty, tok_s = c.penalty, c.tok_s
+        if stale.any():
+            penalty = penalty * np.where(stale, p.stale_penalty, 1.0)
+            tok_s = np.where(stale, math.nan, tok_s)
+        cold_s = np.where(c.own_model > 0, 0.0, c.cold_s) if c.some_cold else c.cold_s
+        allowed = None
+        if c.some_closed:
+            probe = c.probe_at
+            breaker = (now >= probe) & ((probe == -math.inf) | (own == 0))
+            allowed = c.routable & breaker & (cold_s < math.inf)
         columns: list[FloatArray] = [load, c.slots, c.cap, tok_s, c.weight, cold_s, penalty, own]
-        if allowed.all():
+        if allowed is None or allowed.all():
             open_rows = np.arange(len(self.ids), dtype=np.intp)
             ids: Sequence[str] = self.ids
             hashes = self._hashes

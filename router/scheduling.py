@@ -67,6 +67,7 @@ __all__ = [
     "POLICIES",
     "SLOT_AWARE",
     "STALE_PENALTY",
+    "TIE",
     "Candidate",
     "CandidateTable",
     "Scheduler",
@@ -96,7 +97,7 @@ POLICIES = (
 )
 SLOT_AWARE = frozenset({"least_loaded", "power_of_two", "sticky"})
 MAX_ROTATIONS = 4096  # round-robin states kept (one per group and model)
-_TIE = 1e-9  # relative jitter: breaks exact ties at random, never reorders distinct scores
+TIE = 1e-9  # relative jitter: breaks exact ties at random, never reorders distinct scores
 DEFAULT_SLOTS = DEFAULT_PARAMS.default_slots
 DEFAULT_LOAD_S = DEFAULT_PARAMS.default_load_s
 EVICT_FACTOR = DEFAULT_PARAMS.evict_factor
@@ -179,7 +180,7 @@ class Scheduler:
         """The ``limit`` best of ``rows`` by ``scores`` (lower first), exact ties broken at
         random: :meth:`rank`'s choice among scored rows, with the same random draws."""
         jitter = self._np.random(len(scores)).tolist()
-        keyed = [s * (1.0 + _TIE * u) for s, u in zip(scores, jitter, strict=True)]
+        keyed = [s * (1.0 + TIE * u) for s, u in zip(scores, jitter, strict=True)]
         return [rows[j] for j in sorted(range(len(keyed)), key=keyed.__getitem__)[:limit]]
 
     def rank(
@@ -234,7 +235,7 @@ class Scheduler:
         return np.concatenate(([home], best[best != home]))[:limit]
 
     def _best(self, score_: FloatArray, rows: IndexArray, limit: int) -> IndexArray:
-        keyed = score_ * (1.0 + _TIE * self._np.random(score_.size))
+        keyed = score_ * (1.0 + TIE * self._np.random(score_.size))
         if limit < score_.size:
             top = np.argpartition(keyed, limit - 1)[:limit]
             return rows[top[np.argsort(keyed[top])]]

@@ -1,0 +1,160 @@
+"""Rosters keep candidates between requests: their decisions are those of candidates built
+afresh for each request, under any interleaving of slots, reports, busy answers and breakers."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from node_protocol.wire import GpuReport, LoadReport, ModelReport, Registration
+from router.candidates import candidate_for
+from router.registry import Node, Registry, Reservation
+from router.roster import CandidateRules, Roster
+from router.scheduling import POLICIES, Scheduler
+
+GIB = 2**30
+NAMES = ("a", "b", "c", "d")
+MODELS = ("m1", "m2")
+STALE_AFTER_S = 3.0
+
+
+def _report(seq: int, in_flight: int, running: int, rate: float, loaded: bool) -> LoadReport:
+    models = (
+        ModelReport("m1", loaded=loaded, vram_bytes=8 * GIB, size_bytes=5 * GIB, max_parallel=2),
+        ModelReport("m2", loaded=True, max_parallel=None),
+    )
+    gpu = GpuReport(0, "GPU", 24 * GIB, (20 if seq % 3 else 4) * GIB)
+    return LoadReport(
+        seq, 0.0, "vllm", "ok" if seq % 7 else "degraded", in_flight, models=models,
+        gpus=(gpu,), queue_running=running, output_tokens_per_s=rate,
+    )  # fmt: skip
+
+
+class RosterMachine(RuleBasedStateMachine):
+    """Reserve, release, report (the same report again, too), busy answers, failed
+    connections, drains and time going by; after each step, every policy's decision from the
+    roster equals the decision from candidates made afresh with the same random state."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.registry = Registry("least_loaded", 3)
+        self.registry.ensure_group("g").declared = True
+        self.now = 0.0
+        self.seq = 0
+        self.held: list[Reservation] = []
+        self.seed = 0
+        for name in NAMES:
+            node, _ = self.registry.register("g", Registration(name, f"http://{name}"), 0.0)
+            self._report_to(node, 1, 1, 40.0, True)
+        self.nodes = sorted(self.registry.groups["g"].nodes.values(), key=lambda n: n.node_id)
+        self.replicas = 1
+        self.rosters: dict[tuple[str, int], Roster] = {}
+
+    def _report_to(
+        self, node: Node, in_flight: int, running: int, rate: float, loaded: bool
+    ) -> None:
+        self.seq += 1
+        report = _report(self.seq, in_flight, running, rate, loaded)
+        self.registry.apply_report(node, report, self.now)
+
+    def _roster(self, model: str, replicas: int) -> Roster:
+        roster = self.rosters.get((model, replicas))
+        if roster is None:
+            rules = CandidateRules(3, STALE_AFTER_S, cap_factor=2.0, replicas=replicas)
+            roster = self.rosters[model, replicas] = Roster(self.nodes, (model,), rules)
+        return roster
+
+    @rule(node=st.sampled_from(range(4)), model=st.sampled_from(MODELS))
+    def reserve(self, node: int, model: str) -> None:
+        self.held.append(Reservation(self.nodes[node], model))
+
+    @precondition(lambda self: bool(self.held))
+    @rule(pick=st.integers(0, 100))
+    def release(self, pick: int) -> None:
+        self.held.pop(pick % len(self.held)).release()
+
+    @rule(
+        node=st.sampled_from(range(4)),
+        in_flight=st.integers(0, 6),
+        running=st.integers(0, 3),
+        rate=st.sampled_from([0.0, 35.0, 40.0, 90.0]),
+        loaded=st.booleans(),
+        again=st.booleans(),
+    )
+    def report(self, node: int, in_flight: int, running: int, rate: float, loaded: bool,
+               again: bool) -> None:  # fmt: skip
+        target = self.nodes[node]
+        if again and target.report is not None:  # the very same report once more
+            self.registry.apply_report(target, target.report, self.now)
+            return
+        self._report_to(target, in_flight, running, rate, loaded)
+
+    @rule(node=st.sampled_from(range(4)), count=st.integers(0, 5))
+    def busy_answer(self, node: int, count: int) -> None:
+        self.registry.note_busy(self.nodes[node], count, self.now)
+
+    @rule(node=st.sampled_from(range(4)), ok=st.booleans())
+    def connection(self, node: int, ok: bool) -> None:
+        if ok:
+            self.registry.connection_ok(self.nodes[node])
+        else:
+            self.registry.connection_failed(self.nodes[node], self.now)
+
+    @rule(node=st.sampled_from(range(4)), draining=st.booleans())
+    def drain(self, node: int, draining: bool) -> None:
+        self.nodes[node].draining = draining
+
+    @rule(dt=st.floats(0.0, 4.0))
+    def time_passes(self, dt: float) -> None:
+        self.now += dt
+
+    @rule(replicas=st.sampled_from([1, 3]))
+    def replicas_change(self, replicas: int) -> None:
+        self.replicas = replicas
+
+    @invariant()
+    def counts_follow_the_nodes(self) -> None:
+        for roster in self.rosters.values():
+            for i, node in enumerate(roster.nodes):
+                assert roster.own[i] == node.in_flight
+                assert roster.own_model[i] == node.in_flight_by_model.get(roster.keys[i], 0)
+
+    @invariant()
+    def decides_as_afresh(self) -> None:
+        self.seed += 1
+        for model in MODELS:
+            roster = self._roster(model, self.replicas)
+            for policy in POLICIES:
+                kept = Scheduler(random.Random(self.seed))
+                fresh = Scheduler(random.Random(self.seed))
+                rows = roster.decide(kept, policy, f"g/{model}", self.now, limit=3,
+                                     affinity="s", waiting=1)  # fmt: skip
+                want = self._afresh(fresh, policy, model)
+                got = None if rows is None else [roster.ids[i] for i in rows]
+                assert got == want, (policy, model)
+
+    def _afresh(self, scheduler: Scheduler, policy: str, model: str) -> list[str] | None:
+        """The decision as made before rosters: candidates built for the request."""
+        cands = []
+        for node in self.nodes:
+            if not node.breaker_allows(self.now):
+                continue  # as the router left such nodes out before it made candidates
+            c = candidate_for(
+                node, model, 3, self.now, STALE_AFTER_S, cap_factor=2.0, replicas=self.replicas
+            )
+            if c is not None:
+                cands.append(c)
+        if not cands:
+            return None
+        return scheduler.order(policy, f"g/{model}", cands, limit=3, affinity="s", waiting=1)
+
+    def teardown(self) -> None:
+        for reservation in self.held:
+            reservation.release()
+
+
+TestRosterMachine = RosterMachine.TestCase
+TestRosterMachine.settings = settings(max_examples=120, stateful_step_count=30, deadline=None)
