@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 if TYPE_CHECKING:  # the registry keys its counts by these names: it imports this module
-    from router.registry import Node
+    from router.nodes import Node
 
 
 class Aliases:

@@ -25,7 +25,7 @@ import numpy.typing as npt
 
 from node_protocol.wire import ModelReport
 from router.load_estimates import batch_one_speed, fresh_load
-from router.registry import ROUTABLE, Node, NodeState
+from router.nodes import ROUTABLE, Node, NodeState
 from router.scoring import DEFAULT_PARAMS, FloatArray, ScoringParams, load_time_s
 
 HashArray = npt.NDArray[np.uint64]
@@ -175,11 +175,8 @@ def standing_for(
     slots = entry.max_parallel or p.default_slots
     claim_free = claim = 0.0
     # Without an agent to settle a race for a free slot, each replica claims only its share.
-    claims = replicas > 1 and not own_only and not node.has_agent
-    if claims and reported is not None and report is not None:
-        jitter = _hash64(f"{replica_salt}/{node.node_id}/{report.seq}") / 2.0**64
-        claim_free = max(slots - reported, 0)
-        claim = math.floor(claim_free / replicas + jitter)
+    if replicas > 1 and not own_only and not node.has_agent and reported is not None:
+        claim_free, claim = _claim(node, slots, reported, replicas, replica_salt)
     sample = node.speed_sample
     tok_s = None if sample is None else batch_one_speed(*sample, p)
     return Standing(
@@ -204,6 +201,17 @@ def standing_for(
         replicas=replicas,
         probe_at=node.breaker_until if node.breaker_trips else None,
     )
+
+
+def _claim(
+    node: Node, slots: int, reported: float, replicas: int, replica_salt: str
+) -> tuple[float, float]:
+    """The free slots a node reported and this replica's share of them: ``floor(free /
+    replicas + jitter)``, the jitter drawn from this replica's salt, the node and the report."""
+    seq = node.report.seq if node.report is not None else 0
+    jitter = _hash64(f"{replica_salt}/{node.node_id}/{seq}") / 2.0**64
+    free = max(slots - reported, 0)
+    return free, math.floor(free / replicas + jitter)
 
 
 def candidate_for(

@@ -27,10 +27,11 @@ _EARLY_S = 1e-6
 
 class KeptScores:
     """The kept loads and scores of a roster's rows (see the module doc). The roster tells it
-    of changes: :meth:`moved` (a row's counts), :meth:`clear` (a node changed)."""
+    of changes: :meth:`moved` (a row's counts), :meth:`changed` (a row's node), :meth:`heard`
+    (a row's node reported again, changing nothing else)."""
 
-    __slots__ = ("_base", "_fill_rows", "_limit", "_load", "_penalty", "_recheck_at", "_score",
-                 "_speed", "_stale", "_tok_s")  # fmt: skip
+    __slots__ = ("_base", "_changed", "_fill_rows", "_limit", "_load", "_penalty", "_recheck_at",
+                 "_score", "_speed", "_stale", "_tok_s")  # fmt: skip
 
     def __init__(self, n: int) -> None:
         self._load: list[float | None] = [None] * n
@@ -39,44 +40,48 @@ class KeptScores:
         self._speed = [math.nan] * n  # the filled speed each kept score was made with
         self._tok_s = [math.nan] * n  # measured speeds, NaN where unknown or stale
         self._penalty = [1.0] * n
-        self._stale = [False] * n  # the report was stale at the last refresh
+        self._stale = [False] * n  # the report was stale when the row was last looked at
         self._limit = [math.inf] * n  # room: the cap, and the slots under a cap
         self._fill_rows: list[int] | None = None  # the open rows the speeds were filled among
-        self._recheck_at = -math.inf  # when a report may turn stale: look at every row again
+        self._changed: set[int] = set(range(n))  # rows to look at again
+        self._recheck_at = math.inf  # when a fresh report may turn stale
 
     def moved(self, row: int) -> None:
         """A slot on the row's node was taken or freed."""
         self._load[row] = self._base[row] = self._score[row] = None
 
+    def changed(self, row: int) -> None:
+        """The row's node changed (its standing is new)."""
+        self._changed.add(row)
+
     def heard(self, row: int) -> None:
         """The row's node reported again, changing nothing else: a stale row is fresh again."""
         if self._stale[row]:
-            self.clear()
+            self._changed.add(row)
 
-    def clear(self) -> None:
-        """A node changed: everything is made again at the next decision."""
-        self._recheck_at = -math.inf
-
-    def _refresh(
+    def _look(
         self, standings: Sequence[Standing | None], read_at: Sequence[float | None], now: float,
         stale_after_s: float, p: ScoringParams,
     ) -> None:  # fmt: skip
-        n = len(standings)
-        self._load, self._base, self._score = [None] * n, [None] * n, [None] * n
-        self._speed = [math.nan] * n
-        self._fill_rows = None
-        recheck = math.inf
-        for i, s in enumerate(standings):
+        """Look again at the rows that changed, and at every row once a report may have
+        turned stale."""
+        rows = self._changed
+        if now >= self._recheck_at:
+            rows, self._recheck_at = set(range(len(standings))), math.inf
+        for i in rows:
+            self._load[i] = self._base[i] = self._score[i] = None
+            s, last = standings[i], read_at[i]
             if s is None:
                 continue
-            stale = self._stale[i] = is_stale(read_at[i], now, stale_after_s)
-            last = read_at[i]
+            stale = self._stale[i] = is_stale(last, now, stale_after_s)
             if not stale and last is not None:
-                recheck = min(recheck, last + stale_after_s - _EARLY_S)
-            self._tok_s[i] = math.nan if stale or s.tok_s is None else s.tok_s
+                self._recheck_at = min(self._recheck_at, last + stale_after_s - _EARLY_S)
+            tok_s = math.nan if stale or s.tok_s is None else s.tok_s
+            if tok_s != self._tok_s[i]:  # NaN too: the speeds are filled again
+                self._tok_s[i], self._fill_rows = tok_s, None
             self._penalty[i] = penalty_of(s.degraded, stale, p)
             self._limit[i] = room_of(s.cap, s.slots, True)
-        self._recheck_at = recheck
+        self._changed = set()
 
     def choose(
         self,
@@ -95,8 +100,8 @@ class KeptScores:
         this router's requests there, and those for the model; ``prefill_s[i]``: the uncached
         prompt's prefill there (None: 0)."""
         p = scheduler.params
-        if now >= self._recheck_at:
-            self._refresh(standings, read_at, now, stale_after_s, p)
+        if self._changed or now >= self._recheck_at:
+            self._look(standings, read_at, now, stale_after_s, p)
         loads, limits = self._load, self._limit
         ok: list[int] = []
         ok_loads: list[float] = []

@@ -1,277 +1,51 @@
-"""Server groups and their nodes: the router's soft state.
+"""Server groups and their nodes (:mod:`router.nodes`): the router's soft state.
 
-A node's state follows Octopus: *healthy*; *degraded* after 1-2 failed checks (still routed);
-*unhealthy* from ``failure_threshold`` failed checks, and before its first passing check (not
-routed); *draining* on operator request (no new requests, in-flight ones finish). A load report
-with a healthy backend, or a passing health poll, is a passing check; a missed report, a failed
-poll, a backend the agent reports as down and a failed connection to the node are failed checks.
-
-The router's own reservations are the exact part of each node's load: a slot is reserved when
-the scheduler picks the node and released exactly once when the response ends or the client
-leaves (:class:`Reservation`, which owns the slot from the pick to its release). A model goes by
-several names (the node's own aliases, and the router's alias table); on each node the router
-counts it under one: the id the node reports it by (:attr:`Node.model_keys`), whatever name a
-request asked for.
-
-Views kept of the nodes (the rosters of candidates, :mod:`router.roster`) watch them
-(:class:`NodeWatcher`): a node tells them when its state or report changes and when a slot on
-it is taken or freed, so they never rebuild what did not change.
+A load report with a healthy backend, or a passing health poll, is a passing check; a missed
+report, a failed poll, a backend the agent reports as down and a failed connection to the node
+are failed checks (see :class:`router.nodes.NodeState`).
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from enum import StrEnum
-from types import TracebackType
-from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from node_protocol.wire import LoadReport, ModelReport, Registration
 from router.aliases import Aliases
+from router.nodes import (
+    BREAKER_BASE_S,
+    BREAKER_MAX_S,
+    ROUTABLE,
+    Node,
+    NodeState,
+    NodeWatcher,
+    Reservation,
+    model_keys,
+    node_id_for,
+    same_report,
+    smooth_others,
+)
 
-if TYPE_CHECKING:
-    import numpy as np
-    import numpy.typing as npt
+__all__ = [
+    "BREAKER_MAX_S",
+    "MAX_GROUPS",
+    "MAX_NODES_PER_GROUP",
+    "ROUTABLE",
+    "Group",
+    "Node",
+    "NodeState",
+    "NodeWatcher",
+    "Registry",
+    "RegistryFull",
+    "Reservation",
+    "node_id_for",
+    "smooth_others",
+]
 
-
-class NodeState(StrEnum):
-    HEALTHY = "healthy"
-    DEGRADED = "degraded"
-    UNHEALTHY = "unhealthy"
-    DRAINING = "draining"
-
-
-OTHERS_SMOOTHING = 0.3  # weight of the newest report in others_in_flight (about 3 reports)
-Others = TypeVar("Others", float, "npt.NDArray[np.float64]")
-
-
-def smooth_others(previous: Others, reported: Others) -> Others:
-    """Requests other routers (or clients) have on a node, after a report that counted
-    ``reported`` of them: an average over the last few reports, as one snapshot is a second old
-    and noisy, and replicas that all chase it herd (the simulator uses it on arrays)."""
-    return previous + OTHERS_SMOOTHING * (reported - previous)
-
-
-BREAKER_BASE_S = 1.0
 # Registrations may come from anywhere a token (or loopback) allows: the nodes and groups they
 # make are kept to these bounds (those declared in config are not counted against them).
 MAX_GROUPS = 256
 MAX_NODES_PER_GROUP = 1024
-BREAKER_MAX_S = 30.0
-ROUTABLE = frozenset({NodeState.HEALTHY, NodeState.DEGRADED})
-
-
-class NodeWatcher(Protocol):
-    """A kept view of some nodes (a roster of candidates), told of what changes in them; ``row``
-    is the node's place in the view, given when it started watching."""
-
-    def node_changed(self, row: int) -> None:
-        """The node's state, report or breaker changed."""
-
-    def node_heard(self, row: int) -> None:
-        """The node reported again, and nothing but the time of its report changed."""
-
-    def counted(self, row: int, key: str, delta: int) -> None:
-        """A slot on the node for the model counted under ``key`` was taken (+1) or freed (-1)."""
-
-
-def node_id_for(group: str, name: str) -> str:
-    """Stable id from group and name, so every router replica names a node the same way."""
-    digest = hashlib.sha256(f"{group}/{name}".encode()).hexdigest()
-    return f"node-{digest[:12]}"
-
-
-@dataclass(slots=True)
-class Node:
-    node_id: str
-    group: str
-    registration: Registration
-    registered_at: float  # the last (re-)registration
-    static: bool = False
-    owner: str | None = None  # digest of the registration token that registered it
-    report: LoadReport | None = None
-    report_received_at: float | None = None
-    # When the node's load was last read: its last report, or a busy answer to a slot check.
-    load_read_at: float | None = None
-    has_agent: bool = False  # reports come from an agent (else the router polls the node)
-    own_at_report: int = 0
-    # The node's output rate and the streams it ran over, from the last report that saw any
-    # running: a node that idles keeps its measured speed until it runs again.
-    speed_sample: tuple[float, int] | None = None
-    # Requests other routers (or clients) have on the node, from its reports, smoothed: one
-    # snapshot is a second old and noisy, and replicas that all chase it herd.
-    others_in_flight: float = 0.0
-    # The others' count read from a busy answer to a slot check: it stands in for the smoothed
-    # figure until the next report (which does not average it in: it is one full moment).
-    busy_others: float | None = None
-    failed_checks: int = 0
-    ever_passed: bool = False
-    _draining: bool = False
-    # An operator's drain/resume at this replica that the agent has not echoed yet; the agent
-    # then puts it in its reports to every replica, so all of them agree.
-    drain_intent: bool | None = None
-    in_flight: int = 0
-    in_flight_by_model: dict[str, int] = field(default_factory=dict)  # by model key
-    # Every name the node serves a model under -> that model's id in its report: the one key
-    # its requests are counted under here, whichever name they asked for (see model_keys).
-    model_keys: dict[str, str] = field(default_factory=dict)
-    served: int = 0
-    failures: int = 0
-    breaker_trips: int = 0
-    breaker_until: float = 0.0
-    watchers: list[tuple[NodeWatcher, int]] = field(default_factory=list)
-
-    def changed(self) -> None:
-        """Tell the views that watch this node that its state, report or breaker changed."""
-        for watcher, row in self.watchers:
-            watcher.node_changed(row)
-
-    def heard(self) -> None:
-        """Tell the views that watch this node that it reported again, changing nothing else."""
-        for watcher, row in self.watchers:
-            watcher.node_heard(row)
-
-    def seen_state(self) -> tuple[object, ...]:  # fmt: skip
-        """What a load report can change that views of the node read, but its time."""
-        r = self.report
-        content = None
-        if r is not None:
-            content = (
-                r.seq,
-                r.backend_kind,
-                r.backend_health,
-                r.in_flight,
-                r.models,
-                r.gpus,
-                r.queue_waiting,
-                r.queue_running,
-                r.output_tokens_per_s,
-                r.draining,
-            )
-        return (
-            content,
-            self.others_in_flight,
-            self.busy_others,
-            self.own_at_report,
-            self.speed_sample,
-            self.has_agent,
-            self.failed_checks,
-            self.ever_passed,
-        )
-
-    @property
-    def draining(self) -> bool:
-        """No new requests (operator's drain, here or told through the agent)."""
-        return self._draining
-
-    @draining.setter
-    def draining(self, value: bool) -> None:
-        if value != self._draining:
-            self._draining = value
-            self.changed()
-
-    def breaker_allows(self, now: float) -> bool:
-        """Closed: yes. Open (cooling down after a failed connection): no. Half-open (cooled
-        down, not yet proven): one probe request at a time."""
-        if self.breaker_trips == 0:
-            return True
-        return now >= self.breaker_until and self.in_flight == 0
-
-    @property
-    def name(self) -> str:
-        return self.registration.name
-
-    @property
-    def base_url(self) -> str:
-        return self.registration.base_url
-
-    def state(self, threshold: int) -> NodeState:
-        if self.draining:
-            return NodeState.DRAINING
-        if not self.ever_passed or self.failed_checks >= threshold:
-            return NodeState.UNHEALTHY
-        if self.failed_checks > 0:
-            return NodeState.DEGRADED
-        return NodeState.HEALTHY
-
-    def models(self) -> tuple[ModelReport, ...]:
-        return self.report.models if self.report is not None else ()
-
-    def check_passed(self) -> None:
-        if self.failed_checks or not self.ever_passed:
-            self.failed_checks = 0
-            self.ever_passed = True
-            self.changed()
-
-    def check_failed(self, threshold: int, *, definitive: bool = False) -> None:
-        self.failed_checks = threshold if definitive else self.failed_checks + 1
-        self.changed()
-
-
-def model_keys(models: tuple[ModelReport, ...], aliases: Aliases) -> dict[str, str]:
-    """Each name a node serves a model under, mapped to the id it reports that model by: its
-    ids and aliases first, then the other names the router's alias table gives them."""
-    keys: dict[str, str] = {}
-    for entry in models:
-        for name in (entry.id, *entry.aliases):
-            keys.setdefault(name, entry.id)
-    if aliases:
-        for name, key in list(keys.items()):
-            for other in aliases.names(name):
-                keys.setdefault(other, key)
-    return keys
-
-
-class Reservation:
-    """One request's slot on one node, owned from the pick to its release: counted on the node
-    (and in the views watching it) when made, uncounted by :meth:`release`, which does it once
-    however often it is called and then runs ``on_release`` (admission hands the slot on). A
-    context manager: leaving the block releases the slot, whichever way the block ends.
-    ``model`` may be any name the node serves the model under: the slot is counted under the
-    node's key for it."""
-
-    __slots__ = ("_on_release", "_released", "model", "node")
-
-    def __init__(
-        self, node: Node, model: str, on_release: Callable[[], None] | None = None
-    ) -> None:
-        self.node = node
-        self.model = model = node.model_keys.get(model, model)
-        self._on_release = on_release
-        self._released = False
-        node.in_flight += 1
-        node.in_flight_by_model[model] = node.in_flight_by_model.get(model, 0) + 1
-        for watcher, row in node.watchers:
-            watcher.counted(row, model, 1)
-
-    def release(self) -> None:
-        if self._released:
-            return
-        self._released = True
-        node, model = self.node, self.model
-        node.in_flight -= 1
-        left = node.in_flight_by_model[model] - 1
-        if left:
-            node.in_flight_by_model[model] = left
-        else:
-            del node.in_flight_by_model[model]
-        for watcher, row in node.watchers:
-            watcher.counted(row, model, -1)
-        if self._on_release is not None:
-            self._on_release()
-
-    @property
-    def released(self) -> bool:
-        return self._released
-
-    def __enter__(self) -> Reservation:
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.release()
 
 
 class RegistryFull(Exception):
@@ -294,15 +68,29 @@ class Group:
     generation: int = 0
 
     def reindex(self) -> None:
-        """After a node came, went or changed the names of its models: the index anew, and the
-        views of the old one stop watching (they are made again when next asked for)."""
+        """The index anew (after a node went). Views of the nodes made before are outdated:
+        they are made again when next asked for (:class:`router.roster.Rosters`)."""
         index: dict[str, set[str]] = {}
         for node in self.nodes.values():
-            node.watchers.clear()
             for model in node.models():
                 for key in (model.id, *model.aliases):
                     index.setdefault(key, set()).add(node.node_id)
         self.model_index = index
+        self.generation += 1
+
+    def index_node(self, node: Node, old_models: tuple[ModelReport, ...]) -> None:
+        """A node now lists other models (or other names for them) than ``old_models``."""
+        index = self.model_index
+        for model in old_models:
+            for key in (model.id, *model.aliases):
+                ids = index.get(key)
+                if ids is not None:
+                    ids.discard(node.node_id)
+                    if not ids:
+                        del index[key]
+        for model in node.models():
+            for key in (model.id, *model.aliases):
+                index.setdefault(key, set()).add(node.node_id)
         self.generation += 1
 
     def nodes_serving(self, model: str) -> Iterator[Node]:
@@ -426,7 +214,7 @@ class Registry:
         self, node: Node, report: LoadReport, now: float, *, from_agent: bool = True
     ) -> None:
         """Take a load report: it is a health check and the node's new view of its models."""
-        seen = node.seen_state()
+        seen, old = node.seen_state(), node.report
         old_models = node.models()
         busy = report.in_flight
         if report.queue_waiting is not None:
@@ -455,8 +243,8 @@ class Registry:
         if report.models != old_models:
             node.model_keys = model_keys(report.models, self.aliases)
             if _names(report.models) != _names(old_models):
-                self.groups[node.group].reindex()
-        if node.seen_state() == seen:
+                self.groups[node.group].index_node(node, old_models)
+        if node.seen_state() == seen and same_report(report, old):
             node.heard()
         else:
             node.changed()

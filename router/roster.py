@@ -37,7 +37,8 @@ from router.candidates import (
 )
 from router.kept_scores import KeptScores
 from router.load_estimates import claimed_loads, slot_check
-from router.registry import Group, Node
+from router.nodes import Node
+from router.registry import Group
 from router.scheduling import IndexArray, Scheduler
 from router.scoring import DEFAULT_PARAMS, FloatArray, ScoringParams
 
@@ -83,16 +84,21 @@ class _Columns:
         self.own = np.zeros(n)  # this router's requests at the node, as Roster.own
         self.own_model = np.zeros(n)  # and those for the model
         self.has_report = np.zeros(n, dtype=bool)
-        self.some_cold = False  # some node must load the model first
-        self.some_closed = False  # some node is not routable, its breaker open, or unfit
+        self._cold: set[int] = set()  # rows where the model must be loaded first
+        self._closed: set[int] = set(range(n))  # rows not routable, breaker open, or unfit
 
-    def wrote(self) -> None:
-        """Rows were written: what holds for all of them, again."""
-        self.some_cold = bool((self.cold_s > 0.0).any())
-        closed = ~self.routable | (self.probe_at > -math.inf) | (self.cold_s == math.inf)
-        self.some_closed = bool(closed.any())
+    @property
+    def some_cold(self) -> bool:
+        return bool(self._cold)
+
+    @property
+    def some_closed(self) -> bool:
+        return bool(self._closed)
 
     def write(self, i: int, s: Standing | None) -> None:
+        closed = s is None or not s.routable or s.probe_at is not None or s.cold_s == math.inf
+        (self._closed.add if closed else self._closed.discard)(i)
+        (self._cold.add if s is not None and s.cold_s > 0.0 else self._cold.discard)(i)
         if s is None:
             self.routable[i] = False
             return
@@ -144,7 +150,6 @@ class Roster:
         if self._columns is not None:
             c = self._columns
             c.own[:], c.own_model[:] = self.own, self.own_model
-            c.wrote()
 
     def node_changed(self, row: int) -> None:
         self._dirty.add(row)
@@ -193,11 +198,10 @@ class Roster:
         if not self._dirty:
             return
         while self._dirty:
-            self._sync(self._dirty.pop())
-        if self._kept is not None:
-            self._kept.clear()
-        if self._columns is not None:
-            self._columns.wrote()
+            row = self._dirty.pop()
+            self._sync(row)
+            if self._kept is not None:
+                self._kept.changed(row)
 
     def _cold_s(self, i: int, now: float) -> float | None:
         return cold_now(self.standings[i], self.own[i], self.own_model[i], now)

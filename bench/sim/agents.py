@@ -29,14 +29,14 @@ GIB = 2**30
 
 class Snapshot(NamedTuple):
     """What the agents of model ``mi``'s engines at ``rows`` (positions among its engines)
-    sent: per engine, requests in flight and running, the model loaded, the box's used VRAM."""
+    sent: their requests in flight and running, and every engine's residency (``states``, per
+    model: the boxes' used VRAM follows from them)."""
 
     mi: int
     rows: npt.NDArray[np.intp]
     in_flight: list[int]
     running: list[int]
-    loaded: list[bool]
-    used_bytes: list[int]
+    states: list[npt.NDArray[np.float64]]
 
 
 def engine_name(eid: int) -> str:
@@ -51,20 +51,12 @@ def size_for(load_s: float, p: ScoringParams = DEFAULT_PARAMS) -> int:
 
 def snapshot(fleet: Fleet, mi: int, rows: npt.NDArray[np.intp]) -> Snapshot:
     """What the agents of model ``mi``'s engines at ``rows`` send now."""
-    eids = [fleet.by_model[mi][r] for r in rows.tolist()]
-    used = {}
-    for eid in eids:
-        node = fleet.engines[eid].spec.node
-        if node not in used:
-            engines = (fleet.engines[e] for e in fleet.on_node[node])
-            used[node] = sum(round(e.spec.vram_gb * GIB) for e in engines if e.state != UNLOADED)
     return Snapshot(
         mi,
         rows,
         fleet.load[mi][rows].astype(int).tolist(),
         fleet.running[mi][rows].astype(int).tolist(),
-        [fleet.engines[e].state == LOADED for e in eids],
-        [used[fleet.engines[e].spec.node] for e in eids],
+        [state.copy() for state in fleet.state],
     )
 
 
@@ -76,12 +68,27 @@ class Reader:
         self._last: dict[int, tuple[tuple[int, int, bool, int], LoadReport]] = {}
         self._models: dict[tuple[int, bool], ModelReport] = {}
         self._gpus: dict[tuple[int, int], GpuReport] = {}
+        # Every model's engines: their boxes and VRAM needs, to add up each box's used VRAM.
+        self._boxes = [np.array([fleet.engines[e].spec.node for e in eids], dtype=np.intp)
+                       for eids in fleet.by_model]  # fmt: skip
+        self._vram = [np.array([round(fleet.engines[e].spec.vram_gb * GIB) for e in eids],
+                               dtype=np.int64) for eids in fleet.by_model]  # fmt: skip
+
+    def _used(self, states: list[npt.NDArray[np.float64]]) -> npt.NDArray[np.int64]:
+        """Each box's used VRAM, from every engine's residency."""
+        used = np.zeros(len(self._fleet.nodes), dtype=np.int64)
+        for boxes, vram, state in zip(self._boxes, self._vram, states, strict=True):
+            np.add.at(used, boxes, np.where(state != UNLOADED, vram, 0))
+        return used
 
     def reports(self, snap: Snapshot) -> list[tuple[int, LoadReport]]:
         """(row, report) for each engine in ``snap``."""
         out = []
-        for i, row in enumerate(snap.rows.tolist()):
-            said = (snap.in_flight[i], snap.running[i], snap.loaded[i], snap.used_bytes[i])
+        rows = snap.rows
+        loaded = (snap.states[snap.mi][rows] == LOADED).tolist()
+        used = self._used(snap.states)[self._boxes[snap.mi][rows]].tolist()
+        for i, row in enumerate(rows.tolist()):
+            said = (snap.in_flight[i], snap.running[i], loaded[i], used[i])
             last = self._last.get(row)
             if last is None or last[0] != said:
                 last = self._last[row] = (said, self._report(row, *said))
