@@ -189,8 +189,8 @@ class Dispatcher:
     def roster(self, group: Group, model: str, kinds: frozenset[str] | None) -> Roster:
         """The nodes of ``group`` serving ``model`` (under any of its names) that speak one of
         ``kinds`` (None: every kind), as kept candidates."""
-        aliases = self.aliases
-        return self._rosters.get(group, aliases.canonical(model), aliases.names(model), kinds)
+        canonical = self.aliases.canonical(model)
+        return self._rosters.get(group, canonical, self.aliases.names(canonical), kinds)
 
 
 class Dispatch:

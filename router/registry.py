@@ -240,10 +240,12 @@ class Registry:
             node.check_passed()
         else:
             node.check_failed(self.threshold, definitive=report.backend_health == "unhealthy")
+        names_moved = False
         if report.models != old_models:
             node.model_keys = model_keys(report.models, self.aliases)
-            if _names(report.models) != _names(old_models):
-                self.groups[node.group].index_node(node, old_models)
+            names_moved = _names(report.models) != _names(old_models)
+        if names_moved or old is None or report.backend_kind != old.backend_kind:
+            self.groups[node.group].index_node(node, old_models)  # who serves what, and how
         if node.seen_state() == seen and same_report(report, old):
             node.heard()
         else:

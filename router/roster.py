@@ -223,12 +223,15 @@ class Roster:
         return slot_check(load, s.slots, s.cap, s.replicas, busy)
 
     def renamed(self, model: str) -> Mapping[str, str]:
-        """Node id -> the name the node serves the model under, where not ``model`` (the name
-        a request asked for: one of the roster's names)."""
+        """Node id -> the name the node serves the model under, for the nodes that do not
+        serve it under ``model`` (the name a request asked for: one of the roster's names)."""
         renamed = self._renamed.get(model)
         if renamed is None:
-            pairs = zip(self.ids, self.names, strict=True)
-            renamed = self._renamed[model] = {i: name for i, name in pairs if name != model}
+            renamed = self._renamed[model] = {
+                node.node_id: name
+                for node, name in zip(self.nodes, self.names, strict=True)
+                if name != model and node_name_for(node, (model,)) is None
+            }
         return renamed
 
     def decide(
@@ -350,7 +353,8 @@ class Rosters:
 
     def __init__(self, rules: CandidateRules) -> None:
         self.rules = rules
-        self._kept: LruDict[tuple[str, str, frozenset[str] | None], Roster] = LruDict(MAX_ROSTERS)
+        self._kept: LruDict[tuple[str, str, frozenset[str] | None], tuple[Group, Roster]]
+        self._kept = LruDict(MAX_ROSTERS)
 
     def get(
         self,
@@ -362,9 +366,10 @@ class Rosters:
         """The roster of the nodes of ``group`` serving the model under any of ``names``
         (``model`` is its canonical name), speaking one of ``kinds``: ordered by node id."""
         key = (group.name, model, kinds)
-        roster = self._kept.get(key)
-        if roster is not None and roster.generation == group.generation:
-            return roster
+        kept = self._kept.get(key)
+        roster = None if kept is None else kept[1]
+        if kept is not None and kept[0] is group and kept[1].generation == group.generation:
+            return kept[1]
         serving = {n.node_id: n for name in names for n in group.nodes_serving(name)}
         if kinds is not None:
             serving = {
@@ -378,6 +383,7 @@ class Rosters:
         elif len(self._kept) >= self._kept.limit:
             oldest = self._kept.pop(next(iter(self._kept)))
             if oldest is not None:
-                oldest.detach()
-        roster = self._kept[key] = Roster(nodes, names, self.rules, group.generation)
+                oldest[1].detach()
+        roster = Roster(nodes, names, self.rules, group.generation)
+        self._kept[key] = (group, roster)
         return roster

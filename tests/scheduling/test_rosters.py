@@ -12,7 +12,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from node_protocol.wire import GpuReport, LoadReport, ModelReport, Registration
 from router.candidates import candidate_for
 from router.registry import Node, Registry, Reservation
-from router.roster import CandidateRules, Roster
+from router.roster import CandidateRules, Roster, Rosters
 from router.scheduling import POLICIES, Scheduler
 
 GIB = 2**30
@@ -158,3 +158,39 @@ class RosterMachine(RuleBasedStateMachine):
 
 TestRosterMachine = RosterMachine.TestCase
 TestRosterMachine.settings = settings(max_examples=120, stateful_step_count=30, deadline=None)
+
+
+def _served(registry: Registry, group: str, name: str) -> Node:
+    node, _ = registry.register(group, Registration(name, f"http://{name}"), 0.0)
+    registry.apply_report(node, _report(1, 0, 0, 0.0, True), 0.0)
+    return node
+
+
+class TestRostersFollowTheGroups:
+    """The router's rosters are made again when who serves what changes."""
+
+    def test_a_node_that_comes_or_goes_is_in_the_next_roster(self) -> None:
+        """A node added to, or removed from, a group is in, or out of, the roster the next
+        request gets."""
+        registry = Registry("least_loaded", 3)
+        rosters = Rosters(CandidateRules(3, STALE_AFTER_S))
+        first = _served(registry, "x", "a")
+        group = registry.groups["x"]
+        assert rosters.get(group, "m1", ("m1",), None).nodes == [first]
+        second = _served(registry, "x", "b")
+        assert {n.name for n in rosters.get(group, "m1", ("m1",), None).nodes} == {"a", "b"}
+        registry.remove("x", second.node_id)
+        assert rosters.get(group, "m1", ("m1",), None).nodes == [first]
+        assert second.watchers == []
+
+    def test_a_group_made_again_gets_a_roster_of_its_own_nodes(self) -> None:
+        """A group that registrations make again, after its last node left, gets a roster of
+        its new nodes, even when its index has changed as often as the old one's."""
+        registry = Registry("least_loaded", 3)
+        rosters = Rosters(CandidateRules(3, STALE_AFTER_S))
+        first = _served(registry, "x", "a")
+        assert rosters.get(registry.groups["x"], "m1", ("m1",), None).nodes == [first]
+        registry.remove("x", first.node_id)
+        assert "x" not in registry.groups
+        again = _served(registry, "x", "c")
+        assert rosters.get(registry.groups["x"], "m1", ("m1",), None).nodes == [again]
