@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import cast
 
 from router.candidates import Standing, cold_now, is_stale, penalty_of
 from router.scheduling import TIE, Scheduler, room_of
@@ -30,8 +31,8 @@ class KeptScores:
     of changes: :meth:`moved` (a row's counts), :meth:`changed` (a row's node), :meth:`heard`
     (a row's node reported again, changing nothing else)."""
 
-    __slots__ = ("_base", "_changed", "_fill_rows", "_limit", "_load", "_penalty", "_recheck_at",
-                 "_score", "_speed", "_stale", "_tok_s")  # fmt: skip
+    __slots__ = ("_base", "_changed", "_fill_rows", "_limit", "_load", "_penalty", "_plain",
+                 "_recheck_at", "_score", "_speed", "_stale", "_tok_s")  # fmt: skip
 
     def __init__(self, n: int) -> None:
         self._load: list[float | None] = [None] * n
@@ -42,6 +43,7 @@ class KeptScores:
         self._penalty = [1.0] * n
         self._stale = [False] * n  # the report was stale when the row was last looked at
         self._limit = [math.inf] * n  # room: the cap, and the slots under a cap
+        self._plain = [False] * n  # routable, breaker closed, model loaded: always open
         self._fill_rows: list[int] | None = None  # the open rows the speeds were filled among
         self._changed: set[int] = set(range(n))  # rows to look at again
         self._recheck_at = math.inf  # when a fresh report may turn stale
@@ -71,6 +73,8 @@ class KeptScores:
         for i in rows:
             self._load[i] = self._base[i] = self._score[i] = None
             s, last = standings[i], read_at[i]
+            plain = s is not None and s.routable and s.probe_at is None and s.cold_s == 0.0
+            self._plain[i] = plain
             if s is None:
                 continue
             stale = self._stale[i] = is_stale(last, now, stale_after_s)
@@ -102,18 +106,43 @@ class KeptScores:
         p = scheduler.params
         if self._changed or now >= self._recheck_at:
             self._look(standings, read_at, now, stale_after_s, p)
-        loads, limits = self._load, self._limit
+        ok, ok_loads, ok_cold, present = self._open(standings, read_at, own, own_model, now,
+                                                    stale_after_s, p)  # fmt: skip
+        if not ok:
+            return None
+        if ok != self._fill_rows:
+            self._fill(ok, p)
+        kept = self._score
+        scores = [kept[i] for i in ok]
+        if prefill_s is None and None not in scores:
+            chosen = cast(list[float], scores)  # every score kept: the common case
+        else:
+            chosen = [self._scored(i, load, cold_s, standings, p, prefill_s)
+                      for i, load, cold_s in zip(ok, ok_loads, ok_cold, strict=True)]  # fmt: skip
+        if len(ok) < present and any(ok_cold) and not _best_is_hot(chosen, ok_cold):
+            return None  # a load may be worth a wait for a full node: the column path weighs it
+        return scheduler.best_of(ok, chosen, limit)
+
+    def _open(
+        self, standings: Sequence[Standing | None], read_at: Sequence[float | None],
+        own: Sequence[int], own_model: Sequence[int], now: float, stale_after_s: float,
+        p: ScoringParams,
+    ) -> tuple[list[int], list[float], list[float], int]:  # fmt: skip
+        """The rows that may take a request now and are not full, with their loads and cold
+        costs, and how many may take one (full or not)."""
+        loads, limits, plain = self._load, self._limit, self._plain
         ok: list[int] = []
         ok_loads: list[float] = []
         ok_cold: list[float] = []
-        present, cold_open = 0, False
+        present = 0
         for i, s in enumerate(standings):
-            cold_s = cold_now(s, own[i], own_model[i], now)
-            if cold_s is None or s is None:
+            cold_s = 0.0 if plain[i] else cold_now(s, own[i], own_model[i], now)
+            if cold_s is None:
                 continue
             present += 1
             load = loads[i]
             if load is None:
+                assert s is not None
                 load = s.load_at(own[i], read_at[i], now, stale_after_s, p)
                 if not s.claim_free:  # a claimed share weighs more with time: never kept
                     loads[i] = load
@@ -121,33 +150,21 @@ class KeptScores:
                 ok.append(i)
                 ok_loads.append(load)
                 ok_cold.append(cold_s)
-                cold_open = cold_open or cold_s > 0.0
-        if not ok:
-            return None
-        if ok != self._fill_rows:
-            self._fill(ok, p)
-        if prefill_s is None:
-            chosen = [self._scored(i, load, cold_s, standings, p)
-                      for i, load, cold_s in zip(ok, ok_loads, ok_cold, strict=True)]  # fmt: skip
-        else:
-            chosen = [
-                (self._time_to_serve(i, load, cold_s, standings, p) + prefill_s[i])
-                * self._penalty[i]
-                / self._weight(standings[i])
-                for i, load, cold_s in zip(ok, ok_loads, ok_cold, strict=True)
-            ]
-        if cold_open and len(ok) < present and not _best_is_hot(chosen, ok_cold):
-            return None  # a load may be worth a wait for a full node: the column path weighs it
-        return scheduler.best_of(ok, chosen, limit)
+        return ok, ok_loads, ok_cold, present
 
     @staticmethod
     def _weight(s: Standing | None) -> float:
         assert s is not None
         return s.weight
 
-    def _scored(self, i: int, load: float, cold_s: float, standings: Sequence[Standing | None],
-                p: ScoringParams) -> float:  # fmt: skip
-        """Row ``i``'s score without a prefill term (:func:`router.scoring.score`)."""
+    def _scored(
+        self, i: int, load: float, cold_s: float, standings: Sequence[Standing | None],
+        p: ScoringParams, prefill_s: Sequence[float] | None,
+    ) -> float:  # fmt: skip
+        """Row ``i``'s score (:func:`router.scoring.score`), kept where it has no prefill."""
+        if prefill_s is not None:
+            base = self._time_to_serve(i, load, cold_s, standings, p) + prefill_s[i]
+            return base * self._penalty[i] / self._weight(standings[i])
         kept = self._score[i]
         if kept is None:
             kept = self._time_to_serve(i, load, cold_s, standings, p) * self._penalty[i]
