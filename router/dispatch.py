@@ -219,8 +219,11 @@ class Dispatch:
         self._key = f"{group.name}/{dispatcher.aliases.canonical(target.model)}"
         self._session_id = id_header(request.headers, "X-Octopus-Session-Id")
         self._busy = 0  # busy answers to slot checks: the request goes back to its queue's head
-        self._order: list[str] = []  # what the last pick chose: the nodes to try, in order
-        self._slot_check = 0  # the first node's slots, for its agent to check (0: no check)
+        # What the last pick chose: the nodes to try in order, the names they serve the model
+        # under (where not the one asked for), the first one's slots for its agent to check.
+        self._order: list[str] = []
+        self._renamed: Mapping[str, str] = {}
+        self._slot_check = 0
         self._kept: Roster | None = None
 
     def _roster(self) -> Roster:
@@ -239,7 +242,6 @@ class Dispatch:
         record.model = self._model
         if not roster.can_serve(self._d.clock()):
             raise self._no_node(roster)
-        out = self._outbound(roster)
         queued_at = time.perf_counter()
         while True:
             ticket = await self._admit()
@@ -251,7 +253,7 @@ class Dispatch:
                         self._request,
                         self._group,
                         self._order,
-                        out,
+                        self._outbound(),
                         record,
                         first=ticket.grant,
                         on_release=self._freed,
@@ -305,6 +307,7 @@ class Dispatch:
         first = rows[0]
         node = roster.nodes[first]
         self._order = [roster.ids[i] for i in rows]
+        self._renamed = roster.renamed(self._model)
         self._slot_check = 0
         if settings.router_replicas > 1 and node.has_agent:  # may be another's slot by now
             self._slot_check = roster.slot_check(first, self._d.clock(), self._busy)
@@ -319,7 +322,8 @@ class Dispatch:
             retry_after_s=self._settings.retry_after_s,
         )
 
-    def _outbound(self, roster: Roster) -> Outbound:
+    def _outbound(self) -> Outbound:
+        """The request as it goes to the nodes the last pick chose."""
         target, record = self._target, self._record
         return Outbound(
             path=target.node_path,
@@ -328,7 +332,7 @@ class Dispatch:
             correlation_id=record.correlation_id,
             tenant_id=record.tenant,
             session_id=self._session_id,
-            node_models=roster.renamed(self._model),
+            node_models=self._renamed,
             model_in_body=target.model_in_body,
             stream=target.stream,
             done_marker=target.done_marker,
