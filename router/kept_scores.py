@@ -32,7 +32,7 @@ class KeptScores:
     (a row's node reported again, changing nothing else)."""
 
     __slots__ = ("_base", "_changed", "_fill_rows", "_limit", "_load", "_penalty", "_plain",
-                 "_recheck_at", "_score", "_speed", "_stale", "_tok_s")  # fmt: skip
+                 "_recheck_at", "_score", "_speed", "_stale", "_tok_s", "_weight")  # fmt: skip
 
     def __init__(self, n: int) -> None:
         self._load: list[float | None] = [None] * n
@@ -41,6 +41,7 @@ class KeptScores:
         self._speed = [math.nan] * n  # the filled speed each kept score was made with
         self._tok_s = [math.nan] * n  # measured speeds, NaN where unknown or stale
         self._penalty = [1.0] * n
+        self._weight = [1.0] * n
         self._stale = [False] * n  # the report was stale when the row was last looked at
         self._limit = [math.inf] * n  # room: the cap, and the slots under a cap
         self._plain = [False] * n  # routable, breaker closed, model loaded: always open
@@ -84,6 +85,7 @@ class KeptScores:
             if tok_s != self._tok_s[i]:  # NaN too: the speeds are filled again
                 self._tok_s[i], self._fill_rows = tok_s, None
             self._penalty[i] = penalty_of(s.degraded, stale, p)
+            self._weight[i] = s.weight
             self._limit[i] = room_of(s.cap, s.slots, True)
         self._changed = set()
 
@@ -112,13 +114,17 @@ class KeptScores:
             return None
         if ok != self._fill_rows:
             self._fill(ok, p)
-        kept = self._score
+        kept = self._score if prefill_s is None else self._base
         scores = [kept[i] for i in ok]
-        if prefill_s is None and None not in scores:
-            chosen = cast(list[float], scores)  # every score kept: the common case
-        else:
+        if None in scores:
             chosen = [self._scored(i, load, cold_s, standings, p, prefill_s)
                       for i, load, cold_s in zip(ok, ok_loads, ok_cold, strict=True)]  # fmt: skip
+        elif prefill_s is None:
+            chosen = cast(list[float], scores)  # every score kept: the common case
+        else:  # every time to serve kept: add this request's prefill
+            penalty, weight = self._penalty, self._weight
+            chosen = [(base + prefill_s[i]) * penalty[i] / weight[i]
+                      for i, base in zip(ok, cast(list[float], scores), strict=True)]  # fmt: skip
         if len(ok) < present and any(ok_cold) and not _best_is_hot(chosen, ok_cold):
             return None  # a load may be worth a wait for a full node: the column path weighs it
         return scheduler.best_of(ok, chosen, limit)
@@ -152,11 +158,6 @@ class KeptScores:
                 ok_cold.append(cold_s)
         return ok, ok_loads, ok_cold, present
 
-    @staticmethod
-    def _weight(s: Standing | None) -> float:
-        assert s is not None
-        return s.weight
-
     def _scored(
         self, i: int, load: float, cold_s: float, standings: Sequence[Standing | None],
         p: ScoringParams, prefill_s: Sequence[float] | None,
@@ -164,11 +165,11 @@ class KeptScores:
         """Row ``i``'s score (:func:`router.scoring.score`), kept where it has no prefill."""
         if prefill_s is not None:
             base = self._time_to_serve(i, load, cold_s, standings, p) + prefill_s[i]
-            return base * self._penalty[i] / self._weight(standings[i])
+            return base * self._penalty[i] / self._weight[i]
         kept = self._score[i]
         if kept is None:
             kept = self._time_to_serve(i, load, cold_s, standings, p) * self._penalty[i]
-            kept = kept / self._weight(standings[i])
+            kept = kept / self._weight[i]
             if not self._claims(standings[i]):
                 self._score[i] = kept
         return kept

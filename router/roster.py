@@ -265,7 +265,8 @@ class Roster:
         if not open_rows.size:
             return None
         if prefill_s is not None:
-            table.prefill_s = np.asarray(prefill_s, dtype=np.float64)[open_rows]
+            prefill = np.asarray(prefill_s, dtype=np.float64)
+            table.prefill_s = prefill if open_rows.size == len(prefill) else prefill[open_rows]
         ranked = scheduler.rank(policy, key, table, limit=limit, affinity=affinity,
                                 waiting=waiting)  # fmt: skip
         picked: list[int] = open_rows[ranked].tolist()

@@ -3,6 +3,7 @@ afresh for each request, under any interleaving of slots, reports, busy answers 
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 from hypothesis import settings
@@ -125,18 +126,22 @@ class RosterMachine(RuleBasedStateMachine):
     @invariant()
     def decides_as_afresh(self) -> None:
         self.seed += 1
+        prefill = [0.5 * ((self.seed + i) % 3) for i in range(len(self.nodes))]
         for model in MODELS:
             roster = self._roster(model, self.replicas)
             for policy in POLICIES:
-                kept = Scheduler(random.Random(self.seed))
-                fresh = Scheduler(random.Random(self.seed))
-                rows = roster.decide(kept, policy, f"g/{model}", self.now, limit=3,
-                                     affinity="s", waiting=1)  # fmt: skip
-                want = self._afresh(fresh, policy, model)
-                got = None if rows is None else [roster.ids[i] for i in rows]
-                assert got == want, (policy, model)
+                for prefill_s in (None, prefill):
+                    kept = Scheduler(random.Random(self.seed))
+                    fresh = Scheduler(random.Random(self.seed))
+                    rows = roster.decide(kept, policy, f"g/{model}", self.now, limit=3,
+                                         affinity="s", waiting=1, prefill_s=prefill_s)  # fmt: skip
+                    want = self._afresh(fresh, policy, model, prefill_s)
+                    got = None if rows is None else [roster.ids[i] for i in rows]
+                    assert got == want, (policy, model, prefill_s)
 
-    def _afresh(self, scheduler: Scheduler, policy: str, model: str) -> list[str] | None:
+    def _afresh(
+        self, scheduler: Scheduler, policy: str, model: str, prefill_s: list[float] | None
+    ) -> list[str] | None:
         """The decision as made before rosters: candidates built for the request."""
         cands = []
         for node in self.nodes:
@@ -146,7 +151,8 @@ class RosterMachine(RuleBasedStateMachine):
                 node, model, 3, self.now, STALE_AFTER_S, cap_factor=2.0, replicas=self.replicas
             )
             if c is not None:
-                cands.append(c)
+                prefill = 0.0 if prefill_s is None else prefill_s[self.nodes.index(node)]
+                cands.append(dataclasses.replace(c, prefill_s=prefill))
         if not cands:
             return None
         return scheduler.order(policy, f"g/{model}", cands, limit=3, affinity="s", waiting=1)
