@@ -10,10 +10,14 @@ first token, at the batch it joins.
 
 It is greedy, one request at a time: it never holds a request back for a later one's sake,
 nor weighs what its choice costs the requests after it (a slow node it fills, a cache it
-evicts). So it is a strong reference, not a proven optimum: a policy may beat it on some
-figure. What it guarantees is the pick itself: the TTFT it predicts is the least of its
-candidates' and, as long as the engine's state evolves as it saw it (no cache change before
-the request starts, no two streams ending at the same instant), the TTFT the request gets.
+evicts, a conversation it moves away from the node that holds the rest of it). So it is a
+strong reference, not a proven optimum: a policy may beat it on some figure. With prompt
+caches it sends each turn where that turn starts soonest, which draws conversations to the
+fastest GPUs and into their queues; a policy that keeps each conversation where it is cached
+can have the lower median while the clairvoyant keeps the lowest tail. What it guarantees is
+the pick itself: the TTFT it predicts is the least of its candidates' and, as long as the
+engine's state evolves as it saw it (no cache change before the request starts, no two streams
+ending at the same instant), the TTFT the request gets.
 When every engine is at its cap the request waits in the router's fair queue, like anyone's.
 """
 
