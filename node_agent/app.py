@@ -2,7 +2,8 @@
 
 Routes: ``GET /health`` (the seed's semantics), ``GET /status`` (the current load report),
 ``GET /metrics`` (the agent's own Prometheus metrics), the OpenAI paths (relayed, or translated
-to the generate extension on a Triton node: :mod:`node_agent.triton_openai`), ``POST /infer``
+to the generate extension on a Triton node: :mod:`node_agent.triton_openai`), Anthropic Messages
+and OpenAI Responses (relayed, or translated to chat: :mod:`node_agent.surfaces`), ``POST /infer``
 in both Octopus shapes (:mod:`node_agent.infer`) and the backends' native APIs
 (:mod:`node_agent.native`). Long-lived resources (client sessions, backend adapter, GPU source,
 reporter) live in ``cleanup_ctx`` under the typed keys of :mod:`node_agent.appkeys`.
@@ -41,6 +42,7 @@ from .proxy import BackendProxy
 from .reporter import Reporter
 from .router_directory import Resolver, dns_resolver
 from .settings import AgentSettings
+from .surfaces import SURFACES, NativeSurfaces, add_surface_routes
 from .traffic import TrafficStats
 from .triton_openai import serve_openai
 
@@ -107,6 +109,7 @@ async def _backend_and_gpus(app: web.Application) -> AsyncIterator[None]:
         max_parallel=s.max_parallel,
         metrics_url=s.backend_metrics_url,
     )
+    app[SURFACES] = NativeSurfaces(session, s.backend_url, s.backend_api_key, s.control_timeout_s)
     gpus = await open_gpu_source(s.gpu_source, session, s.backend_url, s.control_timeout_s)
     app[GPUS] = gpus
     try:
@@ -166,6 +169,7 @@ def make_app(settings: AgentSettings, resolver: Resolver = dns_resolver) -> web.
     for method, path, upstream in PROXY_ROUTES:
         app.router.add_route(method, path, _forward_to(upstream))
     app.router.add_post("/infer", infer)
+    add_surface_routes(app)
     add_native_routes(app)
     return app
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 
@@ -175,11 +175,17 @@ class BackendProxy:
                 self._metrics.observe(track.path, track.status, track.since_start(), first_byte)
 
     async def forward(
-        self, request: web.Request, path: str, *, native: bool = False
+        self,
+        request: web.Request,
+        path: str,
+        *,
+        native: bool = False,
+        error_body: Callable[[int, bytes], bytes] | None = None,
     ) -> web.StreamResponse:
         """Send the request to ``{backend}{path}`` and relay the answer as it comes.
 
         ``native``: the route is the backend's own API (a cut stream ends in its error shape).
+        ``error_body``: rewrites an error answer's body (status, body) into the route's envelope.
         """
         body = await request.read() if request.body_exists else None
         surface = surface_of(path)
@@ -192,6 +198,9 @@ class BackendProxy:
             track.headers_s = track.since_start()
             upstream.pace(self._idle_s)
             try:
+                if error_body is not None and upstream.status >= 400:
+                    track.failed = upstream.status >= 500
+                    return await _reshaped(upstream, error_body)
                 resp, complete = await self._relay(request, upstream, track, native, surface)
                 track.failed = not complete or upstream.status >= 500
                 return resp
@@ -286,7 +295,7 @@ class BackendProxy:
         resp = web.StreamResponse(
             status=upstream.status, reason=upstream.reason or None, headers=headers
         )
-        framing = framing_of(found.get("content-type", ""), native=native)
+        framing = framing_of(found.get("content-type", ""), native=native, surface=surface)
         tokens = None
         if upstream.status == 200:
             tokens = AnswerTokens(self._stats, surface, streamed=framing.streamed)
@@ -341,6 +350,21 @@ class BackendProxy:
             # No way to signal an error inside a JSON body: end the connection early so the
             # client sees a truncated response rather than a complete-looking one.
             request.transport.close()
+
+
+async def _reshaped(
+    upstream: UpstreamResponse, error_body: Callable[[int, bytes], bytes]
+) -> web.Response:
+    """An error answer with its body rewritten (what is read of it within the idle bound)."""
+    try:
+        raw = await upstream.read()
+    except (OSError, TimeoutError):
+        raw = b""
+    return web.Response(
+        status=upstream.status,
+        body=error_body(upstream.status, raw),
+        content_type="application/json",
+    )
 
 
 def _slot_check(request: web.Request) -> int | None:

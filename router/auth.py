@@ -3,7 +3,8 @@
 Secrets are kept only as SHA-256 digests (hashed at rest: config and key files hold digests) and
 compared with :func:`hmac.compare_digest`. When no client keys are configured the client API is
 open; when no registration tokens are configured any agent may register; when no admin token is
-configured the operator endpoints are open. Each of these is reported at start.
+configured the operator endpoints are open. Each of these is reported at start. A client key
+comes as ``Authorization: Bearer <key>`` or, as Anthropic's clients send it, ``x-api-key``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,15 @@ ADMIN = web.RequestKey("admin", bool)
 
 def digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _client_key(request: web.Request) -> str | None:
+    """A client's API key: ``Authorization: Bearer``, else Anthropic's ``x-api-key``."""
+    bearer = _bearer(request)
+    if bearer is not None:
+        return bearer
+    value = request.headers.get("x-api-key", "").strip()
+    return value or None
 
 
 def _bearer(request: web.Request) -> str | None:
@@ -126,9 +136,12 @@ class Authenticator:
         if self.clients_open:
             return None  # the dispatcher reads (and checks) the tenant header itself
         claimed = request.headers.get("X-Octopus-Tenant-Id")
-        token = _bearer(request)
+        token = _client_key(request)
         if token is None:
-            raise Unauthorized("this router needs an API key: send 'Authorization: Bearer <key>'")
+            raise Unauthorized(
+                "this router needs an API key: send 'Authorization: Bearer <key>' "
+                "(or 'x-api-key: <key>')"
+            )
         stored = _matches(token, self._tenant_by_digest)
         if stored is None:
             raise Unauthorized("the API key is not valid", code="invalid_api_key")
