@@ -178,3 +178,20 @@ class TestCutStreams:
         assert event == b"event: " + name
         assert json.loads(payload)["type"] == "error"
         assert PIECES[0].encode() in data
+
+
+class TestClaudeNames:
+    async def test_claudes_model_name_aliased_to_a_local_model(
+        self, session: aiohttp.ClientSession
+    ) -> None:
+        """Claude Code asks for Claude's model names: an alias sends them to a local model, and
+        the answer names the model the client asked for."""
+        settings = router_settings(aliases={"claude-sonnet-4-5": ("m-small",)})
+        async with running(SurfaceNode("n1")) as node, serve(settings) as router:
+            await register(session, router.url, node)
+            body = messages() | {"model": "claude-sonnet-4-5"}
+            async with session.post(router.url + MESSAGES, json=body) as resp:
+                assert resp.status == 200
+                answer = await resp.json()
+        assert node.seen[0][1]["model"] == MODEL
+        assert answer["model"] == "claude-sonnet-4-5"
