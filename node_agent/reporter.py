@@ -5,7 +5,9 @@ the proxy hints that something may have changed and the loaded-model set or the 
 Each router URL has its own :class:`~node_agent.router_link.RouterLink` task that sends the
 latest report (registering first, again when the router forgot the node). GPUs come from the
 GPU source (NVML) and, when it has none, from the backend itself (Triton's DCGM gauges). On stop
-every link deregisters.
+every link deregisters. A backend that a probe would disturb (see
+:attr:`~node_agent.backends.base.Backend.disturbed_by_probes`) is not probed while a request is
+in flight to it: the last probe's answer stands until it is idle again.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import aiohttp
 
 from node_protocol.wire import LoadReport, Registration
 
-from .backends.base import Backend
+from .backends.base import Backend, BackendFacts, Health
 from .gpu import GpuSource
 from .router_directory import Resolver, RouterDirectory, dns_resolver
 from .router_link import RouterLink
@@ -65,6 +67,7 @@ class Reporter:
         self._rate = TokenRate(window_s=max(10.0, 5 * settings.report_interval_s))
         self._rate.sample(time.monotonic(), stats.output_tokens)  # the baseline
         self._seq = 0
+        self._probed: tuple[Health, BackendFacts] | None = None
         self.latest: LoadReport | None = None
         self.advertise_url: str | None = None
         self._advertised = asyncio.Event()
@@ -139,9 +142,7 @@ class Reporter:
         """A fresh report (seq 0 until published)."""
         stats = self._stats
         tokens_per_s = self._rate.sample(time.monotonic(), stats.output_tokens)
-        health, facts, gpus = await asyncio.gather(
-            self._backend.health(), self._backend.collect(), self._gpus.read()
-        )
+        (health, facts), gpus = await asyncio.gather(self._probe(), self._gpus.read())
         if not gpus:
             gpus = facts.gpus  # no NVML here: the backend's own GPU readings, if it has any
         return LoadReport(
@@ -154,10 +155,21 @@ class Reporter:
             queue_waiting=facts.queue_waiting,
             queue_running=facts.queue_running,
             kv_cache_usage=facts.kv_cache_usage,
+            prompt_tokens=facts.prompt_tokens,
+            cached_prompt_tokens=facts.cached_prompt_tokens,
             output_tokens_per_s=tokens_per_s,
             gpus=gpus,
             models=facts.models,
         )
+
+    async def _probe(self) -> tuple[Health, BackendFacts]:
+        """The backend's health and facts: asked now, or the last answer while a request is in
+        flight to a backend that a probe would disturb."""
+        if self._probed is not None and self._stats.in_flight and self._backend.disturbed_by_probes:
+            return self._probed
+        health, facts = await asyncio.gather(self._backend.health(), self._backend.collect())
+        self._probed = (health, facts)
+        return self._probed
 
     def _publish(self, report: LoadReport) -> LoadReport:
         self._seq += 1

@@ -36,6 +36,9 @@ class BackendFacts:
     queue_waiting: int | None = None
     queue_running: int | None = None
     kv_cache_usage: float | None = None
+    # The engine's running totals of prompt tokens computed and taken from its prompt cache.
+    prompt_tokens: int | None = None
+    cached_prompt_tokens: int | None = None
     # GPUs as the backend itself reports them (Triton's DCGM gauges): used when NVML is absent.
     gpus: tuple[GpuReport, ...] = ()
 
@@ -52,6 +55,10 @@ class Backend(ABC):
     # True when a request can change which models are loaded (Ollama, LM Studio JIT): the
     # reporter then re-checks the loaded set as requests finish, not only at its next tick.
     LOADS_ON_DEMAND: ClassVar[bool] = False
+    # True when a control request can harm the requests the backend is serving (a server that
+    # cuts its running request short whenever another arrives): the reporter then does not
+    # probe it while requests are in flight.
+    DISTURBED_BY_PROBES: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -78,6 +85,10 @@ class Backend(ABC):
     @property
     def loads_on_demand(self) -> bool:
         return self.LOADS_ON_DEMAND
+
+    @property
+    def disturbed_by_probes(self) -> bool:
+        return self.DISTURBED_BY_PROBES
 
     @property
     def metrics_url(self) -> str:
