@@ -33,6 +33,7 @@ from .appkeys import (
 )
 from .backends.detect import make_backend
 from .errors import error_middleware
+from .gate import BackendGate
 from .gpu import open_gpu_source
 from .infer import infer
 from .metrics import AgentMetrics
@@ -87,6 +88,8 @@ async def _sessions(app: web.Application) -> AsyncIterator[None]:
         total_timeout_s=s.total_timeout_s,
         connect_timeout_s=s.connect_timeout_s,
         metrics=app[METRICS].requests,
+        # The adapter is made in the next context: read it when the first request comes.
+        gate=BackendGate(lambda: app[BACKEND].concurrency_limit),
     )
     try:
         yield

@@ -5,9 +5,9 @@ the proxy hints that something may have changed and the loaded-model set or the 
 Each router URL has its own :class:`~node_agent.router_link.RouterLink` task that sends the
 latest report (registering first, again when the router forgot the node). GPUs come from the
 GPU source (NVML) and, when it has none, from the backend itself (Triton's DCGM gauges). On stop
-every link deregisters. A backend that a probe would disturb (see
-:attr:`~node_agent.backends.base.Backend.disturbed_by_probes`) is not probed while a request is
-in flight to it: the last probe's answer stands until it is idle again.
+every link deregisters. A backend that a probe would disturb (one with a
+:attr:`~node_agent.backends.base.Backend.concurrency_limit`) is not probed while a request is in
+flight to it: the last probe's answer stands until it is idle again.
 """
 
 from __future__ import annotations
@@ -165,7 +165,8 @@ class Reporter:
     async def _probe(self) -> tuple[Health, BackendFacts]:
         """The backend's health and facts: asked now, or the last answer while a request is in
         flight to a backend that a probe would disturb."""
-        if self._probed is not None and self._stats.in_flight and self._backend.disturbed_by_probes:
+        guarded = self._backend.concurrency_limit is not None
+        if self._probed is not None and self._stats.in_flight and guarded:
             return self._probed
         health, facts = await asyncio.gather(self._backend.health(), self._backend.collect())
         self._probed = (health, facts)

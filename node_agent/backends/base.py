@@ -55,10 +55,10 @@ class Backend(ABC):
     # True when a request can change which models are loaded (Ollama, LM Studio JIT): the
     # reporter then re-checks the loaded set as requests finish, not only at its next tick.
     LOADS_ON_DEMAND: ClassVar[bool] = False
-    # True when a control request can harm the requests the backend is serving (a server that
-    # cuts its running request short whenever another arrives): the reporter then does not
-    # probe it while requests are in flight.
-    DISTURBED_BY_PROBES: ClassVar[bool] = False
+    # True when any request beyond the ones it serves can harm those (a server that cuts its
+    # running request short whenever another arrives, a probe included): the agent then holds
+    # requests beyond max_parallel until one ends, and does not probe while any is in flight.
+    GATED: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -87,8 +87,9 @@ class Backend(ABC):
         return self.LOADS_ON_DEMAND
 
     @property
-    def disturbed_by_probes(self) -> bool:
-        return self.DISTURBED_BY_PROBES
+    def concurrency_limit(self) -> int | None:
+        """How many requests the agent may have at the backend at once (None: no limit)."""
+        return self.max_parallel if self.GATED else None
 
     @property
     def metrics_url(self) -> str:

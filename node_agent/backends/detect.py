@@ -200,8 +200,8 @@ class AutoBackend(Backend):
         return True if self._resolved is None else self._resolved.loads_on_demand
 
     @property
-    def disturbed_by_probes(self) -> bool:
-        return self._resolved is not None and self._resolved.disturbed_by_probes
+    def concurrency_limit(self) -> int | None:
+        return None if self._resolved is None else self._resolved.concurrency_limit
 
     @property
     def resolved(self) -> Backend | None:

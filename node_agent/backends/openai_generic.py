@@ -5,9 +5,11 @@ There is no health path to rely on (LM Studio answers 200 on unknown paths), so 
 
 Nor can the server's parallelism be learned, and guessing high is unsafe: llama-cpp-python's
 server, for one, cuts its running request short (an empty or partial stream, no error) whenever
-another arrives. So unless ``--max-parallel`` says otherwise, one request at a time is reported
-(the router queues the rest), and the agent says so when it starts. Its own ``GET /v1/models``
-counts as such an arrival there, so the backend is not probed while it serves.
+another arrives. So unless ``--max-parallel`` says otherwise, one request at a time is assumed and
+reported (the router queues the rest), the agent says so when it starts, and the agent itself
+never has more than that many requests at the backend (a router may still send one more to wait
+at the node). Its own ``GET /v1/models`` counts as an arrival there too, so the backend is not
+probed while it serves.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ class OpenAIBackend(Backend):
 
     KIND = "openai"
     LOADS_ON_DEMAND = True
-    DISTURBED_BY_PROBES = True
+    GATED = True
     health_path = "/v1/models"
 
     def __init__(

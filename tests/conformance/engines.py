@@ -41,6 +41,8 @@ class EngineSpec:
     instances: int = 2
     lacks: dict[str, str] = field(default_factory=dict)  # behaviour -> why it does not apply
     real: bool = False
+    # The status a prompt longer than the context gets: OpenAI's 400, TGI's validation 422.
+    context_status: int = 400
 
     @property
     def fleet_slots(self) -> int:
@@ -99,8 +101,14 @@ EMULATOR_LACKS: dict[str, dict[str, str]] = {
     "triton": {
         SLOTS: NO_SLOTS,
         EMBEDDINGS: "Triton's generate extension has no embeddings",
+        CONTEXT_LIMIT: "the Triton emulator models no prompt limit (its model backend's is "
+        "not known to the project)",
     },
-    "lmstudio": {SLOTS: NO_SLOTS},
+    "lmstudio": {
+        SLOTS: NO_SLOTS,
+        CONTEXT_LIMIT: "the LM Studio emulator models no prompt limit (LM Studio's answer to "
+        "an over-long prompt is not known to the project)",
+    },
     "llamacpp": {},
 }
 
@@ -126,6 +134,7 @@ ENGINES: dict[str, EngineSpec] = {
             EMULATOR_SLOTS,
             _emulator(kind),
             lacks=EMULATOR_LACKS[kind],
+            context_status=422 if kind == "tgi" else 400,
         )
         for kind in EMULATOR_KINDS
         if kind in EMULATOR_MODELS

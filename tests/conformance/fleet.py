@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,15 @@ from .engines import EngineSpec
 
 REPORT_INTERVAL_S = "0.3"
 WAIT_S = 30.0
+
+
+async def until(
+    probe: Callable[[], Awaitable[bool]], within_s: float, every_s: float = 0.02
+) -> None:
+    """Poll a remote view (no events to wait on) until ``probe`` holds, at most ``within_s``."""
+    async with asyncio.timeout(within_s):
+        while not await probe():  # noqa: ASYNC110 - polls another process
+            await asyncio.sleep(every_s)
 
 
 @dataclass
@@ -58,12 +67,12 @@ class Fleet:
 
     async def record(self, correlation_id: str) -> dict[str, Any]:
         """One request's log line (the router writes them in batches: wait for it)."""
-        async with asyncio.timeout(5.0):
-            while True:
-                entry = self.records().get(correlation_id)
-                if entry is not None:
-                    return entry
-                await asyncio.sleep(0.05)
+
+        async def written() -> bool:
+            return correlation_id in self.records()
+
+        await until(written, 5.0)
+        return self.records()[correlation_id]
 
     async def node_states(self, http: aiohttp.ClientSession) -> dict[str, str]:
         url = f"{self.router.url}/api/server-groups/{self.group}/nodes"
@@ -71,9 +80,10 @@ class Fleet:
             return {n["name"]: n["status"] for n in (await resp.json())["nodes"]}
 
     async def wait_state(self, http: aiohttp.ClientSession, node: str, state: str) -> None:
-        async with asyncio.timeout(WAIT_S):
-            while (await self.node_states(http)).get(node) != state:
-                await asyncio.sleep(0.1)
+        async def reached() -> bool:
+            return (await self.node_states(http)).get(node) == state
+
+        await until(reached, WAIT_S)
 
     async def agent_status(self, http: aiohttp.ClientSession, node: str) -> dict[str, Any]:
         async with http.get(f"{self.agents[node].url}/status") as resp:
