@@ -23,6 +23,7 @@ from node_protocol.upstream import UpstreamPool
 from .appkeys import (
     BACKEND,
     CONTROL_SESSION,
+    GATE,
     GPUS,
     METRICS,
     PROXY,
@@ -78,6 +79,8 @@ async def _sessions(app: web.Application) -> AsyncIterator[None]:
         timeout=aiohttp.ClientTimeout(total=s.control_timeout_s, connect=s.connect_timeout_s),
     )
     app[CONTROL_SESSION] = control_session
+    # The adapter is made in the next context: read it when the first request comes.
+    app[GATE] = BackendGate(lambda: app[BACKEND].concurrency_limit)
     app[PROXY] = BackendProxy(
         backend_pool,
         s.backend_url,
@@ -88,8 +91,7 @@ async def _sessions(app: web.Application) -> AsyncIterator[None]:
         total_timeout_s=s.total_timeout_s,
         connect_timeout_s=s.connect_timeout_s,
         metrics=app[METRICS].requests,
-        # The adapter is made in the next context: read it when the first request comes.
-        gate=BackendGate(lambda: app[BACKEND].concurrency_limit),
+        gate=app[GATE],
     )
     try:
         yield
@@ -121,7 +123,13 @@ async def _backend_and_gpus(app: web.Application) -> AsyncIterator[None]:
 async def _reporter(app: web.Application) -> AsyncIterator[None]:
     s = app[SETTINGS]
     reporter = Reporter(
-        s, app[CONTROL_SESSION], app[BACKEND], app[GPUS], app[STATS], resolver=app[RESOLVER]
+        s,
+        app[CONTROL_SESSION],
+        app[BACKEND],
+        app[GPUS],
+        app[STATS],
+        resolver=app[RESOLVER],
+        gate=app[GATE],
     )
     app[REPORTER] = reporter
     # Reports are built from now on (for /status); registration waits for reporter.advertise(),

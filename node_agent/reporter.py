@@ -6,8 +6,8 @@ Each router URL has its own :class:`~node_agent.router_link.RouterLink` task tha
 latest report (registering first, again when the router forgot the node). GPUs come from the
 GPU source (NVML) and, when it has none, from the backend itself (Triton's DCGM gauges). On stop
 every link deregisters. A backend that a probe would disturb (one with a
-:attr:`~node_agent.backends.base.Backend.concurrency_limit`) is not probed while a request is in
-flight to it: the last probe's answer stands until it is idle again.
+:attr:`~node_agent.backends.base.Backend.concurrency_limit`) is probed only in a free turn of
+its :class:`~node_agent.gate.BackendGate`; while every turn is taken the last answer stands.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import aiohttp
 from node_protocol.wire import LoadReport, Registration
 
 from .backends.base import Backend, BackendFacts, Health
+from .gate import BackendGate
 from .gpu import GpuSource
 from .router_directory import Resolver, RouterDirectory, dns_resolver
 from .router_link import RouterLink
@@ -59,8 +60,10 @@ class Reporter:
         gpus: GpuSource,
         stats: TrafficStats,
         resolver: Resolver = dns_resolver,
+        gate: BackendGate | None = None,
     ) -> None:
         self._settings = settings
+        self._gate = gate or BackendGate(lambda: None)
         self._backend = backend
         self._gpus = gpus
         self._stats = stats
@@ -163,12 +166,15 @@ class Reporter:
         )
 
     async def _probe(self) -> tuple[Health, BackendFacts]:
-        """The backend's health and facts: asked now, or the last answer while a request is in
-        flight to a backend that a probe would disturb."""
-        guarded = self._backend.concurrency_limit is not None
-        if self._probed is not None and self._stats.in_flight and guarded:
-            return self._probed
-        health, facts = await asyncio.gather(self._backend.health(), self._backend.collect())
+        """The backend's health and facts: asked in a free turn of the gate, else the last
+        answer (the first probe waits for a turn)."""
+        turn = self._gate.spare()
+        if turn is None:
+            if self._probed is not None:
+                return self._probed
+            turn = self._gate.hold()
+        async with turn:
+            health, facts = await asyncio.gather(self._backend.health(), self._backend.collect())
         self._probed = (health, facts)
         return self._probed
 
