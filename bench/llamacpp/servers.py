@@ -14,7 +14,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import aiohttp
@@ -178,13 +178,3 @@ def python_server(
     return EngineProcess(
         "llama-cpp-python server", argv, port, "/v1/models", env=env, log_path=log_path
     )
-
-
-@contextlib.asynccontextmanager
-async def running(engine: EngineProcess) -> AsyncIterator[EngineProcess]:
-    """Start the engine for the block, stop it after."""
-    await engine.start()
-    try:
-        yield engine
-    finally:
-        await engine.stop()

@@ -7,9 +7,12 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
+from node_agent.app import serve
 from node_agent.backends.detect import detect_kind, make_backend
 from node_agent.backends.llamacpp import LlamaCppBackend
+from node_protocol.wire import LoadReport
 
+from .conftest import agent_settings
 from .fake_llamacpp import FakeLlamaCpp
 
 Served = tuple[FakeLlamaCpp, str]
@@ -84,3 +87,15 @@ class TestFacts:
         assert await backend.health() == "degraded"
         fake.ctl.loading = False
         assert await backend.health() == "ok"
+
+
+class TestReport:
+    async def test_report_carries_the_cache_counters_to_the_router(self, llamacpp: Served) -> None:
+        """The agent's report names the kind and carries the prompt-cache counters, and the
+        router's reading of it (``LoadReport.from_json``) keeps them."""
+        async with serve(agent_settings(llamacpp[1])) as agent:
+            report = await agent.reporter.current()
+        assert report.backend_kind == "llamacpp"
+        wire = report.to_json()
+        assert (wire["promptTokens"], wire["cachedPromptTokens"]) == (35, 29)
+        assert LoadReport.from_json(wire) == report
