@@ -51,13 +51,18 @@ async def test_agent_reports_llama_server_queue_while_requests_wait_inside_it(
         asyncio.create_task(http.post(url, json=chat(fleet.model, 3000, stream=True)))
         for _ in range(3)
     ]
+    seen: list[tuple[int, int]] = []
     try:
 
         async def queued() -> bool:
             report = await fleet.agent_status(http, node)
-            return (report["queueRunning"], report["queueWaiting"]) == (2, 1)
+            seen.append((report["queueRunning"], report["queueWaiting"]))
+            return seen[-1] == (2, 1)
 
-        await until(queued, 10.0)
+        try:
+            await until(queued, 10.0)
+        except TimeoutError:
+            pytest.fail(f"(running, waiting) seen: {sorted(set(seen))}")
     finally:
         for task in sent:
             task.cancel()
