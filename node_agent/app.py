@@ -25,6 +25,7 @@ from node_protocol.upstream import UpstreamPool
 from .appkeys import (
     BACKEND,
     CONTROL_SESSION,
+    GATE,
     GPUS,
     METRICS,
     PROXY,
@@ -35,6 +36,7 @@ from .appkeys import (
 )
 from .backends.detect import make_backend
 from .errors import error_middleware
+from .gate import BackendGate
 from .gpu import open_gpu_source
 from .infer import infer
 from .metrics import AgentMetrics
@@ -79,6 +81,8 @@ async def _sessions(app: web.Application) -> AsyncIterator[None]:
         timeout=aiohttp.ClientTimeout(total=s.control_timeout_s, connect=s.connect_timeout_s),
     )
     app[CONTROL_SESSION] = control_session
+    # The adapter is made in the next context: read it when the first request comes.
+    app[GATE] = BackendGate(lambda: app[BACKEND].concurrency_limit)
     app[PROXY] = BackendProxy(
         backend_pool,
         s.backend_url,
@@ -89,6 +93,7 @@ async def _sessions(app: web.Application) -> AsyncIterator[None]:
         total_timeout_s=s.total_timeout_s,
         connect_timeout_s=s.connect_timeout_s,
         metrics=app[METRICS].requests,
+        gate=app[GATE],
     )
     try:
         yield
@@ -127,6 +132,7 @@ async def _reporter(app: web.Application) -> AsyncIterator[None]:
         app[STATS],
         resolver=app[RESOLVER],
         restarts=app[METRICS].task_restarts,
+        gate=app[GATE],
     )
     app[REPORTER] = reporter
     # Reports are built from now on (for /status); registration waits for reporter.advertise(),

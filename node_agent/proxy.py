@@ -15,7 +15,9 @@ model's parallel slots, ``SLOT_CHECK_HEADER``): with N or more requests for the 
 already in flight (counted per model: :meth:`TrafficStats.model_key`) the agent does not call
 the backend but answers 503 ``node_busy`` at once, with ``X-Node-Busy: <in flight>`` (all of
 the node's). Such an answer is not counted in flight, not observed in the request metrics and
-not a backend failure. The header is never passed on.
+not a backend failure. The header is never passed on. A backend that must not get more than a
+few requests at once has each request wait its turn (:mod:`node_agent.gate`) after it is
+counted in flight.
 
 The calls go out on the router's lean HTTP/1.1 client (:mod:`node_protocol.upstream`): aiohttp's
 client call cost more than all of the agent's own work on a short request. Like the aiohttp
@@ -41,6 +43,7 @@ from node_protocol.wire import SLOT_CHECK_HEADER
 from .backend_answer import Track, Upstream
 from .errors import AgentError, BackendTimeout, BackendUnreachable, NodeBusy
 from .framing import Framing, cut_event, framing_of
+from .gate import BackendGate
 from .metrics import CLIENT_GONE, RequestMetrics
 from .traffic import AnswerTokens, TrafficStats
 
@@ -113,8 +116,10 @@ class BackendProxy:
         total_timeout_s: float,
         connect_timeout_s: float,
         metrics: RequestMetrics | None = None,
+        gate: BackendGate | None = None,
     ) -> None:
         self._pool = pool
+        self._gate = gate or BackendGate(lambda: None)
         self._base = backend_url.rstrip("/")
         pool.origin(self._base)  # a bad URL fails here, at start
         self._stats = stats
@@ -190,44 +195,46 @@ class BackendProxy:
         query = request.rel_url.raw_query_string  # as the client encoded it
         target = f"{path}?{query}" if query else path
         with self._track(request, path, body) as track:
-            upstream = await self._open(
-                request.method, target, body, self.upstream_headers(request)
-            )
-            track.status = upstream.status
-            track.headers_s = track.since_start()
-            upstream.pace(self._idle_s)
-            try:
-                resp, complete = await self._relay(request, upstream, track, native, surface)
-                track.failed = not complete or upstream.status >= 500
-                return resp
-            finally:
-                # Back to the pool when read to its end; otherwise (cancelled with the client
-                # gone, cut, failed) the connection is closed and the backend stops generating.
-                upstream.close()
+            async with self._gate.hold():
+                upstream = await self._open(
+                    request.method, target, body, self.upstream_headers(request)
+                )
+                track.status = upstream.status
+                track.headers_s = track.since_start()
+                upstream.pace(self._idle_s)
+                try:
+                    resp, complete = await self._relay(request, upstream, track, native, surface)
+                    track.failed = not complete or upstream.status >= 500
+                    return resp
+                finally:
+                    # Back to the pool when read to its end; otherwise (cancelled with the client
+                    # gone, cut, failed) the connection is closed and the backend stops generating.
+                    upstream.close()
 
     async def exchange(self, request: web.Request, path: str, body: bytes) -> Exchange:
         """POST a JSON body to ``{backend}{path}`` and read the whole answer (not relayed)."""
         headers = self.upstream_headers(request) | {"Content-Type": "application/json"}
         with self._track(request, path, body) as track:
-            upstream = await self._open("POST", path, body, headers)
-            track.status = upstream.status
-            track.headers_s = track.since_start()
-            try:
-                async with asyncio.timeout(self._idle_s):
-                    raw = await upstream.read()
-            except TimeoutError as exc:
-                raise BackendTimeout(f"backend stalled mid-answer: {path}") from exc
-            except OSError as exc:  # UpstreamBroken is one
-                raise BackendUnreachable(f"backend dropped the answer: {exc}") from exc
-            finally:
-                upstream.close()
-            track.failed = upstream.status >= 500
-            if upstream.status == 200:
-                reader = AnswerReader(surface_of(path))
-                reader.read_body(raw, time.perf_counter())
-                self._stats.add_tokens(reader.output_tokens)
-            ctype = upstream.headers.get("content-type", "application/json")
-            return Exchange(upstream.status, ctype, raw)
+            async with self._gate.hold():
+                upstream = await self._open("POST", path, body, headers)
+                track.status = upstream.status
+                track.headers_s = track.since_start()
+                try:
+                    async with asyncio.timeout(self._idle_s):
+                        raw = await upstream.read()
+                except TimeoutError as exc:
+                    raise BackendTimeout(f"backend stalled mid-answer: {path}") from exc
+                except OSError as exc:  # UpstreamBroken is one
+                    raise BackendUnreachable(f"backend dropped the answer: {exc}") from exc
+                finally:
+                    upstream.close()
+                track.failed = upstream.status >= 500
+                if upstream.status == 200:
+                    reader = AnswerReader(surface_of(path))
+                    reader.read_body(raw, time.perf_counter())
+                    self._stats.add_tokens(reader.output_tokens)
+                ctype = upstream.headers.get("content-type", "application/json")
+                return Exchange(upstream.status, ctype, raw)
 
     @asynccontextmanager
     async def opened(self, request: web.Request, path: str, body: bytes) -> AsyncIterator[Upstream]:
@@ -241,23 +248,24 @@ class BackendProxy:
         for name in ("Accept", "Inference-Header-Content-Length"):
             headers.pop(name, None)
         with self._track(request, path, body) as track:
-            response = await self._open("POST", path, body, headers)
-            track.status = response.status
-            track.headers_s = track.since_start()
-            # The handler's reads keep their own first-byte and idle bounds; the client's
-            # per-piece bound never fires before those do.
-            response.pace(max(self._first_byte_s, self._idle_s))
-            upstream = Upstream(
-                response,
-                track,
-                self._stats,
-                first_byte_s=self._first_byte_s,
-                idle_s=self._idle_s,
-            )
-            try:
-                yield upstream
-            finally:
-                response.close()
+            async with self._gate.hold():
+                response = await self._open("POST", path, body, headers)
+                track.status = response.status
+                track.headers_s = track.since_start()
+                # The handler's reads keep their own first-byte and idle bounds; the client's
+                # per-piece bound never fires before those do.
+                response.pace(max(self._first_byte_s, self._idle_s))
+                upstream = Upstream(
+                    response,
+                    track,
+                    self._stats,
+                    first_byte_s=self._first_byte_s,
+                    idle_s=self._idle_s,
+                )
+                try:
+                    yield upstream
+                finally:
+                    response.close()
 
     async def _open(
         self, method: str, path: str, body: bytes | None, headers: dict[str, str]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-BACKEND_KINDS = ("ollama", "vllm", "tgi", "triton", "lmstudio", "openai")
+BACKEND_KINDS = ("ollama", "vllm", "tgi", "triton", "lmstudio", "llamacpp", "openai")
 HEALTH_VALUES = ("ok", "degraded", "unhealthy")
 # Behind several router replicas a router may believe a node has a free slot that another
 # replica took since the last report. It then sends ``SLOT_CHECK_HEADER: N`` (the model's
@@ -177,7 +177,10 @@ class LoadReport:
     """``PUT /api/server-groups/{group}/nodes/{nodeId}/report``: the agent's view of its node.
 
     ``queue_waiting`` / ``queue_running`` / ``kv_cache_usage`` are None when the backend does
-    not expose them (None means unknown, never zero).
+    not expose them (None means unknown, never zero). ``prompt_tokens`` and
+    ``cached_prompt_tokens`` are the engine's running totals of prompt tokens it computed and
+    prompt tokens it took from its prompt cache (llama.cpp's counters), for a reader that
+    compares two reports.
     """
 
     seq: int
@@ -192,6 +195,8 @@ class LoadReport:
     queue_running: int | None = None
     kv_cache_usage: float | None = None
     output_tokens_per_s: float | None = None
+    prompt_tokens: int | None = None
+    cached_prompt_tokens: int | None = None
     draining: bool = False  # the node is being drained (told by any router replica)
 
     def to_json(self) -> dict[str, Any]:
@@ -206,6 +211,8 @@ class LoadReport:
             "queueRunning": self.queue_running,
             "kvCacheUsage": self.kv_cache_usage,
             "outputTokensPerS": self.output_tokens_per_s,
+            "promptTokens": self.prompt_tokens,
+            "cachedPromptTokens": self.cached_prompt_tokens,
             "draining": self.draining,
             "gpus": [g.to_json() for g in self.gpus],
             "models": [m.to_json() for m in self.models],
@@ -238,6 +245,8 @@ class LoadReport:
             queue_running=_opt(obj, "queueRunning", int, "report"),
             kv_cache_usage=_opt(obj, "kvCacheUsage", (int, float), "report"),
             output_tokens_per_s=_opt(obj, "outputTokensPerS", (int, float), "report"),
+            prompt_tokens=_opt(obj, "promptTokens", int, "report"),
+            cached_prompt_tokens=_opt(obj, "cachedPromptTokens", int, "report"),
             draining=bool(_opt(obj, "draining", bool, "report") or False),
             gpus=tuple(GpuReport.from_json(g) for g in gpus),
             models=tuple(ModelReport.from_json(m) for m in models),

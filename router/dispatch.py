@@ -31,6 +31,7 @@ from router.errors import (
     RateLimited,
     RequestTimeout,
     RouterError,
+    UpstreamError,
 )
 from router.limits import TenantRateLimiter
 from router.metrics import METRICS
@@ -300,6 +301,13 @@ class Dispatcher:
                 )
             except NodeBusy:
                 busy += 1
+            except UpstreamError:
+                # Every node tried failed before answering (a dead engine behind its agent)
+                # while the others were full: wait for their slot rather than fail, within
+                # max_attempts. A timeout (UpstreamTimeout) is not retried here.
+                no_answer = record.t_upstream_headers is None
+                if not no_answer or record.attempts >= settings.max_attempts or not candidates():
+                    raise
             finally:
                 ticket.release()
 

@@ -331,6 +331,10 @@ class Registry:
             node.drain_intent = None
         if report.backend_health == "ok":
             node.check_passed()
+            if from_agent and node.breaker_until > now:
+                # The agent vouches for its backend again (an engine restarted behind it): end
+                # the cooldown. The breaker stays half-open: one request proves the node.
+                node.breaker_until = now
         else:
             node.check_failed(self.threshold, definitive=report.backend_health == "unhealthy")
         if report.models != old_models:
