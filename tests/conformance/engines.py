@@ -78,7 +78,9 @@ def _emulator(kind: str) -> EngineFactory:
         argv = [sys.executable, "-m", "bench.emulator", "--kind", kind]
         argv += ["--model", EMULATOR_MODELS[kind], "--port", str(port)]
         argv += ["--slots", str(EMULATOR_SLOTS), "--tok-s", "400", "--ttft-ms", "10"]
-        argv += ["--load-time-scale", "0.05", "--context-length", "4096"]
+        # llama-server's -c is shared by its slots: each slot gets 4096, as on the real ones.
+        context = 4096 * EMULATOR_SLOTS if kind == "llamacpp" else 4096
+        argv += ["--load-time-scale", "0.05", "--context-length", str(context)]
         return EngineProcess(f"{kind} emulator", argv, port, "/_emulator/state", log_path=log)
 
     return start
