@@ -25,6 +25,7 @@ from .appkeys import (
     CONTROL_SESSION,
     GPUS,
     METRICS,
+    PROMPTS,
     PROXY,
     REPORTER,
     RESOLVER,
@@ -37,6 +38,7 @@ from .gpu import open_gpu_source
 from .infer import infer
 from .metrics import AgentMetrics
 from .native import add_native_routes
+from .prompt_caches import PromptCaches
 from .proxy import BackendProxy
 from .reporter import Reporter
 from .router_directory import Resolver, dns_resolver
@@ -87,6 +89,7 @@ async def _sessions(app: web.Application) -> AsyncIterator[None]:
         total_timeout_s=s.total_timeout_s,
         connect_timeout_s=s.connect_timeout_s,
         metrics=app[METRICS].requests,
+        prompts=app[PROMPTS],
     )
     try:
         yield
@@ -118,7 +121,13 @@ async def _backend_and_gpus(app: web.Application) -> AsyncIterator[None]:
 async def _reporter(app: web.Application) -> AsyncIterator[None]:
     s = app[SETTINGS]
     reporter = Reporter(
-        s, app[CONTROL_SESSION], app[BACKEND], app[GPUS], app[STATS], resolver=app[RESOLVER]
+        s,
+        app[CONTROL_SESSION],
+        app[BACKEND],
+        app[GPUS],
+        app[STATS],
+        resolver=app[RESOLVER],
+        prompts=app[PROMPTS],
     )
     app[REPORTER] = reporter
     # Reports are built from now on (for /status); registration waits for reporter.advertise(),
@@ -158,7 +167,8 @@ def make_app(settings: AgentSettings, resolver: Resolver = dns_resolver) -> web.
     app[SETTINGS] = settings
     app[RESOLVER] = resolver
     stats = app[STATS] = TrafficStats()
-    app[METRICS] = AgentMetrics(stats, lambda: app.get(REPORTER))
+    prompts = app[PROMPTS] = PromptCaches()
+    app[METRICS] = AgentMetrics(stats, lambda: app.get(REPORTER), prompts)
     app.cleanup_ctx.extend([_sessions, _backend_and_gpus, _reporter])
     app.router.add_get("/health", health, allow_head=False)
     app.router.add_get("/status", status, allow_head=False)
@@ -186,6 +196,10 @@ class RunningAgent:
     @property
     def stats(self) -> TrafficStats:
         return self.app[STATS]
+
+    @property
+    def prompts(self) -> PromptCaches:
+        return self.app[PROMPTS]
 
 
 @asynccontextmanager

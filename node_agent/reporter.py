@@ -5,7 +5,8 @@ the proxy hints that something may have changed and the loaded-model set or the 
 Each router URL has its own :class:`~node_agent.router_link.RouterLink` task that sends the
 latest report (registering first, again when the router forgot the node). GPUs come from the
 GPU source (NVML) and, when it has none, from the backend itself (Triton's DCGM gauges). On stop
-every link deregisters.
+every link deregisters. Each report carries the summary of the node's prompt caches
+(:mod:`node_agent.prompt_caches`), sized from the facts of the same collection.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from typing import Any
 
 import aiohttp
 
-from node_protocol.wire import LoadReport, Registration
+from node_protocol.wire import LoadReport, PrefixSummary, Registration
 
 from .backends.base import Backend
 from .gpu import GpuSource
+from .prompt_caches import PromptCaches
 from .router_directory import Resolver, RouterDirectory, dns_resolver
 from .router_link import RouterLink
 from .settings import AgentSettings
@@ -57,8 +59,10 @@ class Reporter:
         gpus: GpuSource,
         stats: TrafficStats,
         resolver: Resolver = dns_resolver,
+        prompts: PromptCaches | None = None,
     ) -> None:
         self._settings = settings
+        self._prompts = prompts
         self._backend = backend
         self._gpus = gpus
         self._stats = stats
@@ -144,6 +148,10 @@ class Reporter:
         )
         if not gpus:
             gpus = facts.gpus  # no NVML here: the backend's own GPU readings, if it has any
+        prefix_caches: tuple[PrefixSummary, ...] = ()
+        if self._prompts is not None:
+            self._prompts.configure(facts.models, facts.kv_capacity_tokens)
+            prefix_caches = self._prompts.summaries()
         return LoadReport(
             seq=0,
             sent_at=time.time(),
@@ -157,6 +165,7 @@ class Reporter:
             output_tokens_per_s=tokens_per_s,
             gpus=gpus,
             models=facts.models,
+            prefix_caches=prefix_caches,
         )
 
     def _publish(self, report: LoadReport) -> LoadReport:
