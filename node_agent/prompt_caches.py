@@ -34,6 +34,7 @@ CHARS_PER_TOKEN = 4
 DEFAULT_TOKENS = 32_768
 MAX_MODELS = MAX_PREFIX_MODELS
 SUMMARY_HASHES = 512  # per model in each report: about 5 KB of JSON
+REPORT_HASHES = 2048  # over all models in one report: the busiest models' summaries first
 RATIO_DECAY = 0.98  # the engine's cached ratio weighs about the last 50 answers that report it
 
 
@@ -129,20 +130,29 @@ class PromptCaches:
         cache.cached_chars += predicted
         return Arrival(cache, fp, predicted)
 
-    def summaries(self, limit: int = SUMMARY_HASHES) -> tuple[PrefixSummary, ...]:
-        """Each model's summary for the load report."""
-        return tuple(
-            PrefixSummary(
-                model=model,
-                scheme=SCHEME,
-                hashes=cache.index.recent(limit),
-                capacity_chars=cache.index.capacity_chars,
-                used_chars=cache.index.used_chars,
-                engine_cached_ratio=cache.engine_cached_ratio,
+    def summaries(
+        self, limit: int = SUMMARY_HASHES, total: int = REPORT_HASHES
+    ) -> tuple[PrefixSummary, ...]:
+        """Each model's summary for the load report: at most ``limit`` hashes a model and
+        ``total`` in all, the most recently used models first."""
+        found: list[PrefixSummary] = []
+        for model, cache in reversed(self._models.items()):
+            room = min(limit, total)
+            if not len(cache.index) or room <= 0:
+                continue
+            hashes = cache.index.recent(room)
+            total -= len(hashes)
+            found.append(
+                PrefixSummary(
+                    model=model,
+                    scheme=SCHEME,
+                    hashes=hashes,
+                    capacity_chars=cache.index.capacity_chars,
+                    used_chars=cache.index.used_chars,
+                    engine_cached_ratio=cache.engine_cached_ratio,
+                )
             )
-            for model, cache in self._models.items()
-            if len(cache.index)
-        )
+        return tuple(found)
 
     def _cache_for(self, model: str) -> ModelCache:
         # A backend that reports one model serves it under any name (llama.cpp does).

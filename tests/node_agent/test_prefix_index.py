@@ -167,6 +167,13 @@ class TestPromptCaches:
         caches.arrive("/generate", orjson.dumps({"inputs": "hello"}))
         assert list(caches.models()) == ["tiny"]
 
+    def test_a_route_that_names_the_model_wins(self) -> None:
+        """Triton's generate names its model in the path; its body has none."""
+        caches = PromptCaches()
+        generate = orjson.dumps({"text_input": self.SYSTEM, "parameters": {"max_tokens": 4}})
+        caches.arrive("/v2/models/ensemble/generate", generate, route_model="ensemble")
+        assert list(caches.models()) == ["ensemble"]
+
     def test_models_are_bounded(self) -> None:
         """At most MAX_MODELS indexes; the least recently used model goes."""
         caches = PromptCaches()
@@ -212,6 +219,15 @@ class TestPromptCaches:
         assert len(summary.hashes) == 40
         assert summary.prefix_chars(newest.fingerprint) == newest.fingerprint.chars
         assert summary.used_chars <= summary.capacity_chars
+
+    def test_a_reports_summaries_are_bounded_in_all(self) -> None:
+        """Many models: the most recently used get their hashes first, within the total."""
+        caches = PromptCaches()
+        for i in range(10):
+            caches.arrive(CHAT, body(text(i, 20_000), "q", model=f"m{i}"))
+        found = caches.summaries(limit=20, total=70)  # each model holds 26 hashes
+        assert [s.model for s in found] == ["m9", "m8", "m7", "m6"]
+        assert [len(s.hashes) for s in found] == [20, 20, 20, 10]
 
 
 class TestEstimates:
