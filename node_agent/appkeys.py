@@ -6,6 +6,7 @@ import aiohttp
 from aiohttp import web
 
 from .backends.base import Backend
+from .gate import BackendGate
 from .gpu import GpuSource
 from .metrics import AgentMetrics
 from .prompt_caches import PromptCaches
@@ -22,6 +23,7 @@ CONTROL_SESSION = web.AppKey("control_session", aiohttp.ClientSession)
 PROXY = web.AppKey("proxy", BackendProxy)
 PROMPTS = web.AppKey("prompts", PromptCaches)
 BACKEND = web.AppKey("backend", Backend)
+GATE = web.AppKey("gate", BackendGate)
 GPUS = web.AppKey("gpus", GpuSource)
 REPORTER = web.AppKey("reporter", Reporter)
 RESOLVER: web.AppKey[Resolver] = web.AppKey("resolver")

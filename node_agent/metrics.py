@@ -209,6 +209,12 @@ class AgentMetrics:
     ) -> None:
         self.registry = CollectorRegistry()
         self.requests = RequestMetrics(self.registry)
+        self.task_restarts = Counter(
+            "node_agent_task_restarts",
+            "Restarts of a long-lived loop (reports, a router link, router DNS) after a failure.",
+            ["task"],
+            registry=self.registry,
+        )
         self.registry.register(AgentCollector(stats, reporter, prompts))
 
     def render(self) -> web.Response:

@@ -15,13 +15,16 @@ from typing import Any
 
 from .prompt_prefix import SCHEME, Fingerprint, cached_prefix_chars
 
-BACKEND_KINDS = ("ollama", "vllm", "tgi", "triton", "lmstudio", "openai")
+BACKEND_KINDS = ("ollama", "vllm", "tgi", "triton", "lmstudio", "llamacpp", "openai")
 HEALTH_VALUES = ("ok", "degraded", "unhealthy")
 # Behind several router replicas a router may believe a node has a free slot that another
 # replica took since the last report. It then sends ``SLOT_CHECK_HEADER: N`` (the model's
-# parallel slots): an agent that already has N or more requests in flight does not forward the
-# request but answers 503 at once with ``NODE_BUSY_HEADER: <its in-flight count>``, and the
-# router, now knowing the node is full, picks again or queues the request.
+# parallel slots): an agent that already has N or more requests in flight for the request's model
+# (the one its body or path names, as the backend knows it; every request where the backend's
+# models share its slots, as vLLM's adapters do) does not forward the request but answers 503 at
+# once with ``NODE_BUSY_HEADER: <its in-flight count>`` (every model's, as
+# ``LoadReport.in_flight``), and the router, now knowing the node is full, picks again or
+# queues the request.
 SLOT_CHECK_HEADER = "X-Router-Slot-Check"
 NODE_BUSY_HEADER = "X-Node-Busy"
 
@@ -257,6 +260,9 @@ class LoadReport:
     ``queue_waiting`` / ``queue_running`` / ``kv_cache_usage`` are None when the backend does
     not expose them (None means unknown, never zero). ``prefix_caches`` summarises each
     model's prompt cache (optional: a report without it says nothing about the caches).
+    ``prompt_tokens`` and ``cached_prompt_tokens`` are the engine's running totals of prompt
+    tokens it computed and prompt tokens it took from its prompt cache (llama.cpp's counters),
+    for a reader that compares two reports.
     """
 
     seq: int
@@ -271,6 +277,8 @@ class LoadReport:
     queue_running: int | None = None
     kv_cache_usage: float | None = None
     output_tokens_per_s: float | None = None
+    prompt_tokens: int | None = None
+    cached_prompt_tokens: int | None = None
     draining: bool = False  # the node is being drained (told by any router replica)
     prefix_caches: tuple[PrefixSummary, ...] = ()
 
@@ -296,6 +304,8 @@ class LoadReport:
             "queueRunning": self.queue_running,
             "kvCacheUsage": self.kv_cache_usage,
             "outputTokensPerS": self.output_tokens_per_s,
+            "promptTokens": self.prompt_tokens,
+            "cachedPromptTokens": self.cached_prompt_tokens,
             "draining": self.draining,
             "gpus": [g.to_json() for g in self.gpus],
             "models": [m.to_json() for m in self.models],
@@ -332,6 +342,8 @@ class LoadReport:
             queue_running=_opt(obj, "queueRunning", int, "report"),
             kv_cache_usage=_opt(obj, "kvCacheUsage", (int, float), "report"),
             output_tokens_per_s=_opt(obj, "outputTokensPerS", (int, float), "report"),
+            prompt_tokens=_opt(obj, "promptTokens", int, "report"),
+            cached_prompt_tokens=_opt(obj, "cachedPromptTokens", int, "report"),
             draining=bool(_opt(obj, "draining", bool, "report") or False),
             gpus=tuple(GpuReport.from_json(g) for g in gpus),
             models=tuple(ModelReport.from_json(m) for m in models),
