@@ -28,6 +28,7 @@ from .appkeys import (
     GATE,
     GPUS,
     METRICS,
+    PROMPTS,
     PROXY,
     REPORTER,
     RESOLVER,
@@ -41,6 +42,7 @@ from .gpu import open_gpu_source
 from .infer import infer
 from .metrics import AgentMetrics
 from .native import add_native_routes
+from .prompt_caches import PromptCaches
 from .proxy import BackendProxy
 from .reporter import Reporter
 from .router_directory import Resolver, dns_resolver
@@ -93,6 +95,7 @@ async def _sessions(app: web.Application) -> AsyncIterator[None]:
         total_timeout_s=s.total_timeout_s,
         connect_timeout_s=s.connect_timeout_s,
         metrics=app[METRICS].requests,
+        prompts=app[PROMPTS],
         gate=app[GATE],
     )
     try:
@@ -131,6 +134,7 @@ async def _reporter(app: web.Application) -> AsyncIterator[None]:
         app[GPUS],
         app[STATS],
         resolver=app[RESOLVER],
+        prompts=app[PROMPTS],
         restarts=app[METRICS].task_restarts,
         gate=app[GATE],
     )
@@ -185,7 +189,8 @@ def make_app(settings: AgentSettings, resolver: Resolver = dns_resolver) -> web.
     app[SETTINGS] = settings
     app[RESOLVER] = resolver
     stats = app[STATS] = TrafficStats()
-    app[METRICS] = AgentMetrics(stats, lambda: app.get(REPORTER))
+    prompts = app[PROMPTS] = PromptCaches()
+    app[METRICS] = AgentMetrics(stats, lambda: app.get(REPORTER), prompts)
     app.cleanup_ctx.extend([_sessions, _backend_and_gpus, _reporter])
     app.router.add_get("/health", health, allow_head=False)
     app.router.add_get("/ready", ready, allow_head=False)
@@ -214,6 +219,10 @@ class RunningAgent:
     @property
     def stats(self) -> TrafficStats:
         return self.app[STATS]
+
+    @property
+    def prompts(self) -> PromptCaches:
+        return self.app[PROMPTS]
 
 
 @asynccontextmanager

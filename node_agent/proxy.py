@@ -8,7 +8,8 @@ NDJSON, TGI and Triton SSE) share this code; only the framing of a cut stream di
 (:mod:`node_agent.framing`). Requests in flight are counted exactly; a client that goes away
 closes the upstream response so the backend stops generating. A route that translates between
 APIs (OpenAI on Triton, :mod:`node_agent.triton_openai`) holds the backend's answer open with
-:meth:`BackendProxy.opened` and gets the same accounting, headers and cancellation.
+:meth:`BackendProxy.opened` and gets the same accounting, headers and cancellation. Each prompt
+the backend takes is recorded on the node's prompt caches (:mod:`node_agent.prompt_caches`).
 
 A router that believes the node has a free slot may ask ``X-Router-Slot-Check: N`` (the
 model's parallel slots, ``SLOT_CHECK_HEADER``): with N or more requests for the same model
@@ -45,6 +46,7 @@ from .errors import AgentError, BackendTimeout, BackendUnreachable, NodeBusy
 from .framing import Framing, cut_event, framing_of
 from .gate import BackendGate
 from .metrics import CLIENT_GONE, RequestMetrics
+from .prompt_caches import Arrival, PromptCaches
 from .traffic import AnswerTokens, TrafficStats
 
 __all__ = ["BackendProxy", "Exchange", "Upstream", "route_label"]  # Upstream: for handlers
@@ -116,9 +118,11 @@ class BackendProxy:
         total_timeout_s: float,
         connect_timeout_s: float,
         metrics: RequestMetrics | None = None,
+        prompts: PromptCaches | None = None,
         gate: BackendGate | None = None,
     ) -> None:
         self._pool = pool
+        self._prompts = prompts
         self._gate = gate or BackendGate(lambda: None)
         self._base = backend_url.rstrip("/")
         pool.origin(self._base)  # a bad URL fails here, at start
@@ -201,9 +205,12 @@ class BackendProxy:
                 )
                 track.status = upstream.status
                 track.headers_s = track.since_start()
+                arrival = await self._arrive(request, upstream.status)
                 upstream.pace(self._idle_s)
                 try:
-                    resp, complete = await self._relay(request, upstream, track, native, surface)
+                    resp, complete = await self._relay(
+                        request, upstream, track, native, surface, arrival
+                    )
                     track.failed = not complete or upstream.status >= 500
                     return resp
                 finally:
@@ -219,6 +226,7 @@ class BackendProxy:
                 upstream = await self._open("POST", path, body, headers)
                 track.status = upstream.status
                 track.headers_s = track.since_start()
+                arrival = await self._arrive(request, upstream.status)
                 try:
                     async with asyncio.timeout(self._idle_s):
                         raw = await upstream.read()
@@ -233,6 +241,8 @@ class BackendProxy:
                     reader = AnswerReader(surface_of(path))
                     reader.read_body(raw, time.perf_counter())
                     self._stats.add_tokens(reader.output_tokens)
+                    if arrival is not None:
+                        arrival.settle(reader.prompt_tokens, reader.cached_tokens)
                 ctype = upstream.headers.get("content-type", "application/json")
                 return Exchange(upstream.status, ctype, raw)
 
@@ -252,6 +262,7 @@ class BackendProxy:
                 response = await self._open("POST", path, body, headers)
                 track.status = response.status
                 track.headers_s = track.since_start()
+                await self._arrive(request, response.status)  # no cached counts come back here
                 # The handler's reads keep their own first-byte and idle bounds; the client's
                 # per-piece bound never fires before those do.
                 response.pace(max(self._first_byte_s, self._idle_s))
@@ -266,6 +277,14 @@ class BackendProxy:
                     yield upstream
                 finally:
                     response.close()
+
+    async def _arrive(self, request: web.Request, status: int) -> Arrival | None:
+        """The engine took the request (200): record its prompt on the node's prompt caches.
+        Done once the request is sent, so fingerprinting never delays it."""
+        if self._prompts is None or status != 200 or not request.body_exists:
+            return None
+        body = await request.read()  # read already: aiohttp keeps the bytes
+        return self._prompts.arrive(request.path, body, request.match_info.get("model"))
 
     async def _open(
         self, method: str, path: str, body: bytes | None, headers: dict[str, str]
@@ -289,10 +308,12 @@ class BackendProxy:
         track: Track,
         native: bool,
         surface: Surface,
+        arrival: Arrival | None,
     ) -> tuple[web.StreamResponse, bool]:
         """Relay the answer; the flag is False when the backend stalled or dropped mid-answer.
 
         Pieces go out as they come; the last one goes with the end of the answer, in one write.
+        The engine's prompt counts in it, if any, settle the prompt's ``arrival``.
         """
         found = upstream.headers
         headers = {name: found[key] for name, key in _PASS_BACK_KEYS if key in found}
@@ -319,6 +340,8 @@ class BackendProxy:
                 track.first_byte_s = track.since_start()
             if tokens is not None:
                 tokens.end(_header_int(found, "x-generated-tokens"))
+                if arrival is not None:
+                    arrival.settle(tokens.reader.prompt_tokens, tokens.reader.cached_tokens)
             await resp.write_eof(chunk)
         except ConnectionResetError:
             # The client went away (the handler is usually cancelled first; this is the case

@@ -41,6 +41,8 @@ class BackendFacts:
     cached_prompt_tokens: int | None = None
     # GPUs as the backend itself reports them (Triton's DCGM gauges): used when NVML is absent.
     gpus: tuple[GpuReport, ...] = ()
+    # The tokens the engine's KV cache holds in all (vLLM: GPU blocks x block size).
+    kv_capacity_tokens: int | None = None
 
 
 def control_headers(api_key: str | None) -> dict[str, str]:

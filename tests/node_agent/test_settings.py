@@ -111,7 +111,7 @@ class TestValidation:
         ("overrides", "fragment"),
         [
             ({"backend_url": "localhost:11434"}, "backend_url"),
-            ({"backend_kind": "llamacpp"}, "backend_kind"),
+            ({"backend_kind": "sglang"}, "backend_kind"),
             ({"backend_metrics_url": "host:8002/metrics"}, "backend_metrics_url"),
             ({"gpu_source": "rocm"}, "gpu_source"),
             ({"router_urls": ("ftp://r",)}, "router_urls"),
