@@ -112,8 +112,9 @@ async def run_scenario(opts: RunOptions) -> RunOutcome:
         notes.append(f"no records were written: see {opts.out / 'locust.log'}")
     stats = run_stats(records, load.warmup_s, load.duration_s, scenario.slo)
     classes = {e.model: e.capacity_class for e in scenario.mix}
+    notes.append(f"targets from {scenario.capacity.name}")
     verdicts = [
-        judge(m, stats.models[m], target_for(m, classes.get(m)))
+        judge(m, stats.models[m], target_for(m, classes.get(m), scenario.capacity))
         for m in scenario.models
         if m in stats.models
     ]
@@ -138,5 +139,7 @@ async def run_scenario(opts: RunOptions) -> RunOutcome:
         share=node_shares(records, stats, spec),
         notes=notes,
     )
-    outcome.verdicts.extend(missing_verdict(m, target_for(m, classes.get(m))) for m in missing)
+    outcome.verdicts.extend(
+        missing_verdict(m, target_for(m, classes.get(m), scenario.capacity)) for m in missing
+    )
     return outcome

@@ -1,6 +1,8 @@
 """A benchmark scenario (``bench/scenarios/NAME.toml``), validated once when loaded.
 
-A scenario names the cluster to start (a spec in ``bench/clusters/``), the load (closed loop:
+A scenario names the cluster to start (a spec in ``bench/clusters/``), the capacity spec its
+targets come from (``capacity``, default ``bench/capacity.toml``, the table the emulator also
+reads; a run against real engines names a spec of its own), the load (closed loop:
 ``users`` streams with no wait; open loop: Poisson arrivals at ``rate`` per second), the warm-up
 and steady window, the weighted mix of models and prompt / output lengths, the SLOs used for
 goodput, the calibration run and the checks that decide pass or fail.
@@ -15,6 +17,7 @@ from typing import Any
 
 SCENARIO_DIR = Path(__file__).parent / "scenarios"
 CLUSTER_DIR = Path(__file__).parent / "clusters"
+CAPACITY_FILE = Path(__file__).parent / "capacity.toml"
 MODES = ("closed", "open")
 APIS = ("chat", "completions")
 
@@ -136,6 +139,7 @@ class Scenario:
     calibration: Calibration
     checks: Checks
     force_length: bool = True
+    capacity: Path = CAPACITY_FILE
 
     @classmethod
     def from_toml(cls, path: Path) -> Scenario:
@@ -147,6 +151,9 @@ class Scenario:
         if not mix:
             raise ScenarioError(f"{path}: a scenario needs at least one [[mix]] entry")
         cluster = data.get("cluster")
+        capacity = _capacity_path(str(data.get("capacity", CAPACITY_FILE)))
+        if not capacity.is_file():
+            raise ScenarioError(f"{path}: capacity spec {capacity} does not exist")
         try:
             return cls(
                 name=str(data.get("name", path.stem)),
@@ -158,6 +165,7 @@ class Scenario:
                 calibration=Calibration(**data.get("calibration", {})),
                 checks=Checks(**data.get("checks", {})),
                 force_length=bool(data.get("force_length", True)),
+                capacity=capacity,
             )
         except TypeError as exc:
             raise ScenarioError(f"{path}: {exc}") from exc
@@ -170,6 +178,14 @@ class Scenario:
 def _cluster_path(name: str) -> Path:
     path = Path(name)
     return path if path.suffix == ".toml" else CLUSTER_DIR / f"{name}.toml"
+
+
+def _capacity_path(name: str) -> Path:
+    """A capacity spec by path, or by name in ``bench/`` (``capacity-tiny``)."""
+    path = Path(name)
+    if path.is_absolute() or path.is_file():
+        return path
+    return CAPACITY_FILE.parent / (name if path.suffix == ".toml" else f"{name}.toml")
 
 
 def scenario_path(name: str) -> Path:

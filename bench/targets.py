@@ -1,4 +1,4 @@
-"""Per-model targets from the capacity table, and the verdict of a run against them.
+"""Per-model targets from a capacity spec, and the verdict of a run against them.
 
 Each class's ``min_tok_s`` is a floor on the per-stream decode rate (p50 of 1/TPOT); a rate
 above ``max_tok_s`` is noted, not failed. The aggregate check asks the model's output tokens/s
@@ -42,9 +42,12 @@ def load_targets(path: Path = CAPACITY_FILE) -> tuple[dict[str, Target], dict[st
     return classes, {str(k): str(v) for k, v in data.get("models", {}).items()}
 
 
-def target_for(model: str, override_class: str | None = None) -> Target | None:
-    """The target of ``model`` (or of the class the scenario names for it); None if unknown."""
-    classes, models = load_targets()
+def target_for(
+    model: str, override_class: str | None = None, capacity: Path = CAPACITY_FILE
+) -> Target | None:
+    """The target of ``model`` (or of the class the scenario names for it) in the capacity
+    spec ``capacity``; None if unknown."""
+    classes, models = load_targets(capacity)
     name = override_class or models.get(model)
     return None if name is None else classes.get(name)
 

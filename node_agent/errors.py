@@ -105,16 +105,20 @@ class RouteNotServed(AgentError):
 
 
 class NodeBusy(AgentError):
-    """A router's slot check found every slot taken: the request was not forwarded.
+    """A router's slot check found every slot of the request's model taken: the request was
+    not forwarded.
 
-    ``X-Node-Busy`` carries the agent's in-flight count (``node_protocol.wire.NODE_BUSY_HEADER``).
+    ``X-Node-Busy`` carries the agent's in-flight count, all models together, as its reports
+    do (``node_protocol.wire.NODE_BUSY_HEADER``).
     """
 
     status = 503
     code = "node_busy"
 
-    def __init__(self, in_flight: int, slots: int) -> None:
-        super().__init__(f"node busy: {in_flight} requests in flight, {slots} slots")
+    def __init__(self, model_in_flight: int, slots: int, in_flight: int) -> None:
+        super().__init__(
+            f"node busy: {model_in_flight} requests for the model in flight, {slots} slots"
+        )
         self.headers[NODE_BUSY_HEADER] = str(in_flight)
 
 

@@ -8,13 +8,17 @@ NDJSON, TGI and Triton SSE) share this code; only the framing of a cut stream di
 (:mod:`node_agent.framing`). Requests in flight are counted exactly; a client that goes away
 closes the upstream response so the backend stops generating. A route that translates between
 APIs (OpenAI on Triton, :mod:`node_agent.triton_openai`) holds the backend's answer open with
-:meth:`BackendProxy.opened` and gets the same accounting, headers and cancellation.
+:meth:`BackendProxy.opened` and gets the same accounting, headers and cancellation. Each prompt
+the backend takes is recorded on the node's prompt caches (:mod:`node_agent.prompt_caches`).
 
 A router that believes the node has a free slot may ask ``X-Router-Slot-Check: N`` (the
-model's parallel slots, ``SLOT_CHECK_HEADER``): with N or more requests already
-in flight the agent does not call the backend but answers 503 ``node_busy`` at once, with
-``X-Node-Busy: <in flight>``. Such an answer is not counted in flight, not observed in the
-request metrics and not a backend failure. The header is never passed on.
+model's parallel slots, ``SLOT_CHECK_HEADER``): with N or more requests for the same model
+already in flight (counted per model: :meth:`TrafficStats.model_key`) the agent does not call
+the backend but answers 503 ``node_busy`` at once, with ``X-Node-Busy: <in flight>`` (all of
+the node's). Such an answer is not counted in flight, not observed in the request metrics and
+not a backend failure. The header is never passed on. A backend that must not get more than a
+few requests at once has each request wait its turn (:mod:`node_agent.gate`) after it is
+counted in flight.
 
 The calls go out on the router's lean HTTP/1.1 client (:mod:`node_protocol.upstream`): aiohttp's
 client call cost more than all of the agent's own work on a short request. Like the aiohttp
@@ -40,7 +44,9 @@ from node_protocol.wire import SLOT_CHECK_HEADER
 from .backend_answer import Track, Upstream
 from .errors import AgentError, BackendTimeout, BackendUnreachable, NodeBusy
 from .framing import Framing, cut_event, framing_of
+from .gate import BackendGate
 from .metrics import CLIENT_GONE, RequestMetrics
+from .prompt_caches import Arrival, PromptCaches
 from .traffic import AnswerTokens, TrafficStats
 
 __all__ = ["BackendProxy", "Exchange", "Upstream", "route_label"]  # Upstream: for handlers
@@ -112,8 +118,12 @@ class BackendProxy:
         total_timeout_s: float,
         connect_timeout_s: float,
         metrics: RequestMetrics | None = None,
+        prompts: PromptCaches | None = None,
+        gate: BackendGate | None = None,
     ) -> None:
         self._pool = pool
+        self._prompts = prompts
+        self._gate = gate or BackendGate(lambda: None)
         self._base = backend_url.rstrip("/")
         pool.origin(self._base)  # a bad URL fails here, at start
         self._stats = stats
@@ -146,18 +156,21 @@ class BackendProxy:
         return headers
 
     @contextmanager
-    def _track(self, request: web.Request) -> Iterator[Track]:
-        """Count the request in flight and observe it once it ends, however it ends.
+    def _track(self, request: web.Request, path: str, body: bytes | None) -> Iterator[Track]:
+        """Count the request in flight (under its model: ``path`` and ``body`` as the backend
+        gets them) and observe it once it ends, however it ends.
 
-        A router's slot check that finds every slot taken raises :class:`NodeBusy` first, with
-        nothing counted; the check and the count go together, with no ``await`` between them,
-        so two requests cannot both take the last slot.
+        A router's slot check that finds every slot of the model taken raises :class:`NodeBusy`
+        first, with nothing counted; the check and the count go together, with no ``await``
+        between them, so two requests cannot both take the last slot.
         """
+        stats = self._stats
+        key = stats.model_key(path, body)
         slots = _slot_check(request)
-        if slots is not None and self._stats.in_flight >= slots:
-            raise NodeBusy(self._stats.in_flight, slots)
+        if slots is not None and stats.in_flight_for(key) >= slots:
+            raise NodeBusy(stats.in_flight_for(key), slots, stats.in_flight)
         track = Track(route_label(request), time.perf_counter())
-        self._stats.enter()
+        stats.enter(key)
         try:
             yield track
         except AgentError as exc:
@@ -167,8 +180,8 @@ class BackendProxy:
             track.status = CLIENT_GONE
             raise
         finally:
-            self._stats.leave()
-            self._stats.hint(failure=track.failed)
+            stats.leave(key)
+            stats.hint(failure=track.failed)
             if self._metrics is not None:
                 # An answer without a body had its first byte with its headers.
                 first_byte = track.headers_s if track.first_byte_s is None else track.first_byte_s
@@ -190,48 +203,57 @@ class BackendProxy:
         body = await request.read() if request.body_exists else None
         surface = surface_of(path)
         query = request.rel_url.raw_query_string  # as the client encoded it
-        if query:
-            path = f"{path}?{query}"
-        with self._track(request) as track:
-            upstream = await self._open(request.method, path, body, self.upstream_headers(request))
-            track.status = upstream.status
-            track.headers_s = track.since_start()
-            upstream.pace(self._idle_s)
-            try:
-                if error_body is not None and upstream.status >= 400:
-                    track.failed = upstream.status >= 500
-                    return await _reshaped(upstream, error_body)
-                resp, complete = await self._relay(request, upstream, track, native, surface)
-                track.failed = not complete or upstream.status >= 500
-                return resp
-            finally:
-                # Back to the pool when read to its end; otherwise (cancelled with the client
-                # gone, cut, failed) the connection is closed and the backend stops generating.
-                upstream.close()
+        target = f"{path}?{query}" if query else path
+        with self._track(request, path, body) as track:
+            async with self._gate.hold():
+                upstream = await self._open(
+                    request.method, target, body, self.upstream_headers(request)
+                )
+                track.status = upstream.status
+                track.headers_s = track.since_start()
+                arrival = await self._arrive(request, upstream.status)
+                upstream.pace(self._idle_s)
+                try:
+                    if error_body is not None and upstream.status >= 400:
+                        track.failed = upstream.status >= 500
+                        return await _reshaped(upstream, error_body)
+                    resp, complete = await self._relay(
+                        request, upstream, track, native, surface, arrival
+                    )
+                    track.failed = not complete or upstream.status >= 500
+                    return resp
+                finally:
+                    # Back to the pool when read to its end; otherwise (cancelled with the client
+                    # gone, cut, failed) the connection is closed and the backend stops generating.
+                    upstream.close()
 
     async def exchange(self, request: web.Request, path: str, body: bytes) -> Exchange:
         """POST a JSON body to ``{backend}{path}`` and read the whole answer (not relayed)."""
         headers = self.upstream_headers(request) | {"Content-Type": "application/json"}
-        with self._track(request) as track:
-            upstream = await self._open("POST", path, body, headers)
-            track.status = upstream.status
-            track.headers_s = track.since_start()
-            try:
-                async with asyncio.timeout(self._idle_s):
-                    raw = await upstream.read()
-            except TimeoutError as exc:
-                raise BackendTimeout(f"backend stalled mid-answer: {path}") from exc
-            except OSError as exc:  # UpstreamBroken is one
-                raise BackendUnreachable(f"backend dropped the answer: {exc}") from exc
-            finally:
-                upstream.close()
-            track.failed = upstream.status >= 500
-            if upstream.status == 200:
-                reader = AnswerReader(surface_of(path))
-                reader.read_body(raw, time.perf_counter())
-                self._stats.add_tokens(reader.output_tokens)
-            ctype = upstream.headers.get("content-type", "application/json")
-            return Exchange(upstream.status, ctype, raw)
+        with self._track(request, path, body) as track:
+            async with self._gate.hold():
+                upstream = await self._open("POST", path, body, headers)
+                track.status = upstream.status
+                track.headers_s = track.since_start()
+                arrival = await self._arrive(request, upstream.status)
+                try:
+                    async with asyncio.timeout(self._idle_s):
+                        raw = await upstream.read()
+                except TimeoutError as exc:
+                    raise BackendTimeout(f"backend stalled mid-answer: {path}") from exc
+                except OSError as exc:  # UpstreamBroken is one
+                    raise BackendUnreachable(f"backend dropped the answer: {exc}") from exc
+                finally:
+                    upstream.close()
+                track.failed = upstream.status >= 500
+                if upstream.status == 200:
+                    reader = AnswerReader(surface_of(path))
+                    reader.read_body(raw, time.perf_counter())
+                    self._stats.add_tokens(reader.output_tokens)
+                    if arrival is not None:
+                        arrival.settle(reader.prompt_tokens, reader.cached_tokens)
+                ctype = upstream.headers.get("content-type", "application/json")
+                return Exchange(upstream.status, ctype, raw)
 
     @asynccontextmanager
     async def opened(self, request: web.Request, path: str, body: bytes) -> AsyncIterator[Upstream]:
@@ -244,24 +266,34 @@ class BackendProxy:
         headers = self.upstream_headers(request) | {"Content-Type": "application/json"}
         for name in ("Accept", "Inference-Header-Content-Length"):
             headers.pop(name, None)
-        with self._track(request) as track:
-            response = await self._open("POST", path, body, headers)
-            track.status = response.status
-            track.headers_s = track.since_start()
-            # The handler's reads keep their own first-byte and idle bounds; the client's
-            # per-piece bound never fires before those do.
-            response.pace(max(self._first_byte_s, self._idle_s))
-            upstream = Upstream(
-                response,
-                track,
-                self._stats,
-                first_byte_s=self._first_byte_s,
-                idle_s=self._idle_s,
-            )
-            try:
-                yield upstream
-            finally:
-                response.close()
+        with self._track(request, path, body) as track:
+            async with self._gate.hold():
+                response = await self._open("POST", path, body, headers)
+                track.status = response.status
+                track.headers_s = track.since_start()
+                await self._arrive(request, response.status)  # no cached counts come back here
+                # The handler's reads keep their own first-byte and idle bounds; the client's
+                # per-piece bound never fires before those do.
+                response.pace(max(self._first_byte_s, self._idle_s))
+                upstream = Upstream(
+                    response,
+                    track,
+                    self._stats,
+                    first_byte_s=self._first_byte_s,
+                    idle_s=self._idle_s,
+                )
+                try:
+                    yield upstream
+                finally:
+                    response.close()
+
+    async def _arrive(self, request: web.Request, status: int) -> Arrival | None:
+        """The engine took the request (200): record its prompt on the node's prompt caches.
+        Done once the request is sent, so fingerprinting never delays it."""
+        if self._prompts is None or status != 200 or not request.body_exists:
+            return None
+        body = await request.read()  # read already: aiohttp keeps the bytes
+        return self._prompts.arrive(request.path, body, request.match_info.get("model"))
 
     async def _open(
         self, method: str, path: str, body: bytes | None, headers: dict[str, str]
@@ -285,10 +317,12 @@ class BackendProxy:
         track: Track,
         native: bool,
         surface: Surface,
+        arrival: Arrival | None,
     ) -> tuple[web.StreamResponse, bool]:
         """Relay the answer; the flag is False when the backend stalled or dropped mid-answer.
 
         Pieces go out as they come; the last one goes with the end of the answer, in one write.
+        The engine's prompt counts in it, if any, settle the prompt's ``arrival``.
         """
         found = upstream.headers
         headers = {name: found[key] for name, key in _PASS_BACK_KEYS if key in found}
@@ -315,6 +349,8 @@ class BackendProxy:
                 track.first_byte_s = track.since_start()
             if tokens is not None:
                 tokens.end(_header_int(found, "x-generated-tokens"))
+                if arrival is not None:
+                    arrival.settle(tokens.reader.prompt_tokens, tokens.reader.cached_tokens)
             await resp.write_eof(chunk)
         except ConnectionResetError:
             # The client went away (the handler is usually cancelled first; this is the case

@@ -55,10 +55,12 @@ class AdmissionLimits:
     retry_after_s: int = 2
     tenant_weights: Mapping[str, float] = field(default_factory=dict)
     scan_budget: int = 64  # waiters tried per freed slot (they may want other models)
+    # Queues (one per group and model) kept while idle; past this, idle ones are dropped.
+    max_queues: int = 1024
 
     def __post_init__(self) -> None:
-        if self.max_queue < 0 or self.scan_budget < 1:
-            raise ValueError("max_queue must be >= 0 and scan_budget >= 1")
+        if self.max_queue < 0 or self.scan_budget < 1 or self.max_queues < 1:
+            raise ValueError("max_queue must be >= 0, scan_budget and max_queues >= 1")
         if not self.max_wait_s > 0 or self.retry_after_s < 1:
             raise ValueError("max_wait_s must be > 0 and retry_after_s >= 1")
         if any(not w > 0 for w in self.tenant_weights.values()):
@@ -91,6 +93,11 @@ class FairQueue(Generic[W]):
 
     def __len__(self) -> int:
         return self._size
+
+    @property
+    def idle(self) -> bool:
+        """Nobody waits and nobody is in service: the queue holds nothing worth keeping."""
+        return not self._size and not self._busy
 
     def queued(self, tenant: str) -> int:
         fifo = self._fifos.get(tenant)
@@ -263,6 +270,8 @@ class Admission:
         head of its tenant's line. ``wait_first``: do not try before the next :meth:`wake`."""
         queue = self._queues.get(group)
         if queue is None:
+            if len(self._queues) >= self.limits.max_queues:
+                self.drop_idle()
             queue = FairQueue(self.limits.max_queue, self.limits.tenant_weights)
             self._queues[group] = queue
         who = tenant or ""
@@ -301,6 +310,13 @@ class Admission:
             queue.remove(who, waiter)
             raise
         return Ticket(grant, lambda: self._finished(group, who))
+
+    def drop_idle(self, which: Callable[[str], bool] = lambda key: True) -> None:
+        """Forget idle queues (all, or those whose key ``which`` picks, e.g. a removed group's):
+        the keys come from requests, and a queue with no waiter and nobody in service starts
+        afresh at no cost."""
+        for key in [k for k, q in self._queues.items() if q.idle and which(k)]:
+            del self._queues[key]
 
     def _finished(self, group: str, tenant: str) -> None:
         self._queues[group].finished(tenant)

@@ -2,9 +2,12 @@
 
 Secrets are kept only as SHA-256 digests (hashed at rest: config and key files hold digests) and
 compared with :func:`hmac.compare_digest`. When no client keys are configured the client API is
-open; when no registration tokens are configured any agent may register; when no admin token is
-configured the operator endpoints are open. Each of these is reported at start. A client key
-comes as ``Authorization: Bearer <key>`` or, as Anthropic's clients send it, ``x-api-key``.
+open; when no admin token is configured the operator endpoints are open. When no registration
+token is configured, agents may register, report and deregister only from this machine: the
+connection's own peer address must be loopback (127.0.0.0/8, ::1) or a Unix socket. Forwarded
+headers are never believed, so a reverse proxy on the same machine makes every agent local:
+set a token there. Each of these is reported at start (:meth:`Authenticator.describe`). A client
+key comes as ``Authorization: Bearer <key>`` or, as Anthropic's clients send it, ``x-api-key``.
 """
 
 from __future__ import annotations
@@ -24,8 +27,29 @@ from router.errors import Forbidden, Unauthorized
 PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics", "/openapi.json", "/dashboard"})
 GROUPS_API = "/api/server-groups"
 TENANT = web.RequestKey("tenant", str)
-AGENT_TOKEN = web.RequestKey("agent_token", str)  # digest of the registration token used
 ADMIN = web.RequestKey("admin", bool)
+
+
+NEEDS_TOKEN = (
+    "registering from another machine needs a token: set ROUTER_REGISTRATION_TOKEN on the "
+    "router and the same value as --router-token on the agent"
+)
+
+
+def is_local_peer(peer: str | None) -> bool:
+    """Whether a connection's peer address is this machine: loopback (IPv4, IPv6, or IPv4
+    loopback mapped into IPv6) or a Unix socket (no address). Unknown (None) is not local."""
+    if peer is None:
+        return False
+    if peer == "":
+        return True  # a Unix socket: only this machine can reach it
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
 
 
 def digest(secret: str) -> str:
@@ -151,16 +175,44 @@ class Authenticator:
         return tenant
 
     def agent(self, request: web.Request) -> str | None:
-        """The digest of the registration token presented (None when tokens are off)."""
+        """The digest of the registration token presented; None when tokens are off, and then
+        only a local peer may act as an agent (403 for others, saying how to set a token)."""
         if not self._registration:
+            if not is_local_peer(request.remote):
+                raise Forbidden(NEEDS_TOKEN, code="registration_token_required")
             return None
         stored = _matches(_bearer(request), self._registration)
         if stored is None:
-            raise Unauthorized("registering a node needs a valid registration token")
+            raise Unauthorized(
+                "registering a node needs the registration token: the agent's --router-token "
+                "must match the router's ROUTER_REGISTRATION_TOKEN"
+            )
         return stored
+
+    def describe(self) -> list[str]:
+        """What is open and what is checked, one line each, for the start-up log."""
+        return [
+            "client API: "
+            + ("open (no API keys)" if self.clients_open else "API keys bound to tenants"),
+            "agent registration: "
+            + (
+                "registration token required"
+                if self._registration
+                else "loopback only (no ROUTER_REGISTRATION_TOKEN)"
+            ),
+            "operator endpoints: " + ("admin token required" if self._admin else "open"),
+        ]
 
     def is_admin(self, request: web.Request) -> bool:
         return self._admin is None or _matches(_bearer(request), (self._admin,)) is not None
+
+    def agent_or_admin(self, request: web.Request) -> tuple[str | None, bool]:
+        """(registration token digest, whether the caller holds the admin token) for a call an
+        agent or an operator may make. An open operator surface (no admin token) does not
+        stand in for the agent check."""
+        if self._admin is not None and _matches(_bearer(request), (self._admin,)) is not None:
+            return None, True
+        return self.agent(request), False
 
     def admin(self, request: web.Request) -> None:
         if not self.is_admin(request):
@@ -201,10 +253,6 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     elif kind == "admin":
         auth.admin(request)
         request[ADMIN] = True
-    elif kind == "agent_or_admin" and auth.is_admin(request):
-        request[ADMIN] = True
-    else:
-        token = auth.agent(request)
-        if token is not None:
-            request[AGENT_TOKEN] = token
+    # Agents' calls are checked by the groups API itself, which is there with or without this
+    # middleware (registration is refused to other machines even when nothing is configured).
     return await handler(request)

@@ -32,6 +32,7 @@ from router.errors import (
     RateLimited,
     RequestTimeout,
     RouterError,
+    UpstreamError,
 )
 from router.limits import TenantRateLimiter
 from router.metrics import METRICS
@@ -192,7 +193,7 @@ class Dispatcher:
         record.model = model
         session_id = id_header(request.headers, "X-Octopus-Session-Id")
         node_names: dict[str, str] = {}
-        key = f"{group.name}/{model}"
+        key = f"{group.name}/{self._aliases.canonical(model)}"  # one queue whatever the alias
         busy = 0  # busy answers to slot checks: the request goes back to the head of its queue
         admission = request.app[ADMISSION]
         settings = self._settings
@@ -200,8 +201,10 @@ class Dispatcher:
         def candidates() -> list[Candidate]:
             now = self._clock()
             found = []
+            nodes = group.nodes
             for node in serving.values():
-                if not node.breaker_allows(now):
+                # A node removed since (deregistered, expired) is no candidate any more.
+                if nodes.get(node.node_id) is not node or not node.breaker_allows(now):
                     continue
                 name = node_name_for(node, names) or model
                 candidate = candidate_for(
@@ -304,6 +307,13 @@ class Dispatcher:
                 )
             except NodeBusy:
                 busy += 1
+            except UpstreamError:
+                # Every node tried failed before answering (a dead engine behind its agent)
+                # while the others were full: wait for their slot rather than fail, within
+                # max_attempts. A timeout (UpstreamTimeout) is not retried here.
+                no_answer = record.t_upstream_headers is None
+                if not no_answer or record.attempts >= settings.max_attempts or not candidates():
+                    raise
             finally:
                 ticket.release()
 

@@ -11,10 +11,10 @@ from aiohttp import web
 
 from node_protocol.wire import LoadReport, Registration, WireError
 from router.admission import ADMISSION
-from router.auth import ADMIN, AGENT_TOKEN, HostAllowlist
+from router.auth import Authenticator, HostAllowlist
 from router.errors import Forbidden, InvalidRequest, NotFound
-from router.registry import ROUTABLE, Group, Node, Registry, node_id_for
-from router.settings import SettingsError, check_group_name
+from router.registry import ROUTABLE, Group, Node, Registry, RegistryFull, node_id_for
+from router.settings import InvalidGroupName, check_group_name
 
 log = logging.getLogger("router.groups")
 MAX_CONTROL_BODY = 1024 * 1024
@@ -58,22 +58,27 @@ async def _read_json(request: web.Request) -> Any:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from exc
 
 
-def _check_owner(request: web.Request, node: Node) -> None:
+def _check_owner(token: str | None, node: Node) -> None:
     """Only the agent that registered a node (same token) or an admin may act for it."""
-    if request.get(ADMIN):
-        return
-    token = request.get(AGENT_TOKEN)
     if node.owner is not None and token is not None and token != node.owner:
         raise Forbidden("this node was registered with a different token")
 
 
 class GroupsApi:
+    """The routes under ``/api/server-groups``. Registration, reports and deregistration are
+    checked here (:meth:`Authenticator.agent`); the views and drain by the auth middleware."""
+
     def __init__(
-        self, registry: Registry, clock: Callable[[], float], allowlist: HostAllowlist
+        self,
+        registry: Registry,
+        clock: Callable[[], float],
+        allowlist: HostAllowlist,
+        auth: Authenticator,
     ) -> None:
         self._registry = registry
         self._clock = clock
         self._allowlist = allowlist
+        self._auth = auth
 
     def routes(self) -> list[web.RouteDef]:
         base = "/api/server-groups"
@@ -126,10 +131,11 @@ class GroupsApi:
         return _json(node_view(self._node(request), self._registry.threshold, self._clock()))
 
     async def register(self, request: web.Request) -> web.Response:
+        token = self._auth.agent(request)
         group_name = request.match_info["group"]
         try:
             check_group_name(group_name)
-        except SettingsError as exc:
+        except InvalidGroupName as exc:
             raise InvalidRequest(str(exc), param="group") from exc
         raw = await _read_json(request)
         try:
@@ -141,11 +147,15 @@ class GroupsApi:
             raise Forbidden("baseUrl is not on this router's registration allowlist")
         existing = self._registry.find(group_name, node_id_for(group_name, reg.name))
         if existing is not None:
-            _check_owner(request, existing)
+            _check_owner(token, existing)
         now = self._clock()
-        node, created = self._registry.register(group_name, reg, now)
+        try:
+            node, created = self._registry.register(group_name, reg, now)
+        except RegistryFull as exc:
+            hint = "deregister some, or let silent ones expire"
+            raise Forbidden(f"{exc}: {hint}", code=exc.code) from None
         if created:
-            node.owner = request.get(AGENT_TOKEN)
+            node.owner = token
         if report is not None:
             self._registry.apply_report(node, report, now)
         request.config_dict[ADMISSION].wake_all()  # capacity may have appeared
@@ -164,8 +174,9 @@ class GroupsApi:
         return _json(body, status=201 if created else 200)
 
     async def report(self, request: web.Request) -> web.Response:
+        token = self._auth.agent(request)
         node = self._node(request)
-        _check_owner(request, node)
+        _check_owner(token, node)
         raw = await _read_json(request)
         try:
             report = LoadReport.from_json(raw)
@@ -181,8 +192,10 @@ class GroupsApi:
         return {"nodeId": node.node_id, "status": state, "drain": node.draining}
 
     async def deregister(self, request: web.Request) -> web.Response:
+        token, admin = self._auth.agent_or_admin(request)
         node = self._node(request)
-        _check_owner(request, node)
+        if not admin:
+            _check_owner(token, node)
         self._registry.remove(node.group, node.node_id)
         log.info("node %s deregistered from group %s", node.name, node.group)
         return _json({"nodeId": node.node_id, "removed": True})

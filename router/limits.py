@@ -3,6 +3,8 @@
 Rate limits are token buckets per tenant, refilled continuously: one for requests per minute
 (charged when a request is admitted) and one for output tokens per minute (charged with the
 tokens a request actually produced, so a tenant over budget waits until it has refilled).
+At most ``max_tenants`` tenants are tracked: past that the least recently seen one is
+forgotten (it comes back with a full bucket, which an idle tenant would have refilled to).
 Pure logic: the caller passes ``now``.
 """
 
@@ -12,6 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from router.bounded import LruDict
 from router.errors import InvalidRequest, RateLimited
 
 ANONYMOUS = "-"
@@ -62,21 +65,24 @@ class _Bucket:
 class TenantRateLimiter:
     """Requests and output tokens per minute per tenant; 0 turns a limit off."""
 
-    def __init__(self, requests_per_minute: int, tokens_per_minute: int) -> None:
+    def __init__(
+        self,
+        requests_per_minute: int,
+        tokens_per_minute: int,
+        max_tenants: int = MAX_TENANTS_TRACKED,
+    ) -> None:
         self._rpm = requests_per_minute
         self._tpm = tokens_per_minute
-        self._requests: dict[str, _Bucket] = {}
-        self._tokens: dict[str, _Bucket] = {}
+        self._requests: LruDict[str, _Bucket] = LruDict(max_tenants)
+        self._tokens: LruDict[str, _Bucket] = LruDict(max_tenants)
 
     def __bool__(self) -> bool:
         return bool(self._rpm or self._tpm)
 
     @staticmethod
-    def _refill(table: dict[str, _Bucket], tenant: str, per_minute: int, now: float) -> _Bucket:
+    def _refill(table: LruDict[str, _Bucket], tenant: str, per_minute: int, now: float) -> _Bucket:
         bucket = table.get(tenant)
         if bucket is None:
-            if len(table) >= MAX_TENANTS_TRACKED:
-                table.clear()  # bounded memory: forgetting means a fresh (full) bucket
             bucket = table[tenant] = _Bucket(float(per_minute), now)
         else:
             bucket.level = min(per_minute, bucket.level + (now - bucket.stamp) * per_minute / 60)

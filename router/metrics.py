@@ -3,8 +3,9 @@
 Request metrics are observed once per request from its :class:`RequestRecord`. Node and GPU
 gauges are not kept up to date on the hot path: :class:`~router.fleet_metrics.FleetMetrics`
 reads them from the :class:`Registry` when Prometheus scrapes. Label values are bounded:
-models are those nodes report (unknown ones are ``other``), tenants are capped (the rest are
-``other``).
+models are those nodes report (unknown ones are ``other``), and both models and tenants are
+capped (past the cap, new ones are ``other``). A node's series go when the node is removed,
+a group's when the group is.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
+from router.bounded import LabelCap
 from router.fleet_metrics import FleetMetrics, escape
 from router.records import RequestRecord
 from router.request_metrics import CounterSeries, GaugeSeries, HistogramSeries, RequestSeries
@@ -25,7 +27,7 @@ LATENCY_BUCKETS = (
 TPOT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.08, 0.15, 0.3, 0.6, 1.2, 2.5)
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1)
 MAX_TENANTS = 100
-OTHER = "other"
+MAX_MODELS = 500
 
 
 class RouterMetrics:
@@ -107,6 +109,12 @@ class RouterMetrics:
             ["group", "node"],
             registry=registry,
         )
+        self.task_restarts = Counter(
+            "router_task_restarts",
+            "Restarts of a long-lived loop (the health monitor) after it failed.",
+            ["task"],
+            registry=registry,
+        )
         self.busy_answers = Counter(
             "router_busy_answers_total",
             "Slot checks a node's agent answered busy (router replicas): picked again.",
@@ -125,20 +133,38 @@ class RouterMetrics:
             ["group", "reason"],
             registry=registry,
         )
-        self._tenants: set[str] = set()
+        self._tenants = LabelCap(MAX_TENANTS)
+        self._models = LabelCap(MAX_MODELS)
+        self._series = (
+            self.requests, self.duration, self.ttft, self.tpot, self.output_tokens,
+            self.overhead, self.admission_wait,
+        )  # fmt: skip
+        self._by_node = (self.retries, self.busy_answers, self.cut_streams)
 
     def tenant_label(self, tenant: str | None) -> str:
-        if not tenant:
-            return "none"
-        if tenant in self._tenants:
-            return tenant
-        if len(self._tenants) < MAX_TENANTS:
-            self._tenants.add(tenant)
-            return tenant
-        return OTHER
+        return self._tenants(tenant) if tenant else "none"
+
+    def forget_node(self, group: str, node: str) -> None:
+        """Drop the series of a node that was removed."""
+        match = {"group": group, "node": node}
+        for series in self._series:
+            series.forget(match)
+        for counter in self._by_node:
+            counter.remove(group, node)
+
+    def forget_group(self, group: str) -> None:
+        """Drop the series of a group that was removed (its nodes' went with them). A count of
+        requests in progress stays until it is back to 0 (they still count it down)."""
+        match = {"group": group}
+        for series in self._series:
+            series.forget(match)
+        if not self.in_progress.series.get((group,)):
+            self.in_progress.forget(match)
+        for counter in (*self._by_node, self.rejections):
+            _remove_matching(counter, match)
 
     def observe(self, record: RequestRecord) -> None:
-        group, model = record.group, record.model
+        group, model = record.group, self._models(record.model)
         by_model = (group, model)
         node = record.node or "none"
         self.requests.inc((group, model, node, str(record.status)))
@@ -162,6 +188,19 @@ class RouterMetrics:
         self.tenant_requests.inc(tenant)
         if tokens:
             self.tenant_tokens.inc(tenant, tokens)
+
+
+def _remove_matching(counter: Counter, match: dict[str, str]) -> None:
+    """Remove each labelled child of ``counter`` whose labels include ``match`` (a sample's
+    labels are the counter's, in its order)."""
+    found = {
+        tuple(sample.labels.values())
+        for family in counter.collect()
+        for sample in family.samples
+        if all(sample.labels.get(k) == v for k, v in match.items())
+    }
+    for values in found:
+        counter.remove(*values)
 
 
 METRICS = web.AppKey("metrics", RouterMetrics)

@@ -5,7 +5,8 @@ one failed check, so a silent agent goes degraded, then unhealthy after ``failur
 intervals. Nodes with no agent (static in config, or registered by hand without a report) are
 polled every ``health_interval_s``: ``healthUrl`` (2xx passes) and ``/v1/models`` (the models
 they serve, all taken as loaded), turned into a synthetic load report so the rest of the router
-treats every node alike.
+treats every node alike. A registered node not heard from (a report, a poll it answered or a
+registration) for ``node_expiry_s`` is removed; nodes declared in config stay.
 """
 
 from __future__ import annotations
@@ -23,6 +24,23 @@ from router.registry import Node, Registry
 from router.settings import RouterSettings
 
 log = logging.getLogger("router.monitor")
+
+
+def model_cards(raw: bytes) -> tuple[ModelReport, ...]:
+    """The models of an OpenAI ``/v1/models`` answer (all taken as loaded; ``"data": null`` is
+    none, as servers written in Go send an empty list); ValueError when it is not such an
+    answer (a node's garbage is its failed check, never the monitor's failure)."""
+    answer = orjson.loads(raw)
+    if not isinstance(answer, dict):
+        raise ValueError("/v1/models answered something other than a JSON object")
+    cards = answer.get("data") or []
+    if not isinstance(cards, list):
+        raise ValueError("/v1/models answered a 'data' that is not a list")
+    return tuple(
+        ModelReport(id=str(c["id"]), loaded=True)
+        for c in cards
+        if isinstance(c, dict) and "id" in c
+    )
 
 
 class Monitor:
@@ -53,6 +71,17 @@ class Monitor:
                 if now - node.report_received_at > stale_after:
                     node.check_failed(self._registry.threshold)
 
+    def expire_nodes(self, now: float) -> None:
+        """Remove registered nodes (and the groups they made) silent for ``node_expiry_s``."""
+        expiry_s = self._settings.node_expiry_s
+        for node in self._registry.expire(now, expiry_s):
+            log.info(
+                "node %s removed from group %s: not heard from for %gs",
+                node.name,
+                node.group,
+                expiry_s,
+            )
+
     def _polled_nodes(self) -> list[Node]:
         return [
             node
@@ -73,13 +102,8 @@ class Monitor:
                 f"{node.base_url}/v1/models", timeout=self._timeout
             ) as resp:
                 if resp.status == 200:
-                    cards = orjson.loads(await resp.read()).get("data", [])
-                    models = tuple(
-                        ModelReport(id=str(c["id"]), loaded=True)
-                        for c in cards
-                        if isinstance(c, dict) and "id" in c
-                    )
-        except (aiohttp.ClientError, TimeoutError, OSError, ValueError, AttributeError) as exc:
+                    models = model_cards(await resp.read())
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
             log.info("health poll of %s failed: %r", node.name, exc)
             node.check_failed(self._registry.threshold)
             return
@@ -100,6 +124,7 @@ class Monitor:
         while True:
             now = self._clock()
             self.check_reports(now)
+            self.expire_nodes(now)
             if now - self._last_poll >= self._settings.health_interval_s:
                 self._last_poll = now
                 nodes = self._polled_nodes()

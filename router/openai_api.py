@@ -22,7 +22,7 @@ from router.registry import ROUTABLE, Group, Registry
 MAX_MODEL_NAME = 256
 # Every kind speaks OpenAI chat and completions (for Triton the agent translates them to its
 # generate extension); embeddings are not offered by the agent on Triton nodes.
-OPENAI_KINDS = frozenset({"ollama", "vllm", "tgi", "lmstudio", "openai", "triton"})
+OPENAI_KINDS = frozenset({"ollama", "vllm", "tgi", "lmstudio", "llamacpp", "openai", "triton"})
 EMBEDDING_KINDS = OPENAI_KINDS - {"triton"}
 # Anthropic Messages and OpenAI Responses: an agent answers them on every kind it can chat with
 # (natively or translated; Triton's generate has no roles or tools to translate to); a node

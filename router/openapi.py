@@ -11,6 +11,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from node_protocol.wire import BACKEND_KINDS
+
 ERROR = {"$ref": "#/components/schemas/Error"}
 ANTHROPIC_ERROR = {"$ref": "#/components/schemas/AnthropicError"}
 JSON_OBJECT = {"type": "object"}
@@ -127,7 +129,7 @@ SCHEMAS: dict[str, Any] = {
             "seq": {"type": "integer"},
             "sentAt": {"type": "number"},
             "backendKind": {
-                "enum": ["ollama", "vllm", "tgi", "triton", "lmstudio", "openai"],
+                "enum": list(BACKEND_KINDS),
             },
             "backendHealth": {"enum": ["ok", "degraded", "unhealthy"]},
             "inFlight": {"type": "integer", "minimum": 0},

@@ -8,18 +8,21 @@ poll, a backend the agent reports as down and a failed connection to the node ar
 
 The router's own reservations are the exact part of each node's load: a slot is reserved when
 the scheduler picks the node and released exactly once when the response ends or the client
-leaves (:class:`Reservation`).
+leaves (:class:`Reservation`). A model goes by several names (the node's own aliases, and the
+router's alias table); on each node the router counts it under one: the id the node reports it
+by (:attr:`Node.model_keys`), whatever name a request asked for.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, TypeVar
 
-from node_protocol.wire import LoadReport, ModelReport, Registration
+from node_protocol.wire import LoadReport, ModelReport, PrefixSummary, Registration
+from router.aliases import Aliases
 
 if TYPE_CHECKING:
     import numpy as np
@@ -45,6 +48,10 @@ def smooth_others(previous: Others, reported: Others) -> Others:
 
 
 BREAKER_BASE_S = 1.0
+# Registrations may come from anywhere a token (or loopback) allows: the nodes and groups they
+# make are kept to these bounds (those declared in config are not counted against them).
+MAX_GROUPS = 256
+MAX_NODES_PER_GROUP = 1024
 BREAKER_MAX_S = 30.0
 ROUTABLE = frozenset({NodeState.HEALTHY, NodeState.DEGRADED})
 
@@ -60,7 +67,7 @@ class Node:
     node_id: str
     group: str
     registration: Registration
-    registered_at: float
+    registered_at: float  # the last (re-)registration
     static: bool = False
     owner: str | None = None  # digest of the registration token that registered it
     report: LoadReport | None = None
@@ -82,11 +89,16 @@ class Node:
     # then puts it in its reports to every replica, so all of them agree.
     drain_intent: bool | None = None
     in_flight: int = 0
-    in_flight_by_model: dict[str, int] = field(default_factory=dict)
+    in_flight_by_model: dict[str, int] = field(default_factory=dict)  # by model key
+    # Every name the node serves a model under -> that model's id in its report: the one key
+    # its requests are counted under here, whichever name they asked for (see model_keys).
+    model_keys: dict[str, str] = field(default_factory=dict)
     served: int = 0
     failures: int = 0
     breaker_trips: int = 0
     breaker_until: float = 0.0
+    # model id or alias -> what its prompt cache likely holds, from the last report
+    prefix_caches: dict[str, PrefixSummary] = field(default_factory=dict)
 
     def breaker_allows(self, now: float) -> bool:
         """Closed: yes. Open (cooling down after a failed connection): no. Half-open (cooled
@@ -123,14 +135,29 @@ class Node:
         self.failed_checks = threshold if definitive else self.failed_checks + 1
 
 
+def model_keys(models: tuple[ModelReport, ...], aliases: Aliases) -> dict[str, str]:
+    """Each name a node serves a model under, mapped to the id it reports that model by: its
+    ids and aliases first, then the other names the router's alias table gives them."""
+    keys: dict[str, str] = {}
+    for entry in models:
+        for name in (entry.id, *entry.aliases):
+            keys.setdefault(name, entry.id)
+    if aliases:
+        for name, key in list(keys.items()):
+            for other in aliases.names(name):
+                keys.setdefault(other, key)
+    return keys
+
+
 class Reservation:
-    """One request's slot on one node; :meth:`release` is idempotent."""
+    """One request's slot on one node; :meth:`release` is idempotent. ``model`` may be any
+    name the node serves the model under: the slot is counted under the node's key for it."""
 
     __slots__ = ("_released", "model", "node")
 
     def __init__(self, node: Node, model: str) -> None:
         self.node = node
-        self.model = model
+        self.model = model = node.model_keys.get(model, model)
         self._released = False
         node.in_flight += 1
         node.in_flight_by_model[model] = node.in_flight_by_model.get(model, 0) + 1
@@ -148,10 +175,19 @@ class Reservation:
             del node.in_flight_by_model[self.model]
 
 
+class RegistryFull(Exception):
+    """A registration past :data:`MAX_GROUPS` groups or :data:`MAX_NODES_PER_GROUP` nodes."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 @dataclass(slots=True)
 class Group:
     name: str
     policy: str
+    declared: bool = False  # in config (or the default group): stays when it has no nodes
     nodes: dict[str, Node] = field(default_factory=dict)
     # model id or alias -> ids of nodes that list it (loaded or not)
     model_index: dict[str, set[str]] = field(default_factory=dict)
@@ -169,13 +205,32 @@ class Group:
             yield self.nodes[node_id]
 
 
+def _last_heard(node: Node) -> float:
+    received = node.report_received_at
+    return node.registered_at if received is None else max(received, node.registered_at)
+
+
 class Registry:
     """All groups of this router. Owned by the event loop: no locks, no I/O."""
 
-    def __init__(self, default_policy: str, failure_threshold: int) -> None:
+    def __init__(
+        self,
+        default_policy: str,
+        failure_threshold: int,
+        aliases: Aliases | None = None,
+        *,
+        max_groups: int = MAX_GROUPS,
+        max_nodes_per_group: int = MAX_NODES_PER_GROUP,
+    ) -> None:
         self.groups: dict[str, Group] = {}
         self.default_policy = default_policy
         self.threshold = failure_threshold
+        self.max_groups = max_groups
+        self.max_nodes_per_group = max_nodes_per_group
+        # Called with each node taken out (and whether its group went with it), so what is
+        # kept per node elsewhere (metric series, pooled connections) goes too.
+        self.on_removed: list[Callable[[Node, bool], None]] = []
+        self.aliases = aliases or Aliases({})
 
     def ensure_group(self, name: str, policy: str | None = None) -> Group:
         group = self.groups.get(name)
@@ -187,13 +242,17 @@ class Registry:
     def register(
         self, group_name: str, reg: Registration, now: float, *, static: bool = False
     ) -> tuple[Node, bool]:
-        """Add or refresh a node; registration is idempotent by name. Returns (node, created)."""
-        group = self.ensure_group(group_name)
+        """Add or refresh a node; registration is idempotent by name. Returns (node, created).
+        Raises :class:`RegistryFull` for a new node past the bounds (static ones are exempt)."""
         node_id = node_id_for(group_name, reg.name)
-        node = group.nodes.get(node_id)
+        node = self.find(group_name, node_id)
         if node is not None:
             node.registration = reg
+            node.registered_at = now  # heard from: it does not expire
             return node, False
+        if not static:
+            self._check_room(group_name)
+        group = self.ensure_group(group_name)
         node = Node(node_id=node_id, group=group_name, registration=reg, registered_at=now)
         node.static = static
         group.nodes[node_id] = node
@@ -203,14 +262,52 @@ class Registry:
         group = self.groups.get(group_name)
         return group.nodes.get(node_id) if group is not None else None
 
+    def _check_room(self, group_name: str) -> None:
+        group = self.groups.get(group_name)
+        if group is None:
+            made = sum(1 for g in self.groups.values() if not g.declared)
+            if made >= self.max_groups:
+                raise RegistryFull(
+                    f"this router holds its limit of {self.max_groups} server groups made by "
+                    "registrations",
+                    "too_many_groups",
+                )
+            return
+        registered = sum(1 for n in group.nodes.values() if not n.static)
+        if registered >= self.max_nodes_per_group:
+            raise RegistryFull(
+                f"group '{group_name}' holds its limit of {self.max_nodes_per_group} nodes",
+                "too_many_nodes",
+            )
+
     def remove(self, group_name: str, node_id: str) -> Node | None:
+        """Take a node out; a group that registrations made goes with its last node."""
         group = self.groups.get(group_name)
         if group is None:
             return None
         node = group.nodes.pop(node_id, None)
-        if node is not None:
-            group.reindex()
+        if node is None:
+            return None
+        group.reindex()
+        group_gone = not group.nodes and not group.declared
+        if group_gone:
+            del self.groups[group_name]
+        for listener in self.on_removed:
+            listener(node, group_gone)
         return node
+
+    def expire(self, now: float, silent_s: float) -> list[Node]:
+        """Remove every registered (not static) node not heard from for ``silent_s``: no
+        report, poll or registration. Returns those removed."""
+        gone = [
+            node
+            for group in self.groups.values()
+            for node in group.nodes.values()
+            if not node.static and now - _last_heard(node) > silent_s
+        ]
+        for node in gone:
+            self.remove(node.group, node.node_id)
+        return gone
 
     def apply_report(
         self, node: Node, report: LoadReport, now: float, *, from_agent: bool = True
@@ -226,6 +323,7 @@ class Registry:
         else:
             node.others_in_flight = smooth_others(node.others_in_flight, float(others))
         node.report = report
+        node.prefix_caches = report.prefix_caches_by_name()
         node.report_received_at = node.load_read_at = now
         node.busy_others = None
         node.has_agent = node.has_agent or from_agent
@@ -236,9 +334,14 @@ class Registry:
             node.drain_intent = None
         if report.backend_health == "ok":
             node.check_passed()
+            if from_agent and node.breaker_until > now:
+                # The agent vouches for its backend again (an engine restarted behind it): end
+                # the cooldown. The breaker stays half-open: one request proves the node.
+                node.breaker_until = now
         else:
             node.check_failed(self.threshold, definitive=report.backend_health == "unhealthy")
         if report.models != old_models:
+            node.model_keys = model_keys(report.models, self.aliases)
             self.groups[node.group].reindex()
 
     def note_busy(self, node: Node, in_flight: int, now: float) -> None:

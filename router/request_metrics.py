@@ -11,11 +11,23 @@ scraped, so the exposition is the library's.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+
+
+def forget(
+    labels: tuple[str, ...], series: dict[tuple[str, ...], Any], match: Mapping[str, str]
+) -> None:
+    """Drop every series whose labels include ``match`` (a node or a group that is gone)."""
+    where = [(labels.index(name), value) for name, value in match.items() if name in labels]
+    if len(where) != len(match):
+        return  # this metric does not carry every label matched on: nothing of it is gone
+    for key in [k for k in series if all(k[i] == v for i, v in where)]:
+        del series[key]
 
 
 @dataclass(slots=True)
@@ -44,6 +56,9 @@ class HistogramSeries:
             found = self.series[key] = Buckets([0] * (len(self.bounds) + 1))
         found.observe(self.bounds, value)
 
+    def forget(self, match: Mapping[str, str]) -> None:
+        forget(self.labels, self.series, match)
+
     def family(self) -> HistogramMetricFamily:
         family = HistogramMetricFamily(self.name, self.doc, labels=self.labels)
         edges = [repr(float(b)) for b in self.bounds] + ["+Inf"]  # "0.005", "1.0", as Go
@@ -67,6 +82,9 @@ class CounterSeries:
 
     def inc(self, key: tuple[str, ...], amount: float = 1.0) -> None:
         self.series[key] = self.series.get(key, 0.0) + amount
+
+    def forget(self, match: Mapping[str, str]) -> None:
+        forget(self.labels, self.series, match)
 
     def family(self) -> CounterMetricFamily | GaugeMetricFamily:
         return self._filled(CounterMetricFamily(self.name, self.doc, labels=self.labels))

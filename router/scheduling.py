@@ -51,6 +51,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from router.bounded import LruDict
 from router.registry import ROUTABLE, Node, NodeState
 
 FloatArray = npt.NDArray[np.float64]
@@ -68,6 +69,7 @@ POLICIES = (
     "power_of_two_connections",
 )
 SLOT_AWARE = frozenset({"least_loaded", "power_of_two", "sticky"})
+MAX_ROTATIONS = 4096  # round-robin states kept (one per group and model)
 DEFAULT_SLOTS = 4
 DEFAULT_TOK_S = 30.0  # per-stream decode speed assumed before any was measured
 DEFAULT_LOAD_S = 10.0  # model load time assumed when the size is unknown
@@ -242,7 +244,8 @@ def candidate_for(
         return None
     report = node.report
     cold_s = 0.0
-    if not entry.loaded and not node.in_flight_by_model.get(model):  # ours: loaded or loading
+    # This router's requests for the model, under whatever name they asked: loaded or loading.
+    if not entry.loaded and not node.in_flight_by_model.get(entry.id):
         cold_s = load_time_s(entry.size_bytes or entry.vram_bytes)
         need = entry.vram_bytes or entry.size_bytes or 0
         gpus = report.gpus if report is not None else ()
@@ -427,8 +430,9 @@ class Scheduler:
     def __init__(self, rng: random.Random | None = None) -> None:
         self._rng = rng or random.Random()
         self._np = np.random.default_rng(self._rng.getrandbits(64))
-        self._rotation: dict[str, int] = {}
-        self._credit: dict[str, tuple[Sequence[str], FloatArray]] = {}
+        # Keyed by group and model: a rotation forgotten (least recently used first) restarts.
+        self._rotation: LruDict[str, int] = LruDict(MAX_ROTATIONS)
+        self._credit: LruDict[str, tuple[Sequence[str], FloatArray]] = LruDict(MAX_ROTATIONS)
 
     def order(
         self,
@@ -492,7 +496,7 @@ class Scheduler:
         if policy in ("power_of_two", "power_of_two_connections"):
             return self._two_choices(policy, t, ok, limit)
         if policy == "round_robin":
-            turn = self._rotation.get(key, 0)
+            turn = self._rotation.get(key) or 0
             self._rotation[key] = turn + 1
             start = int(np.searchsorted(ok, turn % len(t.ids)))
             return np.roll(ok, -start)[:limit]
@@ -583,7 +587,7 @@ class Scheduler:
     ) -> IndexArray:
         """nginx's smooth weighted round robin over the open rows: each turn every open row
         gains its weight, the richest is chosen and pays the total."""
-        ids, credit = self._credit.get(key, ((), np.zeros(0)))
+        ids, credit = self._credit.get(key) or ((), np.zeros(0))
         if ids is not t.ids and list(ids) != list(t.ids):
             ids, credit = t.ids, np.zeros(len(t.ids))
         weight = t.weight[ok] / t.penalty[ok]

@@ -34,7 +34,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[EmulatorConfig, str, 
         "--max-queue",
         type=int,
         help="ollama: waiting (default 512); tgi: in flight (default 128); vllm, triton: "
-        "waiting, per model on triton (default unbounded); not on lmstudio",
+        "waiting, per model on triton (default unbounded); not on lmstudio, llamacpp",
     )
     p.add_argument("--load-time-scale", type=float, default=1.0)
     p.add_argument(
@@ -45,7 +45,15 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[EmulatorConfig, str, 
     p.add_argument("--no-jit", action="store_true", help="lmstudio: no loading on demand")
     p.add_argument("--preload", action="append", help="models loaded at start (default: all)")
     p.add_argument("--served-name", action="append", help="vllm --served-model-name")
-    p.add_argument("--context-length", type=int, default=8192)
+    p.add_argument(
+        "--context-length", type=int, default=8192, help="llamacpp: -c, shared by the slots"
+    )
+    p.add_argument(
+        "--prefill-tok-s",
+        type=float,
+        help="prompt tokens read per second before the first token (default: llamacpp 2000, "
+        "others no per-token cost)",
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0)
     p.add_argument(
@@ -70,6 +78,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[EmulatorConfig, str, 
             preload=tuple(args.preload) if args.preload else None,
             served_names=tuple(args.served_name or ()),
             context_length=args.context_length,
+            prefill_tok_s=args.prefill_tok_s,
         )
     except ValueError as exc:
         p.error(str(exc))

@@ -12,6 +12,8 @@ from aiohttp.typedefs import Middleware
 
 from . import (
     control,
+    llamacpp_face,
+    llamacpp_openai,
     lmstudio_face,
     lmstudio_openai,
     ollama_errors,
@@ -72,6 +74,12 @@ FACES: dict[str, Face] = {
     "lmstudio": Face(
         lmstudio_face.middleware,
         (lmstudio_face.add_routes, lmstudio_openai.add_routes, lmstudio_face.add_catch_all),
+    ),
+    "llamacpp": Face(
+        llamacpp_face.middleware,
+        (llamacpp_face.add_routes, llamacpp_openai.add_routes),
+        llamacpp_face.attach,
+        "/metrics",
     ),
 }
 

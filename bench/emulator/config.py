@@ -9,15 +9,20 @@ from .capacity import DEFAULT_CAPACITY_FILE, ModelSpec, load_capacity
 from .gpus import gib_to_bytes, per_gpu_bytes, place
 from .policy import BackendPolicy
 
-KINDS = ("ollama", "vllm", "tgi", "triton", "lmstudio")
+KINDS = ("ollama", "vllm", "tgi", "triton", "lmstudio", "llamacpp")
 DEFAULT_VERSIONS = {
     "vllm": "0.11.0",
     "ollama": "0.12.6",
     "tgi": "3.3.6",
     "triton": "2.59.0",
     "lmstudio": "0.4.2",
+    "llamacpp": "b1-0c1e570",  # llama-server's build_info
 }
-SINGLE_MODEL_KINDS = ("vllm", "tgi")  # one model per server process
+SINGLE_MODEL_KINDS = ("vllm", "tgi", "llamacpp")  # one model per server process
+NO_QUEUE_LIMIT_KINDS = ("lmstudio", "llamacpp")  # no overload answer: everything waits
+# llama.cpp recomputes only the part of a prompt its cache misses, so its face charges prefill
+# time per uncached token; a 7B Q4 model on one mid-range GPU reads prompts at about this rate.
+LLAMACPP_PREFILL_TOK_S = 2000.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +37,10 @@ class EmulatorConfig:
     models loaded forever. ``jit`` (LM Studio) loads models on demand. ``served_names`` (vLLM
     only) are the names the model is served under, as ``--served-model-name``.
     ``preload`` None loads every model that fits at start (Triton ``--load-model=*``).
+    ``prefill_tok_s``: prompt tokens read per second before the first token, on top of
+    ``ttft_s``; None is the kind's default (llamacpp: ``LLAMACPP_PREFILL_TOK_S``, others: no
+    per-token cost). ``context_length`` is the whole context (llama-server's ``-c``); llamacpp
+    gives each slot an equal share of it.
     """
 
     kind: str
@@ -49,6 +58,7 @@ class EmulatorConfig:
     version: str | None = None
     served_names: tuple[str, ...] = ()
     context_length: int = 8192
+    prefill_tok_s: float | None = None
     capacity_file: Path = DEFAULT_CAPACITY_FILE
     # Derived in __post_init__.
     specs: tuple[ModelSpec, ...] = field(init=False, repr=False, compare=False)
@@ -86,6 +96,8 @@ class EmulatorConfig:
         object.__setattr__(self, "start_loaded", self._resolve_preload(specs, totals))
         if self.version is None:
             object.__setattr__(self, "version", DEFAULT_VERSIONS[self.kind])
+        if self.prefill_tok_s is None and self.kind == "llamacpp":
+            object.__setattr__(self, "prefill_tok_s", LLAMACPP_PREFILL_TOK_S)
 
     def _check_scalars(self) -> None:
         if self.kind not in KINDS:
@@ -102,8 +114,8 @@ class EmulatorConfig:
             raise ValueError("served_names is a vllm option")
         if self.kind != "lmstudio" and not self.jit:
             raise ValueError("jit is an lmstudio option")
-        if self.kind == "lmstudio" and self.max_queue is not None:
-            raise ValueError("lmstudio has no request queue limit (max_queue must be None)")
+        if self.kind in NO_QUEUE_LIMIT_KINDS and self.max_queue is not None:
+            raise ValueError(f"{self.kind} has no request queue limit (max_queue must be None)")
         if self.kind == "triton" and any("/" in m for m in self.models):
             raise ValueError("triton model names are repository folder names: no '/'")
         if not self.gpu_memory_gb or any(g <= 0 for g in self.gpu_memory_gb):
@@ -118,6 +130,8 @@ class EmulatorConfig:
             raise ValueError("max_queue must not be negative")
         if self.context_length < 1:
             raise ValueError("context_length must be positive")
+        if self.prefill_tok_s is not None and self.prefill_tok_s <= 0:
+            raise ValueError("prefill_tok_s must be positive")
 
     def _resolve_preload(self, specs: tuple[ModelSpec, ...], totals: list[int]) -> tuple[str, ...]:
         if self.kind in SINGLE_MODEL_KINDS:

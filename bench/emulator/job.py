@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -23,6 +23,10 @@ class Job:
     :meth:`tokens`. Leaving the block gives the slot back; leaving early counts as cancelled.
 
     ``errored`` is set by a face that ended the answer with an error (an injected fault).
+    A face that keeps a prompt cache sets ``cached_tokens`` from ``on_slot`` (called once the
+    job holds a slot; it may raise to refuse the job there): only the uncached part of the
+    prompt costs prefill time. ``on_first_token`` is called as the first token comes out.
+    ``decode_steps`` adds up this job's share of each decode step (1 / streams in the batch).
     """
 
     def __init__(
@@ -47,6 +51,10 @@ class Job:
         self.ended_at: float | None = None
         self.done = False
         self.errored = False
+        self.cached_tokens = 0
+        self.decode_steps = 0.0
+        self.on_slot: Callable[[Job], None] | None = None
+        self.on_first_token: Callable[[Job], None] | None = None
         self._closed = False
         engine.residency.hold(st, keep_alive_s)
         engine.waiting += 1
@@ -73,19 +81,32 @@ class Job:
         self._leave_queue()
         self.model.kv_tokens += self.prompt_tokens
         self.engine.prompt_tokens_total += self.prompt_tokens
+        if self.on_slot is not None:
+            self.on_slot(self)
+
+    def prefill_s(self) -> float:
+        """Time to the first token once a slot is held: the fixed TTFT, plus the uncached
+        prompt at the prefill rate where one is set."""
+        config = self.engine.config
+        if config.prefill_tok_s is None:
+            return config.ttft_s
+        return config.ttft_s + (self.prompt_tokens - self.cached_tokens) / config.prefill_tok_s
 
     async def tokens(self) -> AsyncGenerator[str, None]:
         """Yield each output token at its own time: prefill first, then one per 1/rate."""
         if self.slot_at is None:
             raise RuntimeError("ready() must complete before tokens()")
-        due = self.slot_at + self.engine.config.ttft_s * self.engine.fault.delay_factor
+        due = self.slot_at + self.prefill_s() * self.engine.fault.delay_factor
         try:
             for i in range(self.output_tokens):
                 due = await _sleep_until(due)
                 self.last_token_at = time.monotonic()
                 if i == 0:
                     self.first_token_at = self.last_token_at
+                    if self.on_first_token is not None:
+                        self.on_first_token(self)
                 self.generated += 1
+                self.decode_steps += 1.0 / max(1, self.model.gate.busy)
                 self.model.kv_tokens += 1
                 self.engine.generation_tokens_total += 1
                 yield token_text(i)

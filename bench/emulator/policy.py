@@ -1,7 +1,8 @@
 """What each backend kind does with models and queues, as one value the engine reads.
 
-- vllm, tgi: one model, loaded at start, never unloaded. Overload: vLLM queues without bound
-  (a cap is opt-in, ``--max-num-queued-reqs``); TGI refuses beyond 128 requests in flight.
+- vllm, tgi, llamacpp: one model, loaded at start, never unloaded. Overload: vLLM queues
+  without bound (a cap is opt-in, ``--max-num-queued-reqs``); TGI refuses beyond 128 requests
+  in flight; llama-server defers every request beyond its slots, without bound.
 - ollama: loads on demand, evicts any idle model (least recently used first), unloads after
   ``keep_alive`` (5 min); refuses beyond 512 waiting.
 - lmstudio: loads on demand (JIT) or through its API; evicts only idle JIT-loaded models,

@@ -92,6 +92,7 @@ class LmStudioBackend(Backend):
 
     KIND = "lmstudio"
     LOADS_ON_DEMAND = True
+    SLOTS_PER_MODEL = True
     health_path = "/v1/models"
 
     async def collect(self) -> BackendFacts:

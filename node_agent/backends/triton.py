@@ -110,6 +110,7 @@ class TritonBackend(Backend):
     """Triton's KServe v2 HTTP endpoint with its metrics port beside it."""
 
     KIND = "triton"
+    SLOTS_PER_MODEL = True
     health_path = "/v2/health/ready"
 
     @property

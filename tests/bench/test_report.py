@@ -107,7 +107,7 @@ class TestRunReport:
         md = paths["md"].read_text()
         assert "short router/bare proxy" in md
         assert "0.646" in md  # median of 50/80 and 60/90
-        assert "Targets (issue 5)" in md
+        assert "## Targets" in md
         assert paths["html"].read_text().count("<svg") == 2
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.scenario import ScenarioError, load_scenario
-from bench.targets import target_for
+from bench.scenario import CAPACITY_FILE, ScenarioError, load_scenario
+from bench.targets import load_targets, target_for
 
 
 class TestScenario:
@@ -20,6 +20,24 @@ class TestScenario:
         assert scenario.cluster is not None
         assert scenario.cluster.is_file()
         assert all(target_for(m) is not None for m in scenario.models)
+
+    def test_the_real_engine_scenario_is_judged_by_its_own_capacity_spec(self) -> None:
+        """The llama-server scenario names a capacity spec the emulator never reads: its model
+        has a target there and none in the emulator's table."""
+        scenario = load_scenario("llamacpp-tiny")
+        assert scenario.cluster is None
+        assert scenario.capacity.name == "capacity-tiny.toml"
+        assert scenario.capacity.is_file()
+        assert all(target_for(m, capacity=scenario.capacity) is not None for m in scenario.models)
+        _, emulated_models = load_targets(CAPACITY_FILE)
+        assert not set(scenario.models) & set(emulated_models)
+
+    def test_a_missing_capacity_spec_is_refused(self, tmp_path: Path) -> None:
+        """A scenario naming a capacity spec that does not exist fails when loaded."""
+        path = tmp_path / "s.toml"
+        path.write_text('capacity = "no-such-spec"\n[[mix]]\nmodel = "m"\n')
+        with pytest.raises(ScenarioError, match="no-such-spec"):
+            load_scenario(str(path))
 
     def test_open_loop_needs_a_rate(self, tmp_path: Path) -> None:
         """An open loop without a rate is refused."""

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from node_agent.settings import load_settings as load_agent_settings
+from router.auth import digest
 from router.settings import load_settings as load_router_settings
 from tests.deploy import dockerfile, pods
 from tests.deploy.kustomize import Manifest, build, containers, kustomization_dirs, pod_spec
@@ -475,6 +476,32 @@ class TestInferenceNodes:
             assert svc["spec"]["clusterIP"] == "None"
             assert selects(svc["spec"]["selector"], pod_labels(deployment))
             assert parts.port in [p["port"] for p in svc["spec"]["ports"]]
+
+    def test_agents_present_the_routers_registration_token(
+        self, built: list[Manifest], tmp_path: Path
+    ) -> None:
+        """The router requires a registration token and every agent sends the one it requires,
+        both read from the same Secret key (agents in other pods are not loopback: without a
+        token the router would refuse them)."""
+        settings = TestRouter().router_settings(built, tmp_path)
+        assert settings.registration_token_sha256, "the router runs without a registration token"
+        router = our_container(router_deployment(built), "inference-router")
+        (router_ref,) = [
+            e["valueFrom"]["secretKeyRef"]
+            for e in router["env"]
+            if e["name"] == "ROUTER_REGISTRATION_TOKEN"
+        ]
+        for w in gpu_workloads(built):
+            token = self.agent_settings(built, w).router_token
+            assert token, f"{w['metadata']['name']}: the agent sends no registration token"
+            assert digest(token) in settings.registration_token_sha256
+            agent = our_container(w, "inference-router-agent")
+            (agent_ref,) = [
+                e["valueFrom"]["secretKeyRef"]
+                for e in agent["env"]
+                if e["name"] == "NODE_AGENT_ROUTER_TOKEN"
+            ]
+            assert agent_ref == router_ref
 
     def test_backend_outlives_the_agent_on_shutdown(self, built: list[Manifest]) -> None:
         """The backend's preStop outlasts the agent's drain, and the grace period both."""

@@ -15,6 +15,9 @@ from openai import AsyncOpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.emulator import EmulatorConfig
+from bench.llamacpp.tiny_gguf import write_tiny_model
+
+from .llamacpp_servers import CAPACITY, Llama, emulated_server, real_server
 
 VLLM_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 
@@ -70,6 +73,7 @@ DEFAULT_MODELS = {
     "ollama": TWO_MODELS,
     "triton": TWO_MODELS,
     "lmstudio": TWO_MODELS,
+    "llamacpp": (VLLM_MODEL,),
 }
 
 
@@ -97,6 +101,38 @@ def ollama_config(**overrides: Any) -> EmulatorConfig:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
         yield session
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[aiohttp.ClientSession]:
+    """A client that opens a connection per request: llama-server ends the connection after
+    every stream without a header saying so, which a pooling client only learns on reuse."""
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(force_close=True),
+        timeout=aiohttp.ClientTimeout(total=30),
+    ) as session:
+        yield session
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random-weight GGUF the real llama-server serves."""
+    return write_tiny_model(tmp_path_factory.mktemp("llama") / "tiny.gguf")
+
+
+@pytest.fixture(params=["real", "emulated"])
+async def llama(
+    request: pytest.FixtureRequest, tiny_model: Path, tmp_path: Path
+) -> AsyncIterator[Llama]:
+    """A fresh llama-server: the real one, then the emulated face."""
+    if request.param == "real":
+        async with real_server(tiny_model, tmp_path / "llama-server.log") as server:
+            yield server
+    else:
+        capacity = tmp_path / "capacity.toml"
+        capacity.write_text(CAPACITY)
+        async with emulated_server(capacity) as server:
+            yield server
 
 
 def sse_events(raw: bytes, prefix: bytes = b"data: ") -> list[bytes]:
