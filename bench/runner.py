@@ -17,7 +17,7 @@ from bench.loadrun import LocustPlan, run_locust
 from bench.metrics import RunStats, load_records, run_stats
 from bench.outcome import RunOutcome
 from bench.overhead.suite import OverheadSettings, run_overhead
-from bench.records import RequestRecord
+from bench.records import ClientRecord
 from bench.scenario import Scenario
 from bench.targets import judge, missing_verdict, target_for
 from bench.topology import RouterWrapper, stderr_to
@@ -40,7 +40,7 @@ def say(text: str) -> None:
 
 
 def node_shares(
-    records: list[RequestRecord], stats: RunStats, spec: ClusterSpec | None
+    records: list[ClientRecord], stats: RunStats, spec: ClusterSpec | None
 ) -> dict[str, dict[str, float]]:
     """Per model, the share of its steady-window requests each serving node took (nodes the
     cluster spec lists for the model count even when they got none)."""

@@ -1,6 +1,6 @@
 """The agent's aiohttp application and :func:`serve`, which runs it on a socket.
 
-Routes: ``GET /health`` (the seed's semantics), ``GET /ready`` (503 while one of the reporter's
+Routes: ``GET /health`` (Octopus's semantics), ``GET /ready`` (503 while one of the reporter's
 loops is down, or the backend is not healthy), ``GET /status`` (the current load report),
 ``GET /metrics`` (the agent's own Prometheus metrics), the OpenAI paths (relayed, or translated
 to the generate extension on a Triton node: :mod:`node_agent.triton_openai`), Anthropic Messages

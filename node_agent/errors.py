@@ -11,7 +11,7 @@ Anthropic Messages path in Anthropic's (with the same status: the router reads i
     │                             4xx invalid_request_error, 5xx api_error; code by status
     ├── BadRequest                400 invalid_request_error bad_request
     ├── RouteNotServed            404 invalid_request_error not_found
-    └── NodeBusy                  503 api_error   node_busy (with ``X-Node-Busy``)
+    └── SlotsTaken                  503 api_error   node_busy (with ``X-Node-Busy``)
 
 aiohttp's own ``HTTPException`` s (404 unknown route, 405, 413 body too large) are rewritten
 into the same envelope by :func:`error_middleware`.
@@ -104,7 +104,7 @@ class RouteNotServed(AgentError):
     code = "not_found"
 
 
-class NodeBusy(AgentError):
+class SlotsTaken(AgentError):
     """A router's slot check found every slot of the request's model taken: the request was
     not forwarded.
 

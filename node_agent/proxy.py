@@ -1,7 +1,7 @@
 """The thin streaming proxy from the agent to its backend: one pass-through for every route.
 
 The body is forwarded as read, the answer relayed chunk by chunk as it arrives (never
-buffered), with the seed's header mapping: ``X-Octopus-Tenant-Id`` → ``X-Tenant-Id`` and
+buffered), with the platform's header mapping: ``X-Octopus-Tenant-Id`` → ``X-Tenant-Id`` and
 ``X-Octopus-Correlation-Id`` → ``X-Correlation-Id`` (empty when missing), and
 ``X-Octopus-Session-Id`` passed through. The OpenAI routes and the backends' native ones (Ollama
 NDJSON, TGI and Triton SSE) share this code; only the framing of a cut stream differs
@@ -42,7 +42,7 @@ from node_protocol.upstream import CallLimits, ConnectTimeout, UpstreamPool, Ups
 from node_protocol.wire import SLOT_CHECK_HEADER
 
 from .backend_answer import Track, Upstream
-from .errors import AgentError, BackendTimeout, BackendUnreachable, NodeBusy
+from .errors import AgentError, BackendTimeout, BackendUnreachable, SlotsTaken
 from .framing import Framing, cut_event, framing_of
 from .gate import BackendGate
 from .metrics import CLIENT_GONE, RequestMetrics
@@ -64,7 +64,7 @@ _PASS_BACK = (
     "x-should-retry",
     # KServe v2 binary tensor data: where the JSON header ends in a binary answer.
     "Inference-Header-Content-Length",
-    # TGI's timing and token headers on /generate (reference/backends.md §4.4).
+    # TGI's timing and token headers on /generate.
     "x-compute-type",
     "x-compute-time",
     "x-compute-characters",
@@ -160,7 +160,7 @@ class BackendProxy:
         """Count the request in flight (under its model: ``path`` and ``body`` as the backend
         gets them) and observe it once it ends, however it ends.
 
-        A router's slot check that finds every slot of the model taken raises :class:`NodeBusy`
+        A router's slot check that finds every slot of the model taken raises :class:`SlotsTaken`
         first, with nothing counted; the check and the count go together, with no ``await``
         between them, so two requests cannot both take the last slot.
         """
@@ -168,7 +168,7 @@ class BackendProxy:
         key = stats.model_key(path, body)
         slots = _slot_check(request)
         if slots is not None and stats.in_flight_for(key) >= slots:
-            raise NodeBusy(stats.in_flight_for(key), slots, stats.in_flight)
+            raise SlotsTaken(stats.in_flight_for(key), slots, stats.in_flight)
         track = Track(route_label(request), time.perf_counter())
         stats.enter(key)
         try:

@@ -1,6 +1,6 @@
 """OpenAI chat and text completions on a Triton node, translated to Triton's generate extension.
 
-Triton's HTTP port speaks KServe v2 only (reference/backends.md §5; its OpenAI frontend is a
+Triton's HTTP port speaks KServe v2 only (its OpenAI frontend is a
 separate process few deployments run), so when the backend is Triton the agent answers the
 OpenAI routes itself:
 

@@ -1,7 +1,7 @@
 """What every backend adapter offers, and the HTTP helpers they share.
 
 An adapter answers two questions about the backend beside the agent: is it healthy
-(:meth:`Backend.health`, the seed's semantics, refined per kind by :meth:`Backend.judge`) and
+(:meth:`Backend.health`, Octopus's semantics, refined per kind by :meth:`Backend.judge`) and
 what does it hold and how busy is it (:meth:`Backend.collect`). A fact the backend does not
 expose is None (unknown), never 0.
 """

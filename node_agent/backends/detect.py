@@ -1,6 +1,6 @@
 """Pick the adapter: by configuration, or by probing the backend (``backend_kind = "auto"``).
 
-Probes, in this order of proof (reference/backends.md §7):
+Probes, in this order of proof:
 
 1. ``GET /`` saying ``Ollama is running`` → ollama; answered with ``Server: llama.cpp`` →
    llamacpp (llama-server sends that header on every answer).

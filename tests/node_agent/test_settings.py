@@ -80,7 +80,7 @@ class TestPrecedence:
 
 
 class TestSeedVariables:
-    """The seed's ASP.NET-style InferenceNode__* variables configure the agent."""
+    """Octopus's ASP.NET-style InferenceNode__* variables configure the agent."""
 
     def test_backend_group_and_router(self) -> None:
         env = {

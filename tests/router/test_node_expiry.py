@@ -98,7 +98,9 @@ async def test_silent_node_is_removed_with_its_series_and_the_group_it_made(
     """Nodes that stop reporting go after node_expiry_s: from their groups, from /metrics (request,
     retry, rejection and fleet series alike) and, for groups registrations made, the group too.
     A node that keeps reporting, a declared group and a static node stay."""
-    declared = GroupSettings(name="declared", nodes=(StaticNode(name="static-1", base_url="http://127.0.0.1:9"),))
+    declared = GroupSettings(
+        name="declared", nodes=(StaticNode(name="static-1", base_url="http://127.0.0.1:9"),)
+    )
     settings = router_settings(report_interval_s=0.1, node_expiry_s=0.6, groups=(declared,))
     async with (
         serve(settings) as router,
