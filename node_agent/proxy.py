@@ -37,47 +37,21 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from node_protocol.events import AnswerReader, Surface, surface_of
+from node_protocol.events import AnswerReader, surface_of
 from node_protocol.upstream import CallLimits, ConnectTimeout, UpstreamPool, UpstreamResponse
 from node_protocol.wire import SLOT_CHECK_HEADER
 
+from .answer_relay import relay_answer, reshaped_error
 from .backend_answer import Track, Upstream
 from .errors import AgentError, BackendTimeout, BackendUnreachable, SlotsTaken
-from .framing import Framing, cut_event, framing_of
 from .gate import BackendGate
 from .metrics import CLIENT_GONE, RequestMetrics
 from .prompt_caches import Arrival, PromptCaches
-from .traffic import AnswerTokens, TrafficStats
+from .traffic import TrafficStats
 
 __all__ = ["BackendProxy", "Exchange", "Upstream", "route_label"]  # Upstream: for handlers
 
 log = logging.getLogger("node_agent.proxy")
-
-# Response headers worth keeping; hop-by-hop ones (Transfer-Encoding, Connection) never are.
-_PASS_BACK = (
-    "Content-Type",
-    "Content-Length",
-    "Content-Encoding",
-    "Cache-Control",
-    "Retry-After",
-    "X-Request-Id",
-    "x-should-retry",
-    # KServe v2 binary tensor data: where the JSON header ends in a binary answer.
-    "Inference-Header-Content-Length",
-    # TGI's timing and token headers on /generate.
-    "x-compute-type",
-    "x-compute-time",
-    "x-compute-characters",
-    "x-total-time",
-    "x-validation-time",
-    "x-queue-time",
-    "x-inference-time",
-    "x-time-per-token",
-    "x-prompt-tokens",
-    "x-generated-tokens",
-)
-
-_PASS_BACK_KEYS = tuple((name, name.lower()) for name in _PASS_BACK)  # the client's are lower-case
 
 # Request headers worth passing on besides the renamed ones.
 _PASS_ON = ("Content-Type", "Accept", "X-Octopus-Session-Id", "Inference-Header-Content-Length")
@@ -216,9 +190,9 @@ class BackendProxy:
                 try:
                     if error_body is not None and upstream.status >= 400:
                         track.failed = upstream.status >= 500
-                        return await _reshaped(upstream, error_body)
-                    resp, complete = await self._relay(
-                        request, upstream, track, native, surface, arrival
+                        return await reshaped_error(upstream, error_body)
+                    resp, complete = await relay_answer(
+                        request, upstream, track, self._stats, native, surface, arrival
                     )
                     track.failed = not complete or upstream.status >= 500
                     return resp
@@ -310,98 +284,6 @@ class BackendProxy:
             log.warning("backend unreachable at %s%s: %s", self._base, path, exc)
             raise BackendUnreachable(f"backend unreachable: {exc}") from exc
 
-    async def _relay(
-        self,
-        request: web.Request,
-        upstream: UpstreamResponse,
-        track: Track,
-        native: bool,
-        surface: Surface,
-        arrival: Arrival | None,
-    ) -> tuple[web.StreamResponse, bool]:
-        """Relay the answer; the flag is False when the backend stalled or dropped mid-answer.
-
-        Pieces go out as they come; the last one goes with the end of the answer, in one write.
-        The engine's prompt counts in it, if any, settle the prompt's ``arrival``.
-        """
-        found = upstream.headers
-        headers = {name: found[key] for name, key in _PASS_BACK_KEYS if key in found}
-        resp = web.StreamResponse(
-            status=upstream.status, reason=upstream.reason or None, headers=headers
-        )
-        framing = framing_of(found.get("content-type", ""), native=native, surface=surface)
-        tokens = None
-        if upstream.status == 200:
-            tokens = AnswerTokens(self._stats, surface, streamed=framing.streamed)
-        await resp.prepare(request)
-        last = b""
-        try:
-            while chunk := await upstream.readany():  # each wait bounded by the idle timeout
-                if tokens is not None:
-                    tokens.take(chunk)
-                last = chunk
-                if upstream.finished:  # the last piece goes out with the end, in one write
-                    break
-                await resp.write(chunk)
-                if track.first_byte_s is None:
-                    track.first_byte_s = track.since_start()
-            if track.first_byte_s is None and chunk:
-                track.first_byte_s = track.since_start()
-            if tokens is not None:
-                tokens.end(_header_int(found, "x-generated-tokens"))
-                if arrival is not None:
-                    arrival.settle(tokens.reader.prompt_tokens, tokens.reader.cached_tokens)
-            await resp.write_eof(chunk)
-        except ConnectionResetError:
-            # The client went away (the handler is usually cancelled first; this is the case
-            # where the write noticed it): stop the backend generating for nobody.
-            log.debug("client left %s mid-response", request.path)
-            track.status = CLIENT_GONE
-            upstream.close()
-            return resp, True
-        except (TimeoutError, OSError) as exc:  # the backend's side: UpstreamBroken is one
-            await self._cut(request, resp, framing, last, exc)
-            return resp, False
-        return resp, True
-
-    async def _cut(
-        self,
-        request: web.Request,
-        resp: web.StreamResponse,
-        framing: Framing,
-        last: bytes,
-        exc: BaseException,
-    ) -> None:
-        """The backend stalled or dropped mid-answer: say so on a stream, else cut the body."""
-        reason = "backend timed out" if isinstance(exc, TimeoutError) else "backend dropped"
-        log.warning("%s mid-response on %s: %r", reason, request.path, exc)
-        event = cut_event(framing, f"{reason} after the stream started", last)
-        if event is not None:
-            try:
-                await resp.write(event)
-                await resp.write_eof()
-            except ConnectionError:
-                pass
-        elif request.transport is not None:
-            # No way to signal an error inside a JSON body: end the connection early so the
-            # client sees a truncated response rather than a complete-looking one.
-            request.transport.close()
-
-
-async def _reshaped(
-    upstream: UpstreamResponse, error_body: Callable[[int, bytes], bytes]
-) -> web.Response:
-    """An error answer with its body rewritten (what is read of it within the idle bound)."""
-    try:
-        raw = await upstream.read()
-    except (OSError, TimeoutError):
-        raw = b""
-    return web.Response(
-        status=upstream.status,
-        body=error_body(upstream.status, raw),
-        content_type="application/json",
-    )
-
 
 def _slot_check(request: web.Request) -> int | None:
     """The slots a router's ``X-Router-Slot-Check`` asks about; None (no check) unless it is a
@@ -410,8 +292,3 @@ def _slot_check(request: web.Request) -> int | None:
     if not (0 < len(value) <= 9 and value.isascii() and value.isdigit()):
         return None
     return int(value) or None
-
-
-def _header_int(headers: dict[str, str], name: str) -> int | None:
-    value = headers.get(name, "")
-    return int(value) if value.isdigit() else None
