@@ -36,7 +36,7 @@ import orjson
 
 from .chat_answer import ChatDelta, Usage
 from .errors import BadRequest
-from .triton_openai import estimate_tokens
+from .triton_ask import estimate_tokens
 
 STOP_REASONS = {
     "stop": "end_turn",

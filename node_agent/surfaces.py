@@ -42,7 +42,7 @@ from .backends.base import control_headers
 from .chat_answer import CHAT_PATH, ChatDelta, answer_of, chat_deltas, refusal
 from .errors import AgentError, BackendBadAnswer, BackendUnreachable, RouteNotServed
 from .responses_stream import ResponsesStream
-from .triton_openai import estimate_tokens
+from .triton_ask import estimate_tokens
 
 log = logging.getLogger("node_agent.surfaces")
 
