@@ -67,7 +67,6 @@ COMPLETIONS_PATH = "/v1/completions"
 MODELS_PATH = "/v1/models"
 EMBEDDINGS_PATH = "/v1/embeddings"
 OWNED_BY = "Triton Inference Server"  # as Triton's own OpenAI frontend says
-FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 _DONE = b"data: [DONE]\n\n"
 
