@@ -48,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(sys.argv[1:] if argv is None else argv, os.environ)
     except SettingsError as exc:
-        print(f"node_agent: {exc}", file=sys.stderr)
+        print("node_agent:", *str(exc).split(), file=sys.stderr)  # one line, whatever it quotes
         return 2
     logging.basicConfig(
         level=settings.log_level,

@@ -5,7 +5,13 @@ the proxy hints that something may have changed and the loaded-model set or the 
 Each router URL has its own :class:`~node_agent.router_link.RouterLink` task that sends the
 latest report (registering first, again when the router forgot the node). GPUs come from the
 GPU source (NVML) and, when it has none, from the backend itself (Triton's DCGM gauges). On stop
-every link deregisters.
+every link deregisters. Each report carries the summary of the node's prompt caches
+(:mod:`node_agent.prompt_caches`), sized from the facts of the same collection. Every loop (the
+collector, each link, the DNS follower) runs supervised on its own
+(:class:`~node_protocol.supervision.Supervised`): one that fails is logged and restarted, and
+the others go on. A backend that a probe would disturb (one with a
+:attr:`~node_agent.backends.base.Backend.concurrency_limit`) is probed only in a free turn of
+its :class:`~node_agent.gate.BackendGate`; while every turn is taken the last answer stands.
 """
 
 from __future__ import annotations
@@ -14,15 +20,20 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from typing import Any
 
 import aiohttp
+from prometheus_client import Counter
 
-from node_protocol.wire import LoadReport, Registration
+from node_protocol.supervision import Supervised
+from node_protocol.wire import LoadReport, PrefixSummary, Registration
 
-from .backends.base import Backend
+from .backends.base import Backend, BackendFacts, Health
+from .gate import BackendGate
 from .gpu import GpuSource
+from .prompt_caches import PromptCaches
 from .router_directory import Resolver, RouterDirectory, dns_resolver
 from .router_link import RouterLink
 from .settings import AgentSettings
@@ -57,32 +68,53 @@ class Reporter:
         gpus: GpuSource,
         stats: TrafficStats,
         resolver: Resolver = dns_resolver,
+        prompts: PromptCaches | None = None,
+        restarts: Counter | None = None,
+        gate: BackendGate | None = None,
     ) -> None:
         self._settings = settings
+        self._prompts = prompts
+        self._restarts = restarts
+        self._gate = gate or BackendGate(lambda: None)
         self._backend = backend
         self._gpus = gpus
         self._stats = stats
         self._rate = TokenRate(window_s=max(10.0, 5 * settings.report_interval_s))
         self._rate.sample(time.monotonic(), stats.output_tokens)  # the baseline
         self._seq = 0
+        self._probed: tuple[Health, BackendFacts] | None = None
         self.latest: LoadReport | None = None
         self.advertise_url: str | None = None
         self._advertised = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._stopped = False
+        self._started = self._stopped = False
         self._session = session
         self.draining = False
         self._links: dict[str, RouterLink] = {}
-        self._link_tasks: dict[str, asyncio.Task[None]] = {}
+        self._link_tasks: dict[str, Supervised] = {}
         for url in settings.router_urls:
             self._add_link(url)
-        self._directory = (
-            RouterDirectory(settings.router_dns, resolver) if settings.router_dns else None
-        )
+        self._collector = self._supervised("report-collector", self._collect_loop)
+        self._follower: Supervised | None = None
+        if settings.router_dns:
+            directory = RouterDirectory(settings.router_dns, resolver)
+            self._follower = self._supervised(
+                "router-directory", lambda: self._follow_directory(directory)
+            )
 
     @property
     def links(self) -> list[RouterLink]:
         return list(self._links.values())
+
+    @property
+    def tasks(self) -> list[Supervised]:
+        """The reporter's long-lived loops, for ``/ready``."""
+        follower = [] if self._follower is None else [self._follower]
+        return [self._collector, *follower, *self._link_tasks.values()]
+
+    def _supervised(
+        self, name: str, run: Callable[[], Awaitable[None]], label: str | None = None
+    ) -> Supervised:
+        return Supervised(name, run, restarts=self._restarts, label=label)
 
     def _add_link(self, url: str) -> RouterLink:
         s = self._settings
@@ -98,7 +130,14 @@ class Reporter:
         self._links[url] = link
         if self.latest is not None:
             link.offer(self.latest)
+        self._link_tasks[url] = self._supervised(
+            f"router-link {url}", lambda: self._run_link(link), label="router-link"
+        )
         return link
+
+    async def _run_link(self, link: RouterLink) -> None:
+        await self._advertised.wait()  # registration needs the URL routers are to use
+        await link.run()
 
     def _told_to_drain(self, draining: bool) -> None:
         """A router replica said drain (or resume): tell every replica in the next report."""
@@ -114,18 +153,19 @@ class Reporter:
         self._advertised.set()
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="node-agent-reporter")
+        if not self._started:
+            self._started = True
+            for task in self.tasks:
+                task.start()
 
     async def stop(self) -> None:
         """Stop the loops, then deregister from every router (idempotent)."""
         if self._stopped:
             return
         self._stopped = True
-        if self._task is not None:
-            self._task.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._task
+        if self._follower is not None:  # first: it starts links
+            await self._follower.stop()
+        await asyncio.gather(*(task.stop() for task in self.tasks))
         await asyncio.gather(*(link.deregister() for link in self.links))
 
     async def current(self) -> LoadReport:
@@ -139,11 +179,13 @@ class Reporter:
         """A fresh report (seq 0 until published)."""
         stats = self._stats
         tokens_per_s = self._rate.sample(time.monotonic(), stats.output_tokens)
-        health, facts, gpus = await asyncio.gather(
-            self._backend.health(), self._backend.collect(), self._gpus.read()
-        )
+        (health, facts), gpus = await asyncio.gather(self._probe(), self._gpus.read())
         if not gpus:
             gpus = facts.gpus  # no NVML here: the backend's own GPU readings, if it has any
+        prefix_caches: tuple[PrefixSummary, ...] = ()
+        if self._prompts is not None:
+            self._prompts.configure(facts.models, facts.kv_capacity_tokens)
+            prefix_caches = self._prompts.summaries()
         return LoadReport(
             seq=0,
             sent_at=time.time(),
@@ -154,10 +196,26 @@ class Reporter:
             queue_waiting=facts.queue_waiting,
             queue_running=facts.queue_running,
             kv_cache_usage=facts.kv_cache_usage,
+            prompt_tokens=facts.prompt_tokens,
+            cached_prompt_tokens=facts.cached_prompt_tokens,
             output_tokens_per_s=tokens_per_s,
             gpus=gpus,
             models=facts.models,
+            prefix_caches=prefix_caches,
         )
+
+    async def _probe(self) -> tuple[Health, BackendFacts]:
+        """The backend's health and facts: asked in a free turn of the gate, else the last
+        answer (the first probe waits for a turn)."""
+        turn = self._gate.spare()
+        if turn is None:
+            if self._probed is not None:
+                return self._probed
+            turn = self._gate.hold()
+        async with turn:
+            health, facts = await asyncio.gather(self._backend.health(), self._backend.collect())
+        self._probed = (health, facts)
+        return self._probed
 
     def _publish(self, report: LoadReport) -> LoadReport:
         self._seq += 1
@@ -169,6 +227,8 @@ class Reporter:
             draining=self.draining,
         )
         self.latest = report
+        # the names requests are counted under, and whether per model
+        self._stats.know_models(report.models, slots_per_model=self._backend.slots_per_model)
         for link in self.links:
             link.offer(report)
         return report
@@ -185,29 +245,21 @@ class Reporter:
             metadata=dict(s.metadata),
         ).to_json()
 
-    async def _run(self) -> None:
-        async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(self._collect_loop())
-            if self._links or self._directory is not None:
-                await self._advertised.wait()
-                for url, link in self._links.items():
-                    self._link_tasks[url] = tasks.create_task(link.run())
-                if self._directory is not None:
-                    tasks.create_task(self._follow_directory(self._directory, tasks))
-
-    async def _follow_directory(self, directory: RouterDirectory, tasks: asyncio.TaskGroup) -> None:
+    async def _follow_directory(self, directory: RouterDirectory) -> None:
         """Keep one link per router replica the DNS name resolves to."""
         static = set(self._settings.router_urls)
+        await self._advertised.wait()
         while True:
             urls = await directory.urls()
             if urls is not None:
                 for url in urls - set(self._links):
                     log.info("router replica %s found", url)
-                    self._link_tasks[url] = tasks.create_task(self._add_link(url).run())
+                    self._add_link(url)
+                    self._link_tasks[url].start()
                 for url in set(self._links) - urls - static:
                     log.info("router replica %s is gone", url)
                     self._links.pop(url)
-                    self._link_tasks.pop(url).cancel()
+                    await self._link_tasks.pop(url).stop()
             await asyncio.sleep(self._settings.router_dns_interval_s)
 
     async def _collect_loop(self) -> None:

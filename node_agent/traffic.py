@@ -3,6 +3,13 @@
 Kept deliberately cheap (plain int arithmetic on the proxy path); the reporter turns the token
 total into a rate over a sliding window of its own samples. :class:`AnswerTokens` adds one
 relayed answer's tokens to the total as they pass.
+
+Requests in flight are also counted per model where each model has slots of its own (Ollama's
+``OLLAMA_NUM_PARALLEL`` is per loaded model, LM Studio's ``parallel`` per loaded instance,
+Triton's instances per model), under the id the backend reports the model by
+(:meth:`TrafficStats.model_key`), so a router's slot check compares one model's count with that
+model's slots. Where one engine's slots serve every model it lists (vLLM's base model and its
+LoRA adapters, TGI, llama.cpp), all requests count together.
 """
 
 from __future__ import annotations
@@ -10,20 +17,57 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Iterable
+from urllib.parse import unquote
+
+import orjson
 
 from node_protocol.events import AnswerReader, Surface
+from node_protocol.wire import ModelReport
+
+_PATH_MODEL = "/v2/models/"  # KServe v2 (Triton) names the model in the path
+SHARED = "*"  # the key of every request where the models share the backend's slots
+
+
+def request_model(path: str, body: bytes | None) -> str | None:
+    """The model a backend request names: in a ``/v2/models/{m}/...`` path, else the body's
+    ``model`` field; None when it names none (or the body is not a JSON object)."""
+    if path.startswith(_PATH_MODEL):
+        return unquote(path[len(_PATH_MODEL) :].partition("/")[0].partition("?")[0])
+    if not body:
+        return None
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    model = parsed.get("model") if isinstance(parsed, dict) else None
+    return model if isinstance(model, str) else None
+
 
 # A bigger whole (non-streamed) answer is relayed unread: only a header may count its tokens.
 MAX_BODY_READ = 1024 * 1024
 
 
 class TrafficStats:
-    """Exact in-flight count, a running output-token total and a 'something changed' hint."""
+    """Exact in-flight counts (all, and per model), a running output-token total and a
+    'something changed' hint."""
 
-    __slots__ = ("_failed", "_in_flight", "changed", "output_tokens", "requests_total")
+    __slots__ = (
+        "_by_model",
+        "_failed",
+        "_in_flight",
+        "_keys",
+        "_shared",
+        "changed",
+        "output_tokens",
+        "requests_total",
+    )
 
     def __init__(self) -> None:
         self._in_flight = 0
+        self._by_model: dict[str, int] = {}
+        self._keys: dict[str, str] = {}  # every name of a model the backend has -> its id
+        self._shared = True  # every request counts under SHARED (until models are known)
         self._failed = False
         self.output_tokens = 0
         self.requests_total = 0
@@ -36,13 +80,47 @@ class TrafficStats:
     def in_flight(self) -> int:
         return self._in_flight
 
-    def enter(self) -> None:
+    def in_flight_for(self, key: str) -> int:
+        """Requests in flight for the model counted under ``key`` (see :meth:`model_key`):
+        ``SHARED`` counts every request; a model's count includes those that came in under
+        ``SHARED`` (before the backend's models were known, or while they shared the slots)."""
+        if key == SHARED:
+            return self._in_flight
+        return self._by_model.get(key, 0) + self._by_model.get(SHARED, 0)
+
+    def know_models(self, models: Iterable[ModelReport], *, slots_per_model: bool) -> None:
+        """The backend's models as its latest report lists them (names and aliases), and
+        whether each has slots of its own (else one engine's slots serve them all)."""
+        keys: dict[str, str] = {}
+        for entry in models:
+            for name in (entry.id, *entry.aliases):
+                keys.setdefault(name, entry.id)
+        self._keys = keys
+        self._shared = not slots_per_model or len(set(keys.values())) < 2
+
+    def model_key(self, path: str, body: bytes | None) -> str:
+        """The key a request for ``path`` with ``body`` is counted under: ``SHARED`` where the
+        models share the slots, or there is one (the body is not even read); else the id the
+        backend reports the request's model by, or the name asked for, "" for none."""
+        if self._shared:
+            return SHARED
+        name = request_model(path, body)
+        return "" if name is None else self._keys.get(name, name)
+
+    def enter(self, key: str) -> None:
         self._in_flight += 1
+        self._by_model[key] = self._by_model.get(key, 0) + 1
         self.requests_total += 1
 
-    def leave(self) -> None:
+    def leave(self, key: str) -> None:
+        """The end of a request :meth:`enter` counted under ``key``."""
         if self._in_flight > 0:
             self._in_flight -= 1
+        left = self._by_model.get(key, 0) - 1
+        if left > 0:
+            self._by_model[key] = left
+        else:
+            self._by_model.pop(key, None)
 
     def hint(self, *, failure: bool) -> None:
         """A request ended; ``failure`` when the backend failed it (unreachable, 5xx, cut)."""

@@ -1,38 +1,72 @@
 """The calls to nodes: a lean HTTP/1.1 client on pooled keep-alive connections.
 
 Every routed request is one POST to a node, answered by JSON or by a stream (the node agent's
-calls to its backend use any method but HEAD, with or without a body). aiohttp's client is
-general (cookies, redirects, auth, tracing, multipart, …) and on a short request it cost more
-than all of the routing; this client does only what the forwarder needs, on ``httptools`` (the
-llhttp C parser): the request goes out in one write, the answer's headers, then its body chunks
-as they arrive (chunked encoding decoded), with back-pressure (reading stops while
-``HIGH_WATER`` bytes wait for a slow client). Every wait is bounded: ``connect_s`` for a new
-connection, ``idle_s`` for the headers and between chunks, ``total_s`` for the whole call.
+calls to its backend use any method, with or without a body). aiohttp's client is general
+(cookies, redirects, auth, tracing, multipart, ...) and on a short request it cost more than all
+of the routing; this client does only what the forwarder needs, on ``httptools`` (the llhttp C
+parser): the request goes out in one write, the answer's headers, then its body chunks as they
+arrive, with back-pressure. Every wait is bounded: ``connect_s`` for a new connection,
+``idle_s`` for the headers and between chunks, ``total_s`` for the whole call. Each connection
+is a state machine (:mod:`node_protocol.connection`): interim 1xx answers are skipped, a body
+belongs to exactly one request, and a connection goes back to its pool only when its answer was
+read to the end and the node keeps it alive.
 
-A connection goes back to its pool only when its answer was read to the end and the node keeps
-it alive. A kept connection the node closed meanwhile shows as a failure before any byte of the
-answer; the request is then sent once more on a new connection (it never reached the node).
+When a request is written again, and when never (a node may crash on a request: it must not
+be sent to that node twice once the node may have started on it):
+
+- Before a kept connection carries a request it must be idle with nothing heard from the node
+  since its last answer (no byte, no EOF, no reset: the connection watches while it waits, and a
+  zero-timeout poll of the socket catches what the event loop has not read yet), and idle for
+  less than ``keep_idle_s``, shorter than the usual servers' own keep-alive timeouts, so the
+  node does not close it as the request goes out. One that fails is closed and the next one
+  tried: the request was never written on it.
+- Once written, a request is written again only when (1) it went out on a kept connection,
+  (2) the node closed that connection before any byte of an answer, and (3) its method is one
+  that HTTP defines as idempotent (GET, HEAD, OPTIONS, TRACE, PUT, DELETE), where a second run
+  does no harm. It then goes once more, on a new connection. Anything else, a POST above all,
+  fails with :class:`ClosedBeforeAnswer`: a node fault before the first byte, which a caller may
+  take to another node. A timeout is never retried here.
+
+Idle connections are closed in the background once idle for ``keep_idle_s``; a pool keeps at
+most ``MAX_IDLE_PER_NODE`` per node, and :meth:`UpstreamPool.forget` closes a gone node's.
+
+Errors::
+
+    ConnectionError
+     └── UpstreamBroken           the node closed the connection or sent something not HTTP
+          └── ClosedBeforeAnswer  ... after the request went out, before any byte of an answer
+    TimeoutError
+     └── ConnectTimeout           no connection within ``connect_s`` (nothing was sent)
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
 from urllib.parse import urlsplit
 
-import httptools
+from .connection import HIGH_WATER, ClosedBeforeAnswer, Connection, State, UpstreamBroken
 
-HIGH_WATER = 256 * 1024
+__all__ = [
+    "HIGH_WATER",
+    "KEEP_IDLE_S",
+    "MAX_IDLE_PER_NODE",
+    "CallLimits",
+    "ClosedBeforeAnswer",
+    "ConnectTimeout",
+    "UpstreamBroken",
+    "UpstreamPool",
+    "UpstreamResponse",
+]
+
 MAX_IDLE_PER_NODE = 256
-_BODYLESS = frozenset(("GET", "OPTIONS", "TRACE"))
-
-
-class UpstreamBroken(ConnectionError):
-    """The node closed the connection or sent something that is not HTTP."""
+# Below the shortest keep-alive timeout common servers use (5 s: uvicorn, Node.js, llama.cpp's
+# httplib), with room for the node's timer starting before the client's.
+KEEP_IDLE_S = 3.0
+_BODYLESS = frozenset(("GET", "HEAD", "OPTIONS", "TRACE"))
+_IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"))
 
 
 class ConnectTimeout(TimeoutError):
@@ -67,190 +101,30 @@ class _Origin:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return host if self.port == default else f"{host}:{self.port}"
 
-
-class _Connection(asyncio.Protocol):
-    """One keep-alive connection; answers one request at a time."""
-
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self._parser = httptools.HttpResponseParser(self)
-        self._waiter: asyncio.Future[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._deadline = 0.0
-        self.loop = asyncio.get_running_loop()
-        self._reset()
-
-    def _reset(self) -> None:
-        self.status = 0
-        self.reason = ""
-        self.headers: dict[str, str] = {}
-        self.headers_done = False
-        self.complete = False
-        self.keep_alive = False
-        self.got_bytes = False
-        self.error: Exception | None = None
-        self.chunks: deque[bytes] = deque()
-        self.buffered = 0
-        self._paused = False
-        self._reason_bytes = b""
-        # Push mode (see UpstreamResponse.push_to): pieces go straight to ``sink`` as they are
-        # parsed, each one moving the idle deadline (never past the total one).
-        self.sink: Callable[[bytes], bool] | None = None
-        self._parsed: list[bytes] = []
-        self.idle_s = 0.0
-        self.total_deadline = 0.0
-
-    # asyncio.Protocol
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-
-    def data_received(self, data: bytes) -> None:
-        self.got_bytes = True
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._fail(UpstreamBroken(f"bad HTTP from the node: {exc}"))
-        if self._parsed:  # what this read held goes to the sink in one piece: one write
-            self._to_sink()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.headers_done and not self.complete and self._reads_to_close():
-            self.complete = True  # a body that ends when the connection does
-            self._wake()
-        elif not self.complete:
-            self._fail(UpstreamBroken("the node closed the connection"))
-        self.transport = None
-
-    # httptools callbacks
-    def on_status(self, status: bytes) -> None:
-        self._reason_bytes += status
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        key = name.decode("latin-1").lower()
-        text = value.decode("latin-1")
-        self.headers[key] = f"{self.headers[key]}, {text}" if key in self.headers else text
-
-    def on_headers_complete(self) -> None:
-        self.status = self._parser.get_status_code()
-        self.reason = self._reason_bytes.decode("latin-1")
-        self.headers_done = True
-        self._wake()
-
-    def on_body(self, body: bytes) -> None:
-        if self.sink is not None and not self.chunks:
-            self._parsed.append(body)  # handed over once the whole read is parsed
-            return
-        self._queue(body)
-
-    def _to_sink(self) -> None:
-        parsed, self._parsed = self._parsed, []
-        body = parsed[0] if len(parsed) == 1 else b"".join(parsed)
-        if self.sink is not None and self.sink(body):
-            self._deadline = min(self.loop.time() + self.idle_s, self.total_deadline)
+    def message(self, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> bytes:
+        """The request, head and body in one piece (one write). A ``None`` body on a method
+        that takes none goes without a Content-Length, as aiohttp sends it."""
+        lines = [f"{method} {self.prefix}{path} HTTP/1.1", f"Host: {self.host_header}"]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
+        if body is None and method in _BODYLESS:
+            lines.append("\r\n")
         else:
-            self._queue(body)
-
-    def _queue(self, body: bytes) -> None:
-        self.chunks.append(body)
-        self.buffered += len(body)
-        if self.buffered > HIGH_WATER and not self._paused and self.transport is not None:
-            self._paused = True
-            self.transport.pause_reading()
-        self._wake()
-
-    def on_message_complete(self) -> None:
-        self.keep_alive = self._parser.should_keep_alive()
-        self.complete = True
-        self._wake()
-
-    # for the response
-    def _reads_to_close(self) -> bool:
-        return "content-length" not in self.headers and "chunked" not in self.headers.get(
-            "transfer-encoding", ""
-        )
-
-    def _fail(self, exc: Exception) -> None:
-        if self.error is None:
-            self.error = exc
-        if self.transport is not None:
-            self.transport.close()
-        self._wake()
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def take(self) -> bytes:
-        """Everything that has arrived, in one piece (one write to the client, not one per
-        event: nothing waits for more to come)."""
-        chunks = self.chunks
-        chunk = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
-        chunks.clear()
-        self.buffered = 0
-        if self._paused and self.transport is not None:
-            self._paused = False
-            self.transport.resume_reading()
-        return chunk
-
-    async def wait(self, timeout_s: float) -> None:
-        """Until the parser has something new, at most ``timeout_s``. One timer per connection
-        is re-armed lazily (a stream waits once per chunk: no timer made and cancelled each
-        time); it fails the wait only once the latest deadline has passed."""
-        loop = self.loop
-        waiter = self._waiter = loop.create_future()
-        deadline = self._deadline = loop.time() + timeout_s
-        timer = self._timer
-        if timer is None or timer.when() > deadline:
-            if timer is not None:
-                timer.cancel()
-            self._timer = loop.call_at(deadline, self._check_deadline)
-        try:
-            await waiter
-        finally:
-            self._waiter = None
-
-    def _check_deadline(self) -> None:
-        self._timer = None
-        waiter = self._waiter
-        if waiter is None or waiter.done():
-            return  # nobody waits now: the next wait arms a timer again
-        loop = self.loop
-        if loop.time() >= self._deadline:
-            waiter.set_exception(TimeoutError())
-        else:
-            self._timer = loop.call_at(self._deadline, self._check_deadline)
-
-    def send(self, head: bytes, body: bytes) -> None:
-        self._reset()
-        assert self.transport is not None
-        self.transport.write(head + body)
-
-    @property
-    def reusable(self) -> bool:
-        return (
-            self.complete
-            and self.keep_alive
-            and not self.chunks
-            and self.transport is not None
-            and not self.transport.is_closing()
-        )
-
-    def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self.transport is not None:
-            self.transport.close()
+            lines.append(f"Content-Length: {len(body) if body else 0}\r\n\r\n")
+        head = "\r\n".join(lines).encode("latin-1")
+        return head + body if body else head
 
 
 class UpstreamResponse:
-    """A node's answer: status and headers at once, the body as it arrives."""
+    """A node's answer: status and headers at once, the body as it arrives.
 
-    def __init__(self, pool: UpstreamPool, origin: _Origin, conn: _Connection) -> None:
+    Once the answer has let go of its connection (read to its end, or closed), nothing here
+    touches that connection again: it may carry another request by then."""
+
+    def __init__(self, pool: UpstreamPool, origin: _Origin, conn: Connection) -> None:
         self._pool, self._origin, self._conn = pool, origin, conn
         self._body: bytes | None = None
-        self._released = False
+        self._released = False  # the connection went back to the pool, or was closed
+        self._ended = False  # ... after the whole body was read
         self.status = conn.status
         self.reason = conn.reason
         self.headers = conn.headers  # lower-case names
@@ -265,37 +139,46 @@ class UpstreamResponse:
     def pace(self, idle_s: float) -> None:
         """Wait at most ``idle_s`` for each next piece of the body from now on (the call's own
         ``idle_s`` bounds the wait for the headers and, unless paced, for the body)."""
-        self._conn.idle_s = idle_s
+        if not self._released:
+            self._conn.idle_s = idle_s
 
     def push_to(self, sink: Callable[[bytes], bool] | None) -> None:
         """From now on, hand each piece of the body to ``sink`` as soon as it is parsed, with
         no task switch in between; a piece the sink refuses (returns False) is queued, and it
         and the rest come through :meth:`readany` until the queue is empty again. ``None``
         stops it. :meth:`readany` still reports the end, errors and timeouts."""
-        self._conn.sink = sink
+        if not self._released:
+            self._conn.sink = sink
 
     @property
     def finished(self) -> bool:
         """The whole body has arrived and been read."""
+        if self._released:
+            return self._ended
         return self._conn.complete and not self._conn.chunks
 
     async def readany(self) -> bytes:
         """What has arrived of the body since the last call (waiting for the next piece when
         nothing has); ``b""`` at its end."""
+        if self._released:
+            if self._ended:
+                return b""
+            raise UpstreamBroken("the answer was closed before its end")
         conn = self._conn
         while not conn.chunks:
             if conn.error is not None:
                 self.close()
                 raise conn.error
             if conn.complete:
-                self._release()
+                self._released = self._ended = True
+                self._pool.give_back(self._origin, conn)
                 return b""
             try:
                 await conn.wait(self._timeout())
             except TimeoutError:
                 self.close()  # a stalled answer leaves its connection unusable
                 raise
-        return conn.take()
+        return conn.pop_body()
 
     async def read(self) -> bytes:
         """The whole body (kept: a second call returns it again)."""
@@ -314,29 +197,33 @@ class UpstreamResponse:
             size += len(chunk)
         return b"".join(parts)[:limit]
 
-    def _release(self) -> None:
-        if not self._released:
-            self._released = True
-            self._pool.give_back(self._origin, self._conn)
-
     def close(self) -> None:
         """Done with the answer: the connection goes back when the answer was read to its end,
         and is closed otherwise (a node still generating stops)."""
-        if not self._released:
-            self._released = True
-            if self._conn.reusable:
-                self._pool.give_back(self._origin, self._conn)
-            else:
-                self._conn.close()
+        if self._released:
+            return
+        conn = self._conn
+        self._released = True
+        self._ended = conn.complete and not conn.chunks
+        if conn.reusable:
+            self._pool.give_back(self._origin, conn)
+        else:
+            conn.close()
 
 
 class UpstreamPool:
-    """Keep-alive connections by node origin; ``request`` (or ``post``) sends one request."""
+    """Keep-alive connections by node origin; ``request`` (or ``post``) sends one request.
 
-    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
-        self._idle: dict[_Origin, list[_Connection]] = {}
+    ``keep_idle_s``: how long a connection may wait idle before it is closed, not reused."""
+
+    def __init__(
+        self, ssl_context: ssl.SSLContext | None = None, *, keep_idle_s: float = KEEP_IDLE_S
+    ) -> None:
+        self._idle: dict[_Origin, list[Connection]] = {}  # each list oldest first
         self._origins: dict[str, _Origin] = {}
         self._ssl = ssl_context
+        self._keep_idle_s = keep_idle_s
+        self._expiry_timer: asyncio.TimerHandle | None = None
         self._closed = False
 
     def origin(self, base_url: str) -> _Origin:
@@ -366,52 +253,57 @@ class UpstreamPool:
         limits: CallLimits,
     ) -> UpstreamResponse:
         """Send ``method`` to ``base_url + path`` (already URL-encoded, with any query string);
-        returns once the answer's headers are in. A ``None`` body on a method that takes none
-        (GET, OPTIONS, TRACE) goes without a Content-Length, as aiohttp sends it. HEAD is not
-        supported: the parser would wait for the body its answer announces."""
-        if method == "HEAD":
-            raise ValueError("HEAD is not supported")
+        returns once the final answer's headers are in. Written again only as the module says.
+        """
         origin = self.origin(base_url)
-        lines = [f"{method} {origin.prefix}{path} HTTP/1.1", f"Host: {origin.host_header}"]
-        lines += [f"{k}: {v}" for k, v in headers.items()]
-        if body is None and method in _BODYLESS:
-            lines.append("\r\n")
-        else:
-            lines.append(f"Content-Length: {len(body) if body else 0}\r\n\r\n")
-        head = "\r\n".join(lines).encode("latin-1")
-        payload = body or b""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + limits.total_s  # the whole call, headers and body
-        while True:
-            conn, reused = self._idle_connection(origin), True
-            if conn is None:
-                conn, reused = await self._connect(origin, limits.connect_s), False
-            conn.send(head, payload)
+        message = origin.message(method, path, body, headers)
+        now = asyncio.get_running_loop().time()
+        deadline = now + limits.total_s  # the whole call, headers and body
+        conn = self._kept(origin, now)
+        if conn is not None:
             try:
-                while not conn.headers_done:
-                    if conn.error is not None:
-                        raise conn.error
-                    await conn.wait(min(limits.idle_s, max(0.0, deadline - loop.time())))
-            except UpstreamBroken:
-                conn.close()
-                if reused and not conn.got_bytes:
-                    continue  # the node had closed this kept connection: try a new one
-                raise
-            except BaseException:
-                conn.close()
-                raise
-            conn.idle_s, conn.total_deadline = limits.idle_s, deadline
-            return UpstreamResponse(self, origin, conn)
+                return await self._exchange(origin, conn, method, message, limits, deadline)
+            except ClosedBeforeAnswer:
+                if method not in _IDEMPOTENT:
+                    raise  # the node may have started on it: never twice
+        conn = await self._connect(origin, limits.connect_s)
+        return await self._exchange(origin, conn, method, message, limits, deadline)
 
-    def _idle_connection(self, origin: _Origin) -> _Connection | None:
+    async def _exchange(
+        self,
+        origin: _Origin,
+        conn: Connection,
+        method: str,
+        message: bytes,
+        limits: CallLimits,
+        deadline: float,
+    ) -> UpstreamResponse:
+        """Write the request on ``conn`` and wait for the final answer's headers."""
+        loop = conn.loop
+        try:
+            conn.send(message, head_only=method == "HEAD")
+            while not conn.headers_done:
+                if conn.error is not None:
+                    raise conn.error
+                await conn.wait(min(limits.idle_s, max(0.0, deadline - loop.time())))
+        except BaseException:
+            conn.close()
+            raise
+        conn.idle_s, conn.total_deadline = limits.idle_s, deadline
+        return UpstreamResponse(self, origin, conn)
+
+    def _kept(self, origin: _Origin, now: float) -> Connection | None:
+        """The most recently kept connection that can carry a request now; the ones that
+        cannot (expired, closed or spoken on by the node) are closed on the way."""
         idle = self._idle.get(origin)
         while idle:
             conn = idle.pop()
-            if conn.transport is not None and not conn.transport.is_closing():
+            if conn.can_send(now, self._keep_idle_s):
                 return conn
+            conn.close()
         return None
 
-    async def _connect(self, origin: _Origin, timeout_s: float) -> _Connection:
+    async def _connect(self, origin: _Origin, timeout_s: float) -> Connection:
         loop = asyncio.get_running_loop()
         use_ssl = None
         if origin.scheme == "https":
@@ -421,22 +313,59 @@ class UpstreamPool:
         try:
             async with asyncio.timeout(timeout_s):
                 _, conn = await loop.create_connection(
-                    _Connection, origin.host, origin.port, ssl=use_ssl
+                    Connection, origin.host, origin.port, ssl=use_ssl
                 )
         except TimeoutError as exc:
             where = origin.host_header
             raise ConnectTimeout(f"no connection to {where} in {timeout_s:g}s") from exc
         return conn
 
-    def give_back(self, origin: _Origin, conn: _Connection) -> None:
-        idle = self._idle.setdefault(origin, [])
+    def give_back(self, origin: _Origin, conn: Connection) -> None:
+        """Keep ``conn`` for the next request to ``origin`` if it can carry one."""
+        idle = self._idle.get(origin)
+        if idle is None:
+            idle = self._idle[origin] = []
         if self._closed or not conn.reusable or len(idle) >= MAX_IDLE_PER_NODE:
             conn.close()
-        else:
-            idle.append(conn)
+            return
+        conn.park(conn.loop.time())
+        idle.append(conn)
+        if self._expiry_timer is None:
+            self._expiry_timer = conn.loop.call_later(self._keep_idle_s / 2, self._close_expired)
+
+    def _close_expired(self) -> None:
+        """Close the connections idle for ``keep_idle_s`` or closed meanwhile; runs every half
+        ``keep_idle_s`` while any are kept."""
+        loop = asyncio.get_running_loop()
+        cutoff = loop.time() - self._keep_idle_s
+        self._expiry_timer = None
+        for origin, idle in list(self._idle.items()):
+            live = []
+            for conn in idle:
+                if conn.state is State.IDLE and conn.idle_since > cutoff:
+                    live.append(conn)
+                else:
+                    conn.close()
+            if live:
+                idle[:] = live
+            else:
+                del self._idle[origin]
+        if self._idle and not self._closed:
+            self._expiry_timer = loop.call_later(self._keep_idle_s / 2, self._close_expired)
+
+    def forget(self, base_url: str) -> None:
+        """A node that is gone: close the connections kept for ``base_url`` and drop what the
+        pool knew of it (a connection still carrying an answer closes when it expires)."""
+        origin = self._origins.pop(base_url, None)
+        if origin is not None:
+            for conn in self._idle.pop(origin, ()):
+                conn.close()
 
     def close(self) -> None:
         self._closed = True
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+            self._expiry_timer = None
         for idle in self._idle.values():
             for conn in idle:
                 conn.close()

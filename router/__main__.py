@@ -31,7 +31,7 @@ def main() -> None:
     try:
         settings = load_settings(sys.argv[1:], os.environ)
     except SettingsError as exc:
-        print(f"router: {exc}", file=sys.stderr)
+        print("router:", *str(exc).split(), file=sys.stderr)  # one line, whatever it quotes
         raise SystemExit(2) from exc
     configure_logging(settings.log_format)
     try:

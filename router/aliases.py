@@ -9,10 +9,12 @@ answer the client sees carries the name it asked for.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 import orjson
 
-from router.registry import Node
+if TYPE_CHECKING:  # the registry keys its counts by these names: it imports this module
+    from router.registry import Node
 
 
 class Aliases:
@@ -29,6 +31,11 @@ class Aliases:
         if family is None:
             return (model,)
         return (model, *(n for n in family if n != model))
+
+    def canonical(self, model: str) -> str:
+        """The model's logical id: the one name the router queues its requests under."""
+        family = self._names.get(model)
+        return model if family is None else family[0]
 
     def __bool__(self) -> bool:
         return bool(self._names)

@@ -1,7 +1,9 @@
 """Assembles the router: ``make_app(settings)`` and ``serve(settings)``.
 
 Long-lived resources (the pooled client session, the health monitor) live in ``cleanup_ctx``
-under typed ``web.AppKey`` s; nothing is global.
+under typed ``web.AppKey`` s; nothing is global. Long-lived loops run supervised
+(:class:`node_protocol.supervision.Supervised`, listed under ``TASKS``): a failure is logged with
+its traceback and the loop restarted with backoff; ``/ready`` answers 503 while one is down.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from node_protocol.supervision import Supervised, not_ready
 from node_protocol.upstream import UpstreamPool
 from node_protocol.wire import Registration
 from router.access_log import ACCESS_LOG, AccessLog, close_access_log
 from router.admission import ADMISSION, Admission, AdmissionLimits
 from router.aliases import Aliases
+from router.anthropic_api import AnthropicApi
 from router.auth import AUTH, Authenticator, HostAllowlist, auth_middleware
 from router.dashboard import ACTIVITY, Activity, DashboardApi
 from router.dispatch import DISPATCHER, Dispatcher
@@ -37,6 +41,7 @@ from router.openai_api import OpenAIApi
 from router.openapi import OpenApiDoc
 from router.proxy import FORWARDER, Forwarder
 from router.registry import Node, Registry
+from router.responses_api import ResponsesApi
 from router.scheduling import Scheduler
 from router.server import RouterRunner
 from router.settings import RouterSettings
@@ -46,14 +51,16 @@ SETTINGS = web.AppKey("settings", RouterSettings)
 REGISTRY = web.AppKey("registry", Registry)
 SCHEDULER = web.AppKey("scheduler", Scheduler)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
-MONITOR_TASK = web.AppKey("monitor_task", asyncio.Task[None])
+TASKS = web.AppKey("tasks", list[Supervised])  # the router's long-lived loops
 STOPPING = web.AppKey("stopping", asyncio.Event)
 STARTED_AT = web.AppKey("started_at", float)
 log = logging.getLogger("router")
 
 
 def _registry_from(settings: RouterSettings) -> Registry:
-    registry = Registry(settings.default_policy, settings.failure_threshold)
+    registry = Registry(
+        settings.default_policy, settings.failure_threshold, Aliases(settings.aliases)
+    )
     registry.ensure_group(settings.default_group).declared = True
     now = time.monotonic()
     for group in settings.groups:
@@ -90,9 +97,18 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
     )
     pool = UpstreamPool(upstream_ssl if isinstance(upstream_ssl, ssl.SSLContext) else None)
     app[FORWARDER] = Forwarder(pool, app[REGISTRY], settings, app[METRICS])
-    # POOL-FORGET: a removed node's idle pooled connections should be closed here, once
-    # UpstreamPool has a call to drop one origin's connections (it has none yet); until then
-    # they stay idle until the node closes them.
+    registry = app[REGISTRY]
+
+    def forget_connections(node: Node, _group_gone: bool) -> None:
+        still_used = any(
+            other.base_url == node.base_url
+            for group in registry.groups.values()
+            for other in group.nodes.values()
+        )
+        if not still_used:
+            pool.forget(node.base_url)
+
+    registry.on_removed.append(forget_connections)
     yield
     pool.close()
     await app[SESSION].close()
@@ -103,11 +119,10 @@ async def _monitor(app: web.Application) -> AsyncIterator[None]:
     monitor = Monitor(
         app[REGISTRY], app[SESSION], app[SETTINGS], on_checked=app[ADMISSION].wake_all
     )
-    app[MONITOR_TASK] = asyncio.create_task(monitor.run(), name="router-monitor")
-    yield
-    app[MONITOR_TASK].cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await app[MONITOR_TASK]
+    task = Supervised("monitor", monitor.run, restarts=app[METRICS].task_restarts)
+    app[TASKS].append(task)
+    async with task:
+        yield
 
 
 def _forget_removed(app: web.Application) -> None:
@@ -129,18 +144,24 @@ async def _health(request: web.Request) -> web.Response:
 
 
 async def _ready(request: web.Request) -> web.Response:
-    """Ready once the router can route: not stopping, and past its warm-up (a fresh replica
-    first waits a few report intervals so agents can find it and report)."""
+    """Ready once the router can route: not stopping, every long-lived loop running (a failed
+    one is waiting to restart), and past its warm-up (a fresh replica first waits a few report
+    intervals so agents can find it and report)."""
     app = request.app
     if app[STOPPING].is_set():
         return web.json_response({"status": "stopping"}, status=503)
+    supervised = app[TASKS]
+    tasks = {task.name: task.view() for task in supervised}
+    reason = not_ready(supervised)
+    if reason is not None:
+        return web.json_response({"status": reason, "tasks": tasks}, status=503)
     warmup_s = app[SETTINGS].warmup
     heard = any(
         n.report is not None for g in app[REGISTRY].groups.values() for n in g.nodes.values()
     )
     if not heard and time.monotonic() - app[STARTED_AT] < warmup_s:
-        return web.json_response({"status": "warming up"}, status=503)
-    return web.json_response({"status": "ok"})
+        return web.json_response({"status": "warming up", "tasks": tasks}, status=503)
+    return web.json_response({"status": "ok", "tasks": tasks})
 
 
 async def _drain_streams(app: web.Application) -> None:
@@ -187,6 +208,7 @@ def make_app(settings: RouterSettings) -> web.Application:
     app.router.add_get("/ready", _ready)
     app.router.add_get("/openapi.json", OpenApiDoc().handle)
     app[STOPPING] = asyncio.Event()
+    app[TASKS] = []
     app[STARTED_AT] = time.monotonic()
     app.on_shutdown.append(_drain_streams)
     allowlist = HostAllowlist(settings.registration_allowlist)
@@ -195,13 +217,15 @@ def make_app(settings: RouterSettings) -> web.Application:
         settings,
         app[REGISTRY],
         app[SCHEDULER],
-        Aliases(settings.aliases),
+        app[REGISTRY].aliases,
         TenantRateLimiter(settings.tenant_requests_per_minute, settings.tenant_tokens_per_minute),
     )
     # OpenAI first: aiohttp tries the "/{group}/..." routes in the order they were added, and
     # the OpenAI ones carry nearly all the traffic (16 failed matches cost ~10 us a request).
     limits = BodyLimits(settings.max_messages, settings.max_n, settings.max_output_tokens)
     app.router.add_routes(OpenAIApi(app[REGISTRY], limits).routes())
+    app.router.add_routes(AnthropicApi(limits).routes())
+    app.router.add_routes(ResponsesApi(limits).routes())
     app.router.add_routes(OllamaApi(app[REGISTRY], SESSION).routes())
     app.router.add_routes(TritonApi(app[REGISTRY]).routes())
     app.cleanup_ctx.append(_client_session)

@@ -14,7 +14,7 @@ from router.admission import ADMISSION
 from router.auth import Authenticator, HostAllowlist
 from router.errors import Forbidden, InvalidRequest, NotFound
 from router.registry import ROUTABLE, Group, Node, Registry, RegistryFull, node_id_for
-from router.settings import SettingsError, check_group_name
+from router.settings import InvalidGroupName, check_group_name
 
 log = logging.getLogger("router.groups")
 MAX_CONTROL_BODY = 1024 * 1024
@@ -135,7 +135,7 @@ class GroupsApi:
         group_name = request.match_info["group"]
         try:
             check_group_name(group_name)
-        except SettingsError as exc:
+        except InvalidGroupName as exc:
             raise InvalidRequest(str(exc), param="group") from exc
         raw = await _read_json(request)
         try:

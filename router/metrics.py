@@ -109,6 +109,12 @@ class RouterMetrics:
             ["group", "node"],
             registry=registry,
         )
+        self.task_restarts = Counter(
+            "router_task_restarts",
+            "Restarts of a long-lived loop (the health monitor) after it failed.",
+            ["task"],
+            registry=registry,
+        )
         self.busy_answers = Counter(
             "router_busy_answers_total",
             "Slot checks a node's agent answered busy (router replicas): picked again.",

@@ -26,6 +26,23 @@ from router.settings import RouterSettings
 log = logging.getLogger("router.monitor")
 
 
+def model_cards(raw: bytes) -> tuple[ModelReport, ...]:
+    """The models of an OpenAI ``/v1/models`` answer (all taken as loaded; ``"data": null`` is
+    none, as servers written in Go send an empty list); ValueError when it is not such an
+    answer (a node's garbage is its failed check, never the monitor's failure)."""
+    answer = orjson.loads(raw)
+    if not isinstance(answer, dict):
+        raise ValueError("/v1/models answered something other than a JSON object")
+    cards = answer.get("data") or []
+    if not isinstance(cards, list):
+        raise ValueError("/v1/models answered a 'data' that is not a list")
+    return tuple(
+        ModelReport(id=str(c["id"]), loaded=True)
+        for c in cards
+        if isinstance(c, dict) and "id" in c
+    )
+
+
 class Monitor:
     def __init__(
         self,
@@ -85,13 +102,8 @@ class Monitor:
                 f"{node.base_url}/v1/models", timeout=self._timeout
             ) as resp:
                 if resp.status == 200:
-                    cards = orjson.loads(await resp.read()).get("data", [])
-                    models = tuple(
-                        ModelReport(id=str(c["id"]), loaded=True)
-                        for c in cards
-                        if isinstance(c, dict) and "id" in c
-                    )
-        except (aiohttp.ClientError, TimeoutError, OSError, ValueError, AttributeError) as exc:
+                    models = model_cards(await resp.read())
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
             log.info("health poll of %s failed: %r", node.name, exc)
             node.check_failed(self._registry.threshold)
             return

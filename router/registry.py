@@ -8,7 +8,9 @@ poll, a backend the agent reports as down and a failed connection to the node ar
 
 The router's own reservations are the exact part of each node's load: a slot is reserved when
 the scheduler picks the node and released exactly once when the response ends or the client
-leaves (:class:`Reservation`).
+leaves (:class:`Reservation`). A model goes by several names (the node's own aliases, and the
+router's alias table); on each node the router counts it under one: the id the node reports it
+by (:attr:`Node.model_keys`), whatever name a request asked for.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, TypeVar
 
-from node_protocol.wire import LoadReport, ModelReport, Registration
+from node_protocol.wire import LoadReport, ModelReport, PrefixSummary, Registration
+from router.aliases import Aliases
 
 if TYPE_CHECKING:
     import numpy as np
@@ -86,11 +89,16 @@ class Node:
     # then puts it in its reports to every replica, so all of them agree.
     drain_intent: bool | None = None
     in_flight: int = 0
-    in_flight_by_model: dict[str, int] = field(default_factory=dict)
+    in_flight_by_model: dict[str, int] = field(default_factory=dict)  # by model key
+    # Every name the node serves a model under -> that model's id in its report: the one key
+    # its requests are counted under here, whichever name they asked for (see model_keys).
+    model_keys: dict[str, str] = field(default_factory=dict)
     served: int = 0
     failures: int = 0
     breaker_trips: int = 0
     breaker_until: float = 0.0
+    # model id or alias -> what its prompt cache likely holds, from the last report
+    prefix_caches: dict[str, PrefixSummary] = field(default_factory=dict)
 
     def breaker_allows(self, now: float) -> bool:
         """Closed: yes. Open (cooling down after a failed connection): no. Half-open (cooled
@@ -127,14 +135,29 @@ class Node:
         self.failed_checks = threshold if definitive else self.failed_checks + 1
 
 
+def model_keys(models: tuple[ModelReport, ...], aliases: Aliases) -> dict[str, str]:
+    """Each name a node serves a model under, mapped to the id it reports that model by: its
+    ids and aliases first, then the other names the router's alias table gives them."""
+    keys: dict[str, str] = {}
+    for entry in models:
+        for name in (entry.id, *entry.aliases):
+            keys.setdefault(name, entry.id)
+    if aliases:
+        for name, key in list(keys.items()):
+            for other in aliases.names(name):
+                keys.setdefault(other, key)
+    return keys
+
+
 class Reservation:
-    """One request's slot on one node; :meth:`release` is idempotent."""
+    """One request's slot on one node; :meth:`release` is idempotent. ``model`` may be any
+    name the node serves the model under: the slot is counted under the node's key for it."""
 
     __slots__ = ("_released", "model", "node")
 
     def __init__(self, node: Node, model: str) -> None:
         self.node = node
-        self.model = model
+        self.model = model = node.model_keys.get(model, model)
         self._released = False
         node.in_flight += 1
         node.in_flight_by_model[model] = node.in_flight_by_model.get(model, 0) + 1
@@ -194,6 +217,7 @@ class Registry:
         self,
         default_policy: str,
         failure_threshold: int,
+        aliases: Aliases | None = None,
         *,
         max_groups: int = MAX_GROUPS,
         max_nodes_per_group: int = MAX_NODES_PER_GROUP,
@@ -206,6 +230,7 @@ class Registry:
         # Called with each node taken out (and whether its group went with it), so what is
         # kept per node elsewhere (metric series, pooled connections) goes too.
         self.on_removed: list[Callable[[Node, bool], None]] = []
+        self.aliases = aliases or Aliases({})
 
     def ensure_group(self, name: str, policy: str | None = None) -> Group:
         group = self.groups.get(name)
@@ -298,6 +323,7 @@ class Registry:
         else:
             node.others_in_flight = smooth_others(node.others_in_flight, float(others))
         node.report = report
+        node.prefix_caches = report.prefix_caches_by_name()
         node.report_received_at = node.load_read_at = now
         node.busy_others = None
         node.has_agent = node.has_agent or from_agent
@@ -308,9 +334,14 @@ class Registry:
             node.drain_intent = None
         if report.backend_health == "ok":
             node.check_passed()
+            if from_agent and node.breaker_until > now:
+                # The agent vouches for its backend again (an engine restarted behind it): end
+                # the cooldown. The breaker stays half-open: one request proves the node.
+                node.breaker_until = now
         else:
             node.check_failed(self.threshold, definitive=report.backend_health == "unhealthy")
         if report.models != old_models:
+            node.model_keys = model_keys(report.models, self.aliases)
             self.groups[node.group].reindex()
 
     def note_busy(self, node: Node, in_flight: int, now: float) -> None:

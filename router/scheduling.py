@@ -244,7 +244,8 @@ def candidate_for(
         return None
     report = node.report
     cold_s = 0.0
-    if not entry.loaded and not node.in_flight_by_model.get(model):  # ours: loaded or loading
+    # This router's requests for the model, under whatever name they asked: loaded or loading.
+    if not entry.loaded and not node.in_flight_by_model.get(entry.id):
         cold_s = load_time_s(entry.size_bytes or entry.vram_bytes)
         need = entry.vram_bytes or entry.size_bytes or 0
         gpus = report.gpus if report is not None else ()

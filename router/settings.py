@@ -1,186 +1,240 @@
-"""Router settings: frozen dataclasses loaded once at start.
+"""Router settings: one frozen schema, read once at start.
 
-Precedence: TOML file (``--config`` or ``ROUTER_CONFIG``) < environment (``ROUTER_*``) < CLI
-flags. Invalid values fail at start with a message naming the setting.
+Precedence (last wins): defaults < TOML file (``--config`` or ``ROUTER_CONFIG``) < ``ROUTER_*``
+environment variables (``ROUTER_TIMEOUTS__IDLE_S`` for nested keys) < flags. An unknown key at
+any depth, or a bad value, stops start-up with the key's full path and what is wrong.
 """
 
 from __future__ import annotations
 
-import argparse
 import socket
-import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Self
 
+from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from node_protocol.settings_schema import (
+    CommaList,
+    Schema,
+    SettingsError,
+    build,
+    env_layer,
+    file_layer,
+    flag_layer,
+    merge,
+    split_commas,
+)
 from router.auth import ApiKey, digest, load_key_file
 from router.scheduling import POLICIES
+
+__all__ = [
+    "GroupSettings",
+    "GroupTimeouts",
+    "InvalidGroupName",
+    "RouterSettings",
+    "SettingsError",
+    "StaticNode",
+    "Timeouts",
+    "check_group_name",
+    "load_settings",
+]
 
 RESERVED_GROUP_NAMES = frozenset({"api", "v1", "health", "ready", "metrics", "dashboard"})
 
 
-class SettingsError(ValueError):
-    """A setting with a value the router cannot run with."""
+class InvalidGroupName(ValueError):
+    """A group name the router cannot serve under (reserved, too long, or odd characters)."""
 
 
-def _positive(name: str, value: float) -> None:
-    if not value > 0:
-        raise SettingsError(f"{name} must be > 0, got {value!r}")
+def check_group_name(name: str) -> str:
+    if not name or len(name) > 64 or name in RESERVED_GROUP_NAMES:
+        raise InvalidGroupName(f"invalid group name {name!r}")
+    if not all(c.isalnum() or c in "-_." for c in name):
+        raise InvalidGroupName(f"group name {name!r} may hold only letters, digits, '-', '_', '.'")
+    return name
 
 
-@dataclass(frozen=True, slots=True)
-class Timeouts:
+def _policy(name: str) -> str:
+    if name not in POLICIES:
+        raise ValueError(f"must be one of {', '.join(POLICIES)}")
+    return name
+
+
+def _sha256_hex(value: str) -> str:
+    if len(value) != 64 or not all(c in "0123456789abcdef" for c in value):
+        raise ValueError("secrets in settings must be lowercase SHA-256 hex digests")
+    return value
+
+
+def _http_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError(f"must be an http(s) URL, got {value!r}")
+    return value.rstrip("/")
+
+
+def _lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
+
+
+def _lower_key(value: Any) -> Any:
+    if isinstance(value, dict) and isinstance(value.get("sha256"), str):
+        return {**value, "sha256": value["sha256"].lower()}
+    return value
+
+
+GroupName = Annotated[str, AfterValidator(check_group_name)]
+Policy = Annotated[str, AfterValidator(_policy)]
+Sha256 = Annotated[str, BeforeValidator(_lower), AfterValidator(_sha256_hex)]
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+Seconds = Annotated[float, Field(gt=0)]
+AtLeastOne = Annotated[int, Field(ge=1)]
+
+
+class Timeouts(Schema):
     """Bounds on every call to a node. ``idle_s`` applies between chunks and while waiting for
     headers, so the effective first-byte bound is ``min(first_byte_s, idle_s)``."""
 
-    connect_s: float = 3.0
-    first_byte_s: float = 120.0
-    idle_s: float = 120.0
-    total_s: float = 900.0
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            _positive(f"timeouts.{f.name}", getattr(self, f.name))
+    connect_s: Seconds = Field(3.0, description="bound on opening a connection to a node")
+    first_byte_s: Seconds = Field(120.0, description="bound on a node's first byte")
+    idle_s: Seconds = Field(120.0, description="bound on a silence between chunks")
+    total_s: Seconds = Field(900.0, description="bound on a whole call")
 
 
-@dataclass(frozen=True, slots=True)
-class StaticNode:
+class GroupTimeouts(Schema):
+    """A group's own bounds; each one left out is the router-wide one."""
+
+    connect_s: Seconds | None = Field(None, description="as [timeouts] connect_s")
+    first_byte_s: Seconds | None = Field(None, description="as [timeouts] first_byte_s")
+    idle_s: Seconds | None = Field(None, description="as [timeouts] idle_s")
+    total_s: Seconds | None = Field(None, description="as [timeouts] total_s")
+
+
+class StaticNode(Schema):
     """A node declared in config, with no agent: the router polls its health and models."""
 
-    name: str
-    base_url: str
-    health_url: str | None = None
-    weight: float = 1.0
-
-    def __post_init__(self) -> None:
-        if not self.base_url.startswith(("http://", "https://")):
-            raise SettingsError(f"node {self.name!r}: base_url must be an http(s) URL")
-        _positive(f"node {self.name!r} weight", self.weight)
+    name: str = Field(description="the node's name, unique in its group")
+    base_url: HttpUrl = Field(description="where the backend's API is (http or https)")
+    health_url: HttpUrl | None = Field(None, description="its health URL; None: the models list")
+    weight: float = Field(1.0, gt=0, description="relative share of the group's traffic")
 
 
-@dataclass(frozen=True, slots=True)
-class GroupSettings:
-    name: str
-    policy: str = "least_loaded"
-    nodes: tuple[StaticNode, ...] = ()
-    timeouts: Timeouts | None = None  # None: the router-wide timeouts
+class GroupSettings(Schema):
+    """A server group: its scheduling policy, static nodes and, optionally, its own timeouts."""
 
-    def __post_init__(self) -> None:
-        check_group_name(self.name)
-        if self.policy not in POLICIES:
-            raise SettingsError(f"group {self.name!r}: policy must be one of {', '.join(POLICIES)}")
+    name: GroupName = Field(description="the group's name, as in /{group}/v1/...")
+    policy: Policy = Field("least_loaded", description=f"one of {', '.join(POLICIES)}")
+    nodes: tuple[StaticNode, ...] = Field((), description="backends with no agent")
+    timeouts: GroupTimeouts | None = Field(None, description="overrides of [timeouts]")
 
 
-def check_group_name(name: str) -> None:
-    if not name or len(name) > 64 or name in RESERVED_GROUP_NAMES:
-        raise SettingsError(f"invalid group name {name!r}")
-    if not all(c.isalnum() or c in "-_." for c in name):
-        raise SettingsError(f"group name {name!r} may hold only letters, digits, '-', '_', '.'")
+class RouterSettings(Schema):
+    """Everything the router reads, validated once. Secrets are kept as SHA-256 digests."""
 
-
-@dataclass(frozen=True, slots=True)
-class RouterSettings:
-    host: str = "0.0.0.0"
-    port: int = 8080
-    default_group: str = "inference-cluster"
-    default_policy: str = "least_loaded"
-    groups: tuple[GroupSettings, ...] = ()
-    timeouts: Timeouts = field(default_factory=Timeouts)
-    max_body_bytes: int = 8 * 1024 * 1024
-    max_attempts: int = 3
-    report_interval_s: float = 1.0
-    failure_threshold: int = 3
-    health_interval_s: float = 5.0
-    # A registered node not heard from for this long (no report, poll or registration) is
-    # removed, with its metric series; nodes declared in config stay.
-    node_expiry_s: float = 600.0
-    shutdown_grace_s: float = 30.0
-    retry_after_s: int = 2
-    log_format: str = "auto"
-    aliases: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    host: str = Field("0.0.0.0", description="address to listen on")
+    port: int = Field(8080, ge=0, le=65535, description="port to listen on (0: any free one)")
+    default_group: GroupName = Field("inference-cluster", description="group of /v1/... calls")
+    default_policy: Policy = Field(
+        "least_loaded", description=f"policy of groups that set none: {', '.join(POLICIES)}"
+    )
+    groups: tuple[GroupSettings, ...] = Field((), description="[[groups]] with their settings")
+    timeouts: Timeouts = Field(Timeouts(), description="bounds on node calls")
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="largest request body")
+    max_attempts: AtLeastOne = Field(3, description="nodes tried before the first byte")
+    report_interval_s: Seconds = Field(
+        1.0, description="how often agents report; two missed reports count as a failed check"
+    )
+    failure_threshold: AtLeastOne = Field(3, description="failed checks that make a node down")
+    health_interval_s: Seconds = Field(5.0, description="how often static nodes are checked")
+    node_expiry_s: Seconds = Field(
+        600.0, description="a node that has not reported for this long is removed"
+    )
+    shutdown_grace_s: Seconds = Field(30.0, description="how long in-flight calls may finish")
+    retry_after_s: int = Field(2, ge=0, description="Retry-After on 429 and 503 answers")
+    log_format: Literal["auto", "json", "text"] = Field("auto", description="log line format")
+    aliases: dict[str, tuple[str, ...]] = Field(
+        default_factory=dict, description="a model id -> the names backends use for it"
+    )
     # Security (secrets as SHA-256 digests; plain values only from the environment).
-    api_keys: tuple[ApiKey, ...] = ()
-    registration_token_sha256: tuple[str, ...] = ()
-    admin_token_sha256: str | None = None
-    registration_allowlist: tuple[str, ...] = ()
-    tls_cert_file: str | None = None
-    tls_key_file: str | None = None
+    api_keys: tuple[Annotated[ApiKey, BeforeValidator(_lower_key)], ...] = Field(
+        (), description="[[api_keys]] tenant and sha256 (the key's digest)"
+    )
+    api_keys_file: str | None = Field(
+        None, description="file of 'tenant:sha256' lines, added to api_keys"
+    )
+    registration_token_sha256: Annotated[
+        tuple[Sha256, ...], NoDecode, BeforeValidator(split_commas)
+    ] = Field((), description="digests of tokens agents must present to register")
+    admin_token_sha256: Sha256 | None = Field(None, description="digest of the admin token")
+    registration_allowlist: CommaList = Field(
+        (), description="hosts and CIDRs an agent's baseUrl must be in (none: any)"
+    )
+    tls_cert_file: str | None = Field(None, description="TLS certificate (with tls_key_file)")
+    tls_key_file: str | None = Field(None, description="TLS private key (with tls_cert_file)")
     # Limits.
-    max_messages: int = 2048
-    max_n: int = 16
-    max_output_tokens: int = 262_144
-    max_header_bytes: int = 16_384
-    client_header_timeout_s: float = 10.0
-    client_body_timeout_s: float = 30.0
-    slow_client_timeout_s: float = 30.0
+    max_messages: AtLeastOne = Field(2048, description="most messages in a chat request")
+    max_n: AtLeastOne = Field(16, description="largest n (choices) in a request")
+    max_output_tokens: AtLeastOne = Field(262_144, description="largest max_tokens in a request")
+    max_header_bytes: AtLeastOne = Field(16_384, description="largest request header")
+    client_header_timeout_s: Seconds = Field(10.0, description="bound on reading headers")
+    client_body_timeout_s: Seconds = Field(30.0, description="bound on reading a request body")
+    slow_client_timeout_s: Seconds = Field(30.0, description="bound on a client reading a chunk")
     # Admission: a node takes at most cap_factor x its model's parallel slots (where known);
     # past that, requests wait in a fair per-group-and-model queue of at most queue_max, for at
     # most queue_wait_s (then 429 / 503 with Retry-After). tenant_weights share freed slots.
-    cap_factor: float = 2.0
-    queue_max: int = 256
-    queue_wait_s: float = 30.0
-    tenant_weights: dict[str, float] = field(default_factory=dict)
-    # How many router replicas share the nodes (each claims its share of reported free slots).
-    router_replicas: int = 1
-    router_id: str = field(default_factory=socket.gethostname)
-    # How long a fresh replica waits to hear from agents before it is ready and before an
-    # unknown model is a 404 (503 until then); None: three report intervals.
-    warmup_s: float | None = None
-    upstream_ca_file: str | None = None
-    tenant_requests_per_minute: int = 0
-    tenant_tokens_per_minute: int = 0
+    cap_factor: float = Field(2.0, gt=0, description="a node takes at most this x its slots")
+    queue_max: int = Field(256, ge=0, description="most requests waiting per group and model")
+    queue_wait_s: Seconds = Field(30.0, description="longest wait in the queue")
+    tenant_weights: dict[str, Annotated[float, Field(gt=0)]] = Field(
+        default_factory=dict, description="tenant -> share of freed slots"
+    )
+    router_replicas: AtLeastOne = Field(1, description="how many router replicas share the nodes")
+    router_id: str = Field(default_factory=socket.gethostname, description="this replica's name")
+    warmup_s: float | None = Field(
+        None, ge=0, description="wait for agents before ready (None: three report intervals)"
+    )
+    upstream_ca_file: str | None = Field(None, description="CA bundle for https nodes")
+    tenant_requests_per_minute: int = Field(0, ge=0, description="per tenant; 0: no limit")
+    tenant_tokens_per_minute: int = Field(0, ge=0, description="per tenant; 0: no limit")
 
-    def __post_init__(self) -> None:
-        check_group_name(self.default_group)
-        if self.default_policy not in POLICIES:
-            raise SettingsError(f"default_policy must be one of {', '.join(POLICIES)}")
-        if not 0 <= self.port <= 65535:
-            raise SettingsError(f"port must be 0-65535, got {self.port}")
-        if self.max_attempts < 1:
-            raise SettingsError("max_attempts must be at least 1")
-        if self.failure_threshold < 1:
-            raise SettingsError("failure_threshold must be at least 1")
-        if self.max_body_bytes < 1024:
-            raise SettingsError("max_body_bytes must be at least 1024")
-        for name in (
-            "report_interval_s",
-            "health_interval_s",
-            "shutdown_grace_s",
-            "client_header_timeout_s",
-            "client_body_timeout_s",
-            "slow_client_timeout_s",
-        ):
-            _positive(name, getattr(self, name))
+    @model_validator(mode="before")
+    @classmethod
+    def _read_key_file(cls, data: Any) -> Any:
+        """Keys in ``api_keys_file`` join those given inline."""
+        if not isinstance(data, dict) or not data.get("api_keys_file"):
+            return data
+        path = str(data["api_keys_file"])
+        try:
+            keys = load_key_file(Path(path))
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"api_keys_file: cannot read {path}: {exc}") from exc
+        return {**data, "api_keys": (*data.get("api_keys", ()), *keys)}
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
         if not self.node_expiry_s > self.report_interval_s:
-            raise SettingsError("node_expiry_s must be longer than report_interval_s")
-        if self.log_format not in ("auto", "json", "text"):
-            raise SettingsError("log_format must be auto, json or text")
-        if not self.cap_factor > 0 or self.queue_max < 0 or not self.queue_wait_s > 0:
-            raise SettingsError("cap_factor and queue_wait_s must be > 0, queue_max >= 0")
-        if self.router_replicas < 1:
-            raise SettingsError("router_replicas must be at least 1")
-        if any(not w > 0 for w in self.tenant_weights.values()):
-            raise SettingsError("tenant_weights must be > 0")
+            raise ValueError("node_expiry_s must be longer than report_interval_s")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
-            raise SettingsError("tls_cert_file and tls_key_file go together")
-        for name in ("max_messages", "max_n", "max_output_tokens", "max_header_bytes"):
-            if getattr(self, name) < 1:
-                raise SettingsError(f"{name} must be at least 1")
-        hexdigests = (*self.registration_token_sha256, *(k.sha256 for k in self.api_keys))
-        if self.admin_token_sha256 is not None:
-            hexdigests = (*hexdigests, self.admin_token_sha256)
-        for value in hexdigests:
-            if len(value) != 64 or not all(c in "0123456789abcdef" for c in value):
-                raise SettingsError("secrets in settings must be lowercase SHA-256 hex digests")
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        for key in self.api_keys:
+            _sha256_hex(key.sha256)
+        names = [g.name for g in self.groups]
+        if len(set(names)) != len(names):
+            raise ValueError("groups: each name may appear once")
+        return self
 
     @property
     def warmup(self) -> float:
         return 3 * self.report_interval_s if self.warmup_s is None else self.warmup_s
 
     def timeouts_for(self, group: str) -> Timeouts:
+        """The group's own timeouts where it sets them, the router-wide ones otherwise."""
         settings = self.group(group)
-        return settings.timeouts if settings and settings.timeouts else self.timeouts
+        if settings is None or settings.timeouts is None:
+            return self.timeouts
+        own = settings.timeouts.model_dump(exclude_none=True)
+        return self.timeouts.model_copy(update=own)
 
     def group(self, name: str) -> GroupSettings | None:
         for g in self.groups:
@@ -189,167 +243,40 @@ class RouterSettings:
         return None
 
 
-_SCALARS: dict[str, type] = {
-    "host": str,
-    "port": int,
-    "default_group": str,
-    "default_policy": str,
-    "max_body_bytes": int,
-    "max_attempts": int,
-    "report_interval_s": float,
-    "failure_threshold": int,
-    "health_interval_s": float,
-    "node_expiry_s": float,
-    "shutdown_grace_s": float,
-    "retry_after_s": int,
-    "log_format": str,
-    "tls_cert_file": str,
-    "tls_key_file": str,
-    "max_messages": int,
-    "max_n": int,
-    "max_output_tokens": int,
-    "max_header_bytes": int,
-    "client_header_timeout_s": float,
-    "client_body_timeout_s": float,
-    "slow_client_timeout_s": float,
-    "warmup_s": float,
-    "cap_factor": float,
-    "queue_max": int,
-    "queue_wait_s": float,
-    "router_replicas": int,
-    "router_id": str,
-    "upstream_ca_file": str,
-    "tenant_requests_per_minute": int,
-    "tenant_tokens_per_minute": int,
-}
-_LISTS = ("registration_token_sha256", "registration_allowlist")
+class _RouterFlags(RouterSettings, BaseSettings):
+    """The inference router: one OpenAI-compatible endpoint in front of a fleet of nodes.
+
+    Settings come from a TOML file, then ROUTER_<NAME> environment variables
+    (ROUTER_TIMEOUTS__IDLE_S for a nested key), then these flags; the last wins. Secrets come
+    only from the environment: ROUTER_REGISTRATION_TOKEN (agents present it), ROUTER_ADMIN_TOKEN.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="ROUTER_", env_nested_delimiter="__", cli_prog_name="python -m router"
+    )
+
+    config: str | None = Field(None, description="TOML settings file (also ROUTER_CONFIG)")
 
 
-def _coerce(name: str, kind: type, raw: Any) -> Any:
-    try:
-        return kind(raw)
-    except (TypeError, ValueError) as exc:
-        raise SettingsError(f"{name}: cannot read {raw!r} as {kind.__name__}") from exc
+class _RouterEnvironment(_RouterFlags):
+    """What the environment may set: the flags' settings, and the plain secrets."""
 
-
-def _from_toml(data: Mapping[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, kind in _SCALARS.items():
-        if key in data:
-            out[key] = _coerce(key, kind, data[key])
-    if "timeouts" in data:
-        t = data["timeouts"]
-        out["timeouts"] = Timeouts(**{k: float(v) for k, v in t.items()})
-    groups = []
-    for g in data.get("groups", []):
-        nodes = tuple(
-            StaticNode(
-                name=str(n["name"]),
-                base_url=str(n["base_url"]).rstrip("/"),
-                health_url=n.get("health_url"),
-                weight=float(n.get("weight", 1.0)),
-            )
-            for n in g.get("nodes", [])
-        )
-        groups.append(
-            GroupSettings(
-                name=str(g["name"]), policy=str(g.get("policy", "least_loaded")), nodes=nodes
-            )
-        )
-    if groups:
-        out["groups"] = tuple(groups)
-    if "tenant_weights" in data:
-        out["tenant_weights"] = {str(k): float(v) for k, v in data["tenant_weights"].items()}
-    if "aliases" in data:
-        table = data["aliases"]
-        if not isinstance(table, dict) or not all(isinstance(v, list) for v in table.values()):
-            raise SettingsError("[aliases] maps a model id to a list of names backends use")
-        out["aliases"] = {str(k): tuple(str(n) for n in v) for k, v in table.items()}
-    for key in _LISTS:
-        if key in data:
-            out[key] = tuple(str(v).lower() if "sha256" in key else str(v) for v in data[key])
-    if "admin_token_sha256" in data:
-        out["admin_token_sha256"] = str(data["admin_token_sha256"]).lower()
-    keys = [ApiKey(str(k["tenant"]), str(k["sha256"]).lower()) for k in data.get("api_keys", [])]
-    if "api_keys_file" in data:
-        keys += load_key_file(Path(str(data["api_keys_file"])))
-    if keys:
-        out["api_keys"] = tuple(keys)
-    extra = {
-        "timeouts",
-        "groups",
-        "aliases",
-        "api_keys",
-        "api_keys_file",
-        "admin_token_sha256",
-        "tenant_weights",
-    }
-    unknown = set(data) - set(_SCALARS) - extra - set(_LISTS)
-    if unknown:
-        raise SettingsError(f"unknown settings in config file: {', '.join(sorted(unknown))}")
-    return out
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m router", description="The inference router.")
-    p.add_argument("--config", help="TOML settings file (also ROUTER_CONFIG)")
-    p.add_argument("--host")
-    p.add_argument("--port", type=int)
-    p.add_argument("--default-group")
-    p.add_argument("--default-policy", choices=POLICIES)
-    p.add_argument("--max-body-bytes", type=int)
-    p.add_argument("--max-attempts", type=int)
-    p.add_argument("--report-interval-s", type=float)
-    p.add_argument("--health-interval-s", type=float)
-    p.add_argument("--shutdown-grace-s", type=float)
-    p.add_argument("--log-format", choices=("auto", "json", "text"))
-    p.add_argument("--router-replicas", type=int, help="how many router replicas share the nodes")
-    p.add_argument("--tls-cert-file")
-    p.add_argument("--tls-key-file")
-    return p
+    registration_token: SecretStr | None = Field(None, description="token agents present")
+    admin_token: SecretStr | None = Field(None, description="token for operator endpoints")
 
 
 def load_settings(argv: Sequence[str], environ: Mapping[str, str]) -> RouterSettings:
-    """Settings from a TOML file, then ``ROUTER_*`` variables, then CLI flags (last wins)."""
-    args = _parser().parse_args(list(argv))
-    values: dict[str, Any] = {}
-    config_path = args.config or environ.get("ROUTER_CONFIG")
-    if config_path:
-        try:
-            data = tomllib.loads(Path(config_path).read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise SettingsError(f"cannot read config file {config_path}: {exc}") from exc
-        values.update(_from_toml(data))
-    for key, kind in _SCALARS.items():
-        env_value = environ.get(f"ROUTER_{key.upper()}")
-        if env_value is not None:
-            values[key] = _coerce(f"ROUTER_{key.upper()}", kind, env_value)
-    for key in _SCALARS:
-        cli_value = getattr(args, key, None)
-        if cli_value is not None:
-            values[key] = cli_value
-    _secrets_from_env(values, environ)
-    return replace(RouterSettings(), **values)
-
-
-def _secrets_from_env(values: dict[str, Any], environ: Mapping[str, str]) -> None:
-    """Plain secrets may come from the environment (e.g. a Kubernetes Secret); only their
-    digests are kept."""
-    token = environ.get("ROUTER_REGISTRATION_TOKEN")
-    if token:
-        values["registration_token_sha256"] = (
-            *values.get("registration_token_sha256", ()),
-            digest(token),
-        )
-    admin = environ.get("ROUTER_ADMIN_TOKEN")
-    if admin:
-        values["admin_token_sha256"] = digest(admin)
-    key_file = environ.get("ROUTER_API_KEYS_FILE")
-    if key_file:
-        try:
-            values["api_keys"] = (*values.get("api_keys", ()), *load_key_file(Path(key_file)))
-        except (OSError, ValueError) as exc:
-            raise SettingsError(f"cannot read ROUTER_API_KEYS_FILE: {exc}") from exc
-    allow = environ.get("ROUTER_REGISTRATION_ALLOWLIST")
-    if allow:
-        values["registration_allowlist"] = tuple(a.strip() for a in allow.split(",") if a.strip())
+    """Settings from a TOML file, then ``ROUTER_*`` variables, then flags (last wins)."""
+    flags, given = flag_layer(_RouterFlags, argv).take("config")
+    env, taken = env_layer(_RouterEnvironment, environ).take(
+        "config", "registration_token", "admin_token"
+    )
+    config = given.get("config") or taken.get("config")
+    values, origins = merge([*([file_layer(config)] if config else []), env, flags])
+    # Plain secrets are kept only as digests; a token adds to the digests the file lists.
+    if taken.get("registration_token"):
+        listed = split_commas(values.get("registration_token_sha256", ()))
+        values["registration_token_sha256"] = (*listed, digest(taken["registration_token"]))
+    if taken.get("admin_token"):
+        values["admin_token_sha256"] = digest(taken["admin_token"])
+    return build(RouterSettings, values, origins)

@@ -1,4 +1,4 @@
-"""Summaries of a run, with the names of ``shared/reference/benchmarking.md``.
+"""Summaries of a run, with the names of ``bench/metrics.py``.
 
 Latencies are over the steady window (requests after the first ``WARMUP`` share, by arrival);
 TTFT includes the wait in the router's queue. Throughput is the output tokens emitted inside

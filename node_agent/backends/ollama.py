@@ -77,6 +77,7 @@ class OllamaBackend(Backend):
 
     KIND = "ollama"
     LOADS_ON_DEMAND = True
+    SLOTS_PER_MODEL = True
     health_path = "/"
 
     async def collect(self) -> BackendFacts:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 import pytest
@@ -88,17 +89,18 @@ class LocalCluster:
         self.node_stacks[name] = stack
 
 
-def agent_settings(name: str, backend_url: str, router_url: str) -> AgentSettings:
-    return AgentSettings(
-        backend_url=backend_url,
-        router_urls=(router_url,),
-        group=GROUP,
-        name=name,
-        host="127.0.0.1",
-        port=0,
-        gpu_source="emulated",
-        report_interval_s=0.2,
-    )
+def agent_settings(name: str, backend_url: str, router_url: str, **overrides: Any) -> AgentSettings:
+    values: dict[str, Any] = {
+        "backend_url": backend_url,
+        "router_urls": (router_url,),
+        "group": GROUP,
+        "name": name,
+        "host": "127.0.0.1",
+        "port": 0,
+        "gpu_source": "emulated",
+        "report_interval_s": 0.2,
+    }
+    return AgentSettings(**(values | overrides))
 
 
 @contextlib.asynccontextmanager

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -62,8 +61,10 @@ async def _cluster(nodes: dict[str, EmulatorConfig]) -> AsyncIterator[Mixed]:
         for name, config in nodes.items():
             emu = await stack.enter_async_context(serve_emulator(config))
             emulators[name] = emu
-            settings = dataclasses.replace(
-                agent_settings(name, emu.url, router.url),
+            settings = agent_settings(
+                name,
+                emu.url,
+                router.url,
                 backend_metrics_url=emu.metrics_url if config.kind == "triton" else None,
             )
             await stack.enter_async_context(serve_agent(settings))

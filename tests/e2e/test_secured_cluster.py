@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 
 import aiohttp
 
@@ -35,11 +34,7 @@ class TestRegistrationToken:
         async with (
             serve_router(settings) as router,
             serve_emulator(NODES["gpu-box-2"]) as emulator,
-            serve_agent(
-                dataclasses.replace(
-                    agent_settings("good", emulator.url, router.url), router_token=TOKEN
-                )
-            ),
+            serve_agent(agent_settings("good", emulator.url, router.url, router_token=TOKEN)),
             serve_agent(agent_settings("bad", emulator.url, router.url)),
             aiohttp.ClientSession() as session,
         ):

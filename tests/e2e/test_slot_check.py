@@ -58,8 +58,10 @@ async def two_boxes() -> AsyncIterator[Boxes]:
         agents: dict[str, RunningAgent] = {}
         for name in ("a", "b"):
             emulators[name] = await stack.enter_async_context(serve_emulator(EMULATOR))
-            settings = dataclasses.replace(
-                agent_settings(name, emulators[name].url, router.url),
+            settings = agent_settings(
+                name,
+                emulators[name].url,
+                router.url,
                 report_interval_s=20.0,
                 max_parallel=SLOTS,
             )

@@ -3,10 +3,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from contextlib import AsyncExitStack
+from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
+from prometheus_client.parser import text_string_to_metric_families
 
 from node_agent.app import serve
 from node_agent.reporter import changed
@@ -111,6 +113,83 @@ class TestRouterOutages:
         dead = f"http://127.0.0.1:{free_port()}"
         async with serve(agent_settings(backend, router_urls=(dead, router_url))):
             await fake.wait_for(lambda: len(fake.reports) >= 3)
+
+
+async def agent_ready(client: aiohttp.ClientSession, url: str) -> tuple[int, dict[str, Any]]:
+    async with client.get(f"{url}/ready") as resp:
+        return resp.status, await resp.json()
+
+
+async def agent_restarts(client: aiohttp.ClientSession, url: str) -> dict[str, float]:
+    """``node_agent_task_restarts_total`` by task, read from ``/metrics``."""
+    async with client.get(f"{url}/metrics") as resp:
+        text = await resp.text()
+    return {
+        s.labels["task"]: s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "node_agent_task_restarts_total"
+    }
+
+
+class TestSupervision:
+    """Each of the reporter's loops runs supervised on its own: one that fails is logged,
+    restarted and shown in /ready and the metrics, and the others go on."""
+
+    async def test_failing_router_lookup_is_restarted_and_reports_go_on(
+        self,
+        vllm: tuple[FakeBackend, str],
+        router: tuple[FakeRouter, str],
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """The router DNS lookup raising an unexpected error, twice: each failure is logged
+        with its traceback and counted under ``task="router-directory"``, /ready is 503 naming
+        it while it waits to restart, reports to the configured router keep flowing meanwhile,
+        and /ready is 200 once the lookup works."""
+        _, backend = vllm
+        fake, router_url = router
+        failures = 2
+
+        async def resolver(host: str, port: int) -> list[str]:
+            nonlocal failures
+            if failures:
+                failures -= 1
+                raise RuntimeError("resolver bug")
+            return []
+
+        settings = agent_settings(
+            backend,
+            router_urls=(router_url,),
+            router_dns="http://routers.test:9",
+            router_dns_interval_s=0.05,
+        )
+        async with serve(settings, resolver) as agent, aiohttp.ClientSession() as client:
+            await wait_until(lambda: failures == 1)  # the first lookup failed
+            status, body = await agent_ready(client, agent.url)
+            assert status == 503
+            assert body["status"] == (
+                "task router-directory is restarting after RuntimeError: resolver bug"
+            )
+            assert body["tasks"]["router-directory"]["restarts"] == 1
+            sent = len(fake.reports)
+            await fake.wait_for(lambda: len(fake.reports) >= sent + 3)  # while it waits
+            await wait_until(lambda: all(task.ok for task in agent.reporter.tasks), within=10)
+            await wait_until(lambda: failures == 0)
+            status, body = await agent_ready(client, agent.url)
+            assert status == 200
+            assert body["tasks"]["router-directory"] == {
+                "state": "running",
+                "restarts": 2,
+                "lastError": "RuntimeError: resolver bug",
+            }
+            assert await agent_restarts(client, agent.url) == {
+                "report-collector": 0.0,
+                "router-directory": 2.0,
+                "router-link": 0.0,
+            }
+        tracebacks = [r for r in caplog.records if r.exc_info and "router-directory" in r.message]
+        assert len(tracebacks) == 2
+        assert "in resolver" in caplog.text
 
 
 class TestChanges:

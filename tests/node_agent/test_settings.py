@@ -1,8 +1,11 @@
+"""Agent settings: TOML < InferenceNode__* < NODE_AGENT_* < flags, and clear errors."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from node_agent.settings import AgentSettings, SettingsError, load_settings
 
@@ -50,6 +53,24 @@ class TestPrecedence:
         )
         assert s.router_urls == ("http://r1:1", "http://r2:1", "http://r3:1")
 
+    def test_router_url_variable_and_old_flag_names(self) -> None:
+        """NODE_AGENT_ROUTER_URL and the flags' short names (--report-interval, ...) work."""
+        env = {"NODE_AGENT_BACKEND_URL": "http://b:1", "NODE_AGENT_ROUTER_URL": "http://r:1/"}
+        s = load_settings(
+            ["--report-interval", "0.5", "--connect-timeout", "2", "--log-level", "warning"], env
+        )
+        assert s.router_urls == ("http://r:1",)
+        assert (s.report_interval_s, s.connect_timeout_s, s.log_level) == (0.5, 2, "WARNING")
+
+    def test_empty_variable_unsets_an_optional_setting(self, tmp_path: Path) -> None:
+        """An empty NODE_AGENT_MAX_PARALLEL or _ADVERTISE_URL means 'not set'."""
+        cfg = write_toml(
+            tmp_path, 'backend_url = "http://b:1"\nmax_parallel = 4\nadvertise_url = "http://a:1"\n'
+        )
+        env = {"NODE_AGENT_MAX_PARALLEL": "", "NODE_AGENT_ADVERTISE_URL": ""}
+        s = load_settings(["--config", cfg], env)
+        assert (s.max_parallel, s.advertise_url) == (None, None)
+
     def test_cli_metadata_pairs(self) -> None:
         s = load_settings(
             ["--backend-url", "http://b:1", "--metadata", "gpu=A100", "--metadata", "region=eu"],
@@ -59,7 +80,7 @@ class TestPrecedence:
 
 
 class TestSeedVariables:
-    """The seed's ASP.NET-style InferenceNode__* variables configure the agent."""
+    """Octopus's ASP.NET-style InferenceNode__* variables configure the agent."""
 
     def test_backend_group_and_router(self) -> None:
         env = {
@@ -90,10 +111,10 @@ class TestValidation:
         ("overrides", "fragment"),
         [
             ({"backend_url": "localhost:11434"}, "backend_url"),
-            ({"backend_kind": "llamacpp"}, "backend_kind"),
+            ({"backend_kind": "sglang"}, "backend_kind"),
             ({"backend_metrics_url": "host:8002/metrics"}, "backend_metrics_url"),
             ({"gpu_source": "rocm"}, "gpu_source"),
-            ({"router_urls": ("ftp://r",)}, "router URL"),
+            ({"router_urls": ("ftp://r",)}, "router_urls"),
             ({"port": 70000}, "port"),
             ({"weight": 0}, "weight"),
             ({"report_interval_s": 0}, "report_interval_s"),
@@ -104,23 +125,43 @@ class TestValidation:
     )
     def test_rejects(self, overrides: dict[str, object], fragment: str) -> None:
         values: dict[str, object] = {"backend_url": "http://b:1"} | overrides
-        with pytest.raises(SettingsError, match=fragment):
+        with pytest.raises(ValidationError, match=fragment):
             AgentSettings(**values)  # type: ignore[arg-type]
 
     def test_missing_backend_url(self) -> None:
         with pytest.raises(SettingsError, match="backend_url is required"):
             load_settings([], {})
 
-    def test_unknown_env_variable_and_toml_key(self, tmp_path: Path) -> None:
-        with pytest.raises(SettingsError, match="NODE_AGENT_BOGUS"):
+    def test_unknown_env_variable(self) -> None:
+        """A misspelt NODE_AGENT_* variable is named, with the variables there are."""
+        with pytest.raises(SettingsError, match="NODE_AGENT_BOGUS: unknown environment") as e:
             load_settings(["--backend-url", "http://b:1"], {"NODE_AGENT_BOGUS": "1"})
-        cfg = write_toml(tmp_path, 'backend_url = "http://b:1"\nbogus = 1\n')
-        with pytest.raises(SettingsError, match="bogus"):
+        assert "NODE_AGENT_BACKEND_URL" in str(e.value)
+
+    @pytest.mark.parametrize("table", ["", "[node_agent]\n"])
+    def test_misspelt_config_key_names_the_allowed_keys(self, tmp_path: Path, table: str) -> None:
+        """A misspelt key in the agent's file, at the top or under [node_agent], is refused
+        with the keys there are."""
+        cfg = write_toml(tmp_path, f'{table}backend_url = "http://b:1"\nreport_intervall_s = 1\n')
+        with pytest.raises(SettingsError, match=r"report_intervall_s \(in .*\): unknown key") as e:
             load_settings(["--config", cfg], {})
+        assert "allowed: advertise_url, backend_api_key, backend_kind," in str(e.value)
+        assert "report_interval_s," in str(e.value)
+
+    def test_unknown_flag(self) -> None:
+        """An unknown flag is a SettingsError naming it."""
+        with pytest.raises(SettingsError, match="--bogus"):
+            load_settings(["--backend-url", "http://b:1", "--bogus", "1"], {})
 
     def test_non_numeric_env(self) -> None:
-        with pytest.raises(SettingsError, match="port must be a number"):
+        """A value that is not a number names its variable and the problem."""
+        with pytest.raises(SettingsError, match=r"port \(NODE_AGENT_PORT\): .*valid integer"):
             load_settings([], {"NODE_AGENT_BACKEND_URL": "http://b:1", "NODE_AGENT_PORT": "x"})
+
+    def test_bad_seed_variable_names_it(self) -> None:
+        """A bad InferenceNode__BackendUrl is named as the operator wrote it."""
+        with pytest.raises(SettingsError, match=r"backend_url \(InferenceNode__BackendUrl\)"):
+            load_settings([], {"InferenceNode__BackendUrl": "localhost:11434"})
 
     def test_defaults(self) -> None:
         s = AgentSettings(backend_url="http://b:1/")
@@ -134,3 +175,18 @@ class TestValidation:
         assert s.router_urls == ()
         assert s.advertise_url is None
         assert s.name
+
+
+def test_help_lists_each_setting_with_its_description(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--help`` comes from the schema, with the flags' short names beside the long ones."""
+    with pytest.raises(SystemExit) as done:
+        load_settings(["--help"], {})
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for expected in (
+        "--backend-url str the backend's base URL (required)",
+        "--report-interval-s float, --report-interval float how often the agent reports",
+        "--router-urls tuple[str,...], --router-url tuple[str,...] routers to register with",
+        "InferenceNode__BackendUrl",
+    ):
+        assert expected in text

@@ -96,7 +96,7 @@ class TestBusy:
                 assert r.headers[NODE_BUSY_HEADER] == str(held)
                 assert await r.json() == {
                     "error": {
-                        "message": f"node busy: {held} requests in flight, 2 slots",
+                        "message": f"node busy: {held} requests for the model in flight, 2 slots",
                         "type": "api_error",
                         "param": None,
                         "code": "node_busy",
@@ -205,3 +205,54 @@ class TestForwarded:
             assert r.status == 200
         assert len(fake.state.requests) == 2
         assert SLOT_CHECK_HEADER not in fake.state.requests[-1][1]
+
+
+async def models_known(agent: RunningAgent, count: int) -> None:
+    """Wait until the agent's latest report lists ``count`` models."""
+    await wait_until(
+        lambda: agent.reporter.latest is not None and len(agent.reporter.latest.models) == count
+    )
+
+
+class TestPerModel:
+    """A check is about one model's slots: requests for other models do not fill them, where
+    each model has slots of its own (Ollama)."""
+
+    async def test_other_models_requests_leave_a_models_slots_free(
+        self, ollama: tuple[FakeBackend, str]
+    ) -> None:
+        """Two streams of mistral held on an Ollama node that also has llama3.1:8b: a check for
+        2 slots lets the llama3.1:8b request through (200), and finds mistral busy under either
+        of its names, with the node's whole count in ``X-Node-Busy``."""
+        fake, url = ollama
+        gate = fake.state.gate = asyncio.Event()
+        async with serve(agent_settings(url)) as agent, aiohttp.ClientSession() as client:
+            await models_known(agent, 2)
+            async with held_streams(client, agent, 2, gate, STREAM | {"model": "mistral"}):
+                check = {SLOT_CHECK_HEADER: "2"}
+                llama = CHAT | {"model": "llama3.1:8b"}
+                r = await client.post(f"{agent.url}{PATH}", json=llama, headers=check)
+                assert r.status == 200
+                assert (await r.json())["model"] == "llama3.1:8b"
+                for name in ("mistral", "mistral:latest"):
+                    r = await client.post(
+                        f"{agent.url}{PATH}", json=CHAT | {"model": name}, headers=check
+                    )
+                    await assert_busy(r, 2)
+            await wait_until(lambda: agent.stats.in_flight == 0)
+
+    async def test_shared_slots_count_every_model(self, vllm: tuple[FakeBackend, str]) -> None:
+        """vLLM's LoRA adapter shares the base model's engine: streams of the base fill the
+        slots a check for the adapter is about."""
+        fake, url = vllm
+        gate = fake.state.gate = asyncio.Event()
+        async with serve(agent_settings(url)) as agent, aiohttp.ClientSession() as client:
+            await models_known(agent, 2)
+            base = STREAM | {"model": "llama-3.1-8b"}
+            async with held_streams(client, agent, 2, gate, base):
+                r = await client.post(
+                    f"{agent.url}{PATH}",
+                    json=CHAT | {"model": "sql-lora"},
+                    headers={SLOT_CHECK_HEADER: "2"},
+                )
+                await assert_busy(r, 2)

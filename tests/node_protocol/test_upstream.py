@@ -9,8 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator
 
 import pytest
 import trustme
@@ -23,6 +22,8 @@ from node_protocol.upstream import (
     UpstreamBroken,
     UpstreamPool,
 )
+
+from .raw_node import answering, raw_server, read_request
 
 LIMITS = CallLimits(connect_s=2.0, idle_s=2.0, total_s=10.0)
 JSON = {"Content-Type": "application/json"}
@@ -39,67 +40,6 @@ async def serving(app: web.Application, tls: ssl.SSLContext | None = None) -> As
         yield f"{scheme}://127.0.0.1:{runner.addresses[0][1]}"
     finally:
         await runner.cleanup()
-
-
-@contextlib.asynccontextmanager
-async def raw_server(
-    handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
-) -> AsyncIterator[str]:
-    writers: list[asyncio.StreamWriter] = []
-    tasks: set[asyncio.Task[Any]] = set()
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writers.append(writer)
-        task = asyncio.current_task()
-        assert task is not None
-        tasks.add(task)
-        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
-            await handle(reader, writer)
-
-    server = await asyncio.start_server(handler, "127.0.0.1", 0)
-    try:
-        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    finally:
-        server.close()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for writer in writers:
-            writer.close()
-        await server.wait_closed()
-
-
-@pytest.fixture
-async def pool() -> AsyncIterator[UpstreamPool]:
-    made = UpstreamPool()
-    yield made
-    made.close()
-    await asyncio.sleep(0)  # let the transports finish closing
-
-
-async def read_request(reader: asyncio.StreamReader) -> bytes:
-    head = await reader.readuntil(b"\r\n\r\n")
-    length = next(
-        int(line.split(b":")[1])
-        for line in head.split(b"\r\n")
-        if line.lower().startswith(b"content-length")
-    )
-    return head + await reader.readexactly(length)
-
-
-def answering(
-    raw: bytes, *, close: bool = True
-) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
-    """A raw node that reads one request, writes ``raw`` and (``close``) hangs up."""
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(raw)
-        await writer.drain()
-        if close:
-            writer.close()
-
-    return handle
 
 
 def echo_app(connections: set[object]) -> web.Application:

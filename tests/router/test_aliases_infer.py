@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+from contextlib import AsyncExitStack
+from typing import Any
+
 import aiohttp
 import orjson
+import pytest
 
 from router.app import serve
 from tests.conftest import router_settings
-from tests.fakes import FakeNode, register, running
+from tests.fakes import FakeNode, register, report, running
 
 GROUP = "/inference-cluster"
 
@@ -35,6 +40,72 @@ class TestAliases:
         assert node.seen[0]["body"]["model"] == "meta-llama/Llama-3.1-70B"
         assert b'"model":"llama3.1:70b"' in raw
         assert b"meta-llama" not in raw
+
+
+async def register_cold(
+    session: aiohttp.ClientSession, router_url: str, node: FakeNode, entry: dict[str, Any]
+) -> None:
+    """Register ``node`` as an agent would, listing one model (``entry``) not loaded."""
+    body = {"name": node.name, "baseUrl": node.url, "report": report(())}
+    body["report"]["models"] = [entry | {"loaded": False, "maxParallel": 4}]
+    url = f"{router_url}/api/server-groups/inference-cluster/nodes"
+    async with session.post(url, json=body) as resp:
+        assert resp.status in (200, 201), await resp.text()
+
+
+class TestAliasAccounting:
+    """The router counts a model's requests on a node under one name, whichever name each
+    request asked for."""
+
+    @pytest.mark.parametrize(
+        ("table", "entry", "first", "second"),
+        [
+            (  # the router's alias table: the node knows the model by another name
+                {"llama3.1:70b": ("meta-llama/Llama-3.1-70B",)},
+                {"id": "meta-llama/Llama-3.1-70B"},
+                "llama3.1:70b",
+                "llama3.1:70b",
+            ),
+            (  # the node's own alias: two requests name the model two ways
+                {},
+                {"id": "llama3:latest", "aliases": ["llama3"]},
+                "llama3:latest",
+                "llama3",
+            ),
+        ],
+        ids=["router-alias", "node-alias"],
+    )
+    async def test_model_loading_for_our_request_is_warm(
+        self,
+        session: aiohttp.ClientSession,
+        table: dict[str, tuple[str, ...]],
+        entry: dict[str, Any],
+        first: str,
+        second: str,
+    ) -> None:
+        """Two nodes list the model, not loaded. While the router's first request holds one
+        of them (loading the model there), the next request goes to the same node: the
+        scheduler sees the model warm there, not cold on both (a second load elsewhere)."""
+        settings = router_settings(aliases=table, report_interval_s=5.0)
+        async with AsyncExitStack() as stack:
+            router = await stack.enter_async_context(serve(settings))
+            for name in ("node-a", "node-b"):
+                node = FakeNode(name, chunks=4, chunk_delay_s=0.25)
+                await stack.enter_async_context(running(node))
+                await register_cold(session, router.url, node, entry)
+            url = f"{router.url}{GROUP}/v1/chat/completions"
+            messages = [{"role": "user", "content": "x"}]
+            body = {"model": first, "messages": messages, "stream": True}
+            async with session.post(url, json=body) as held:
+                assert held.status == 200
+                loading = held.headers["X-Inference-Node"]
+                async with (
+                    asyncio.timeout(10),
+                    session.post(url, json={"model": second, "messages": messages}) as r,
+                ):
+                    assert r.status == 200
+                    assert r.headers["X-Inference-Node"] == loading
+                await held.read()
 
 
 class TestInfer:

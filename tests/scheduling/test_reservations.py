@@ -14,29 +14,37 @@ from router.registry import Node, Registry, Reservation
 from router.scheduling import POLICIES, Scheduler, candidate_for
 
 MODELS = ("m1", "m2")
+ALIAS = {name: model for model in MODELS for name in (model, f"{model}:latest")}
 NAMES = ("a", "b", "c")
+LOADED = {"m1": True, "m2": False}  # m2 is cold unless this router has requests for it
 
 
 def _report(seq: int, in_flight: int, waiting: int | None) -> LoadReport:
-    models = tuple(ModelReport(m, loaded=True, max_parallel=2) for m in MODELS)
+    models = tuple(
+        ModelReport(m, loaded=LOADED[m], aliases=(f"{m}:latest",), max_parallel=2) for m in MODELS
+    )
     return LoadReport(
         seq, 0.0, "vllm", "ok", in_flight, models=models, queue_waiting=waiting, queue_running=0
     )
 
 
 class Flight:
-    """One request the machine has sent: its reservation and whether bytes flowed."""
+    """One request the machine has sent (for ``asked``, a model's id or alias): its
+    reservation and whether bytes flowed."""
 
-    def __init__(self, reservation: Reservation) -> None:
+    def __init__(self, reservation: Reservation, asked: str) -> None:
         self.reservation = reservation
+        self.asked = asked
         self.streaming = False
         self.done = False
 
 
 class ReservationMachine(RuleBasedStateMachine):
     """choose / first byte / finish / client gone / busy answer / node gone / report arrives,
-    in any order: every node's count equals its open reservations, per model too, and never
-    goes negative; the load the scheduler sees is never below this router's own count."""
+    in any order: every node's count equals its open reservations, per model too (under the
+    model's id, whichever name a request asked), and never goes negative; the load the
+    scheduler sees is never below this router's own count; a cold model is warm where this
+    router has requests for it."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -58,7 +66,7 @@ class ReservationMachine(RuleBasedStateMachine):
     def _live(self) -> list[Node]:
         return list(self.registry.groups["g"].nodes.values())
 
-    @rule(model=st.sampled_from(MODELS), policy=st.sampled_from(POLICIES), cap=st.booleans())
+    @rule(model=st.sampled_from(sorted(ALIAS)), policy=st.sampled_from(POLICIES), cap=st.booleans())
     def choose(self, model: str, policy: str, cap: bool) -> None:
         """Order the candidates and reserve a slot on the first, as the proxy does."""
         group = self.registry.groups["g"]
@@ -67,9 +75,9 @@ class ReservationMachine(RuleBasedStateMachine):
             for node in group.nodes_serving(model)
             if (c := candidate_for(node, model, 3, self.now, 3.0, cap_factor=2.0 if cap else None))
         ]
-        order = self.scheduler.order(policy, f"g/{model}", cands, limit=3, affinity="s")
+        order = self.scheduler.order(policy, f"g/{ALIAS[model]}", cands, limit=3, affinity="s")
         if order:
-            self.flights.append(Flight(Reservation(group.nodes[order[0]], model)))
+            self.flights.append(Flight(Reservation(group.nodes[order[0]], model), model))
 
     @precondition(lambda self: any(not f.done for f in self.flights))
     @rule(pick=st.integers(0, 1000))
@@ -127,7 +135,7 @@ class ReservationMachine(RuleBasedStateMachine):
         for node in {id(n): n for n in [*self._live(), *self.retired]}.values():
             mine = [f for f in self.flights if not f.done and f.reservation.node is node]
             assert node.in_flight == len(mine) >= 0
-            per_model = Counter(f.reservation.model for f in mine)
+            per_model = Counter(ALIAS[f.asked] for f in mine)
             assert node.in_flight_by_model == dict(per_model)
 
     @invariant()
@@ -137,6 +145,14 @@ class ReservationMachine(RuleBasedStateMachine):
                 for replicas in (1, 4):
                     c = candidate_for(node, model, 3, self.now, 3.0, replicas=replicas)
                     assert c is None or c.load >= node.in_flight >= 0
+
+    @invariant()
+    def own_requests_keep_a_model_warm(self) -> None:
+        for node in self._live():
+            for name, model in ALIAS.items():
+                c = candidate_for(node, name, 3, self.now, 3.0)
+                warm = LOADED[model] or node.in_flight_by_model.get(model, 0) > 0
+                assert c is None or (c.cold_s == 0.0) == warm
 
     def teardown(self) -> None:
         for flight in self.flights:

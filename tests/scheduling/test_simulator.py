@@ -103,17 +103,16 @@ class TestReplicas:
 
 
 class TestScale:
-    """1,000 nodes: fast enough for a million requests in under two minutes."""
+    """1,000 nodes: the scheduler serves a large fleet's load."""
 
-    def test_cost_per_simulated_request(self) -> None:
-        """20,000 requests over 996 nodes take well under the 120 us per request that a
-        million in two minutes allows (measured with the default policy)."""
+    def test_twenty_thousand_requests_over_996_nodes_are_all_served(self) -> None:
+        """20,000 requests over 996 nodes run through the scheduler with none rejected. (Its
+        cost per request is a benchmark figure: ``python -m bench.sim scale-1000``.)"""
         report = scale_1000(0.02, 1, ("least_loaded",))
         figures = report["policies"]["least_loaded"]
-        per_request = figures["wall_s"] / figures["requests"]
         assert report["checks"]["nodes"] == 996
         assert figures["rejected"] == 0
-        assert per_request < 240e-6  # generous: CI machines vary; the full run is quoted
+        assert figures["requests"] > 15_000  # those in the steady window
 
 
 class TestDeterminism:

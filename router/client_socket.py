@@ -1,0 +1,210 @@
+"""The client's connection: the one module that reaches into aiohttp's private parts.
+
+Two things the router needs are not in aiohttp's public API:
+
+* **Stream pieces written straight to the socket.** A relayed stream's pieces go to the client's
+  transport as the node's connection parses them, framed as aiohttp frames them, with no task
+  switch in between (:func:`piece_writer`): the relay's cost is per piece, and aiohttp's writer
+  costs a coroutine per piece. This relies on ``StreamResponse`` writing its headers to the
+  socket when prepared (``_send_headers_immediately``) and on the chunked framing it announced.
+* **A specialised connection handler.** aiohttp answers requests it cannot parse itself, in
+  plain text, before any middleware runs, and has no bound on the time a client may take to send
+  its headers. :class:`HookedRunner` makes its server build a subclass of aiohttp's private
+  ``RequestHandler`` that asks a :class:`ConnectionPolicy` for both.
+
+Both were written against aiohttp ``>=3.14,<3.15`` (:data:`TESTED_AIOHTTP`, the range
+``pyproject.toml`` pins). Importing this module checks the version and every private name it
+uses, and raises :class:`UnsupportedAiohttp` naming the range, rather than misbehave quietly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import aiohttp
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+TESTED_AIOHTTP = ((3, 14), (3, 15))  # >= first, < second (major, minor)
+TESTED_RANGE = "aiohttp>={}.{},<{}.{}".format(*TESTED_AIOHTTP[0], *TESTED_AIOHTTP[1])
+
+
+class UnsupportedAiohttp(RuntimeError):
+    """The installed aiohttp is not one this module was tested with."""
+
+
+def _version(text: str) -> tuple[int, int]:
+    major, minor, *_ = text.split(".")
+    return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
+
+
+def _parameters(function: Callable[..., Any]) -> list[str]:
+    return list(inspect.signature(function).parameters)
+
+
+def missing_internals() -> list[str]:
+    """The private aiohttp names and behaviours this module relies on that are not there."""
+    needs = {
+        "RequestHandler.handle_error(self, request, status, exc, message)": _parameters(
+            RequestHandler.handle_error
+        )
+        == ["self", "request", "status", "exc", "message"],
+        "RequestHandler(manager, *, loop, **kwargs)": _parameters(RequestHandler.__init__)[:3]
+        == ["self", "manager", "loop"],
+        "RequestHandler._request_count": "_request_count"
+        in getattr(RequestHandler, "__slots__", ()),
+        "RequestHandler.connection_made/connection_lost": all(
+            callable(getattr(RequestHandler, name, None))
+            for name in ("connection_made", "connection_lost")
+        ),
+        "web.Server.__call__ builds the RequestHandler": "RequestHandler("
+        in inspect.getsource(web.Server.__call__),
+        "web.Server keeps _loop and _kwargs": all(
+            f"self.{name} =" in inspect.getsource(web.Server.__init__)
+            for name in ("_loop", "_kwargs")
+        ),
+        "web.AppRunner._make_server()": inspect.iscoroutinefunction(
+            getattr(web.AppRunner, "_make_server", None)
+        ),
+        "web.StreamResponse._send_headers_immediately is True": getattr(
+            web.StreamResponse, "_send_headers_immediately", None
+        )
+        is True,
+    }
+    return [name for name, present in needs.items() if not present]
+
+
+def check_aiohttp(version: str = aiohttp.__version__) -> None:
+    """Raise :class:`UnsupportedAiohttp` unless ``version`` is in the tested range and every
+    private name this module uses is there."""
+    low, high = TESTED_AIOHTTP
+    if not low <= _version(version) < high:
+        raise UnsupportedAiohttp(
+            f"router.client_socket uses aiohttp internals and was tested with {TESTED_RANGE}; "
+            f"aiohttp {version} is installed: install a version in that range, or re-test "
+            "router.client_socket and widen the range (here and in pyproject.toml)"
+        )
+    missing = missing_internals()
+    if missing:
+        raise UnsupportedAiohttp(
+            f"aiohttp {version} lacks what router.client_socket relies on (tested with "
+            f"{TESTED_RANGE}): {', '.join(missing)}"
+        )
+
+
+check_aiohttp()
+
+
+def piece_writer(
+    request: web.BaseRequest,
+    response: web.StreamResponse,
+    prepare: Callable[[bytes], bytes | None],
+) -> Callable[[bytes], bool]:
+    """For a prepared stream response: a function that writes one piece to the client's socket
+    at once and says whether it did. ``prepare`` turns the piece into the bytes to send, or
+    refuses it (None). A client that has not taken what was sent before gets nothing here
+    either: the caller then writes the piece through ``response`` (which waits for it)."""
+    transport = request.transport
+    chunked = response.headers.get("Transfer-Encoding") == "chunked"
+
+    def push(piece: bytes) -> bool:
+        if transport is None or transport.is_closing() or transport.get_write_buffer_size():
+            return False
+        data = prepare(piece)
+        if data is None:
+            return False
+        if not data:  # an empty chunk would end a chunked body
+            return True
+        if chunked:
+            transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+        else:
+            transport.write(data)
+        return True
+
+    return push
+
+
+def has_backlog(request: web.BaseRequest) -> bool:
+    """Whether the client has not yet taken everything written to it."""
+    transport = request.transport
+    return transport is not None and transport.get_write_buffer_size() > 0
+
+
+class ConnectionPolicy(Protocol):
+    """What a connection does where aiohttp would answer by itself."""
+
+    header_timeout_s: float
+
+    def headers_too_slow(self) -> bytes:
+        """The raw HTTP answer for a client that did not send its first headers in time."""
+        ...
+
+    def error_response(
+        self, request: web.BaseRequest, status: int, exc: BaseException | None, message: str | None
+    ) -> web.StreamResponse:
+        """The answer to a request aiohttp could not parse or serve (``status`` is aiohttp's)."""
+        ...
+
+
+class _HookedHandler(RequestHandler):
+    policy: ConnectionPolicy
+    _header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        loop = asyncio.get_running_loop()
+        self._header_timer = loop.call_later(self.policy.header_timeout_s, self._too_slow)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+        super().connection_lost(exc)
+
+    def _too_slow(self) -> None:
+        transport = self.transport
+        if self._request_count or transport is None or transport.is_closing():
+            return
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(self.policy.headers_too_slow())
+        transport.close()
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if request.writer.output_size > 0:
+            raise ConnectionError("response already started; cannot send an error answer")
+        response = self.policy.error_response(request, status, exc, message)
+        response.force_close()
+        return response
+
+
+class _HookedServer(web.Server):
+    policy: ConnectionPolicy
+
+    def __call__(self) -> RequestHandler:
+        handler = _HookedHandler(self, loop=self._loop, **self._kwargs)
+        handler.policy = self.policy
+        return handler
+
+
+class HookedRunner(web.AppRunner):
+    """An AppRunner whose connections follow ``policy`` for unparsable requests and slow
+    headers."""
+
+    def __init__(self, app: web.Application, *, policy: ConnectionPolicy, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._policy = policy
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _HookedServer  # same state; only __call__ differs
+        assert isinstance(server, _HookedServer)
+        server.policy = self._policy
+        return server
