@@ -1,11 +1,13 @@
 """From a parsed request to a node: the part every API surface shares.
 
-A surface (OpenAI, Ollama native, Triton) reads what it needs from the request and hands a
-:class:`Target` to :meth:`Dispatcher.dispatch`, which resolves the model (aliases included),
-takes the roster of the nodes that serve it and speak the surface (:mod:`router.roster`), and
-hands the request to a :class:`Dispatch`: it picks and reserves a node, waits in the model's
-queue while every node is full, and forwards. Every request, answered or refused, leaves one
-:class:`RequestRecord` in the metrics, the live page and the log.
+A surface (OpenAI, Anthropic Messages, OpenAI Responses, Ollama native, Triton) reads what it
+needs from the request and hands a :class:`Target` to :meth:`Dispatcher.dispatch`, which
+resolves the model (aliases included), takes the roster of the nodes that serve it and speak the
+surface (an agent may translate it; a node without one must speak it itself:
+:mod:`router.roster`), and hands the request to a :class:`Dispatch`: it picks and reserves a
+node, waits in the model's queue while every node is full, and forwards. Every request,
+answered or refused, leaves one :class:`RequestRecord` in the metrics, the live page and the
+log.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from router.errors import (
     RateLimited,
     RequestTimeout,
     RouterError,
+    UpstreamError,
 )
 from router.limits import TenantRateLimiter
 from router.metrics import METRICS
@@ -66,6 +69,9 @@ class Target:
     model: str
     body: bytes
     kinds: frozenset[str] | None = None  # backend kinds that speak this surface; None = all
+    # The kinds an agentless node must be to get it (no agent translates for such a node);
+    # None: the same as ``kinds``.
+    agentless_kinds: frozenset[str] | None = None
     model_in_body: bool = True
     stream: bool | None = None  # what kind of answer is due (None: do not check it)
     done_marker: bool = False  # an OpenAI stream, ending with data: [DONE]
@@ -186,11 +192,12 @@ class Dispatcher:
             param="model",
         )
 
-    def roster(self, group: Group, model: str, kinds: frozenset[str] | None) -> Roster:
-        """The nodes of ``group`` serving ``model`` (under any of its names) that speak one of
-        ``kinds`` (None: every kind), as kept candidates."""
-        canonical = self.aliases.canonical(model)
-        return self._rosters.get(group, canonical, self.aliases.names(canonical), kinds)
+    def roster(self, group: Group, target: Target) -> Roster:
+        """The nodes of ``group`` serving the target's model (under any of its names) that
+        speak its surface, as kept candidates."""
+        canonical = self.aliases.canonical(target.model)
+        names = self.aliases.names(canonical)
+        return self._rosters.get(group, canonical, names, target.kinds, target.agentless_kinds)
 
 
 class Dispatch:
@@ -230,7 +237,7 @@ class Dispatch:
         """The model's roster in the group as it stands (made again after the group changed)."""
         roster = self._kept
         if roster is None or roster.generation != self._group.generation:
-            roster = self._kept = self._d.roster(self._group, self._model, self._target.kinds)
+            roster = self._kept = self._d.roster(self._group, self._target)
         return roster
 
     async def run(self) -> web.StreamResponse:
@@ -261,6 +268,9 @@ class Dispatch:
                     )
                 except NodeBusy:
                     self._busy += 1
+                except UpstreamError:
+                    if not self._wait_after_failures():
+                        raise
 
     async def _admit(self) -> Ticket[Reservation]:
         """A slot, at once or after a fair wait in the model's queue."""
@@ -281,6 +291,17 @@ class Dispatch:
                 code="queue_full" if exc.status == 429 else "no_capacity",
                 retry_after_s=exc.retry_after_s,
             ) from None
+
+    def _wait_after_failures(self) -> bool:
+        """Every node tried failed before answering (a dead engine behind its agent) while the
+        others were full: wait for their slot rather than fail, within max_attempts. A timeout
+        (UpstreamTimeout) is not retried here."""
+        record = self._record
+        return (
+            record.t_upstream_headers is None
+            and record.attempts < self._settings.max_attempts
+            and self._roster().can_serve(self._d.clock())
+        )
 
     def _freed(self) -> None:
         """A slot of this request's was freed: a waiter for the model may take it."""

@@ -26,7 +26,7 @@ from enum import StrEnum
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
-from node_protocol.wire import LoadReport, ModelReport, Registration
+from node_protocol.wire import LoadReport, ModelReport, PrefixSummary, Registration
 from router.aliases import Aliases
 
 if TYPE_CHECKING:
@@ -115,6 +115,8 @@ class Node:
     failures: int = 0
     breaker_trips: int = 0
     breaker_until: float = 0.0
+    # model id or alias -> what its prompt cache likely holds, from the last report
+    prefix_caches: dict[str, PrefixSummary] = field(default_factory=dict)
     watchers: list[tuple[NodeWatcher, int]] = field(default_factory=list)
 
     def changed(self) -> None:

@@ -214,7 +214,7 @@ class Registry:
         self, node: Node, report: LoadReport, now: float, *, from_agent: bool = True
     ) -> None:
         """Take a load report: it is a health check and the node's new view of its models."""
-        seen, old = node.seen_state(), node.report
+        seen, old, had_agent = node.seen_state(), node.report, node.has_agent
         old_models = node.models()
         busy = report.in_flight
         if report.queue_waiting is not None:
@@ -224,6 +224,8 @@ class Registry:
             node.others_in_flight = float(others)
         else:
             node.others_in_flight = smooth_others(node.others_in_flight, float(others))
+        if report is not old:
+            node.prefix_caches = report.prefix_caches_by_name()
         node.report = report
         node.report_received_at = node.load_read_at = now
         running = report.queue_running or report.in_flight
@@ -236,17 +238,27 @@ class Registry:
             node.draining = report.draining
         elif report.draining == node.drain_intent:
             node.drain_intent = None
+        cooled = False
         if report.backend_health == "ok":
             node.check_passed()
+            if from_agent and node.breaker_until > now:
+                # The agent vouches for its backend again (an engine restarted behind it): end
+                # the cooldown. The breaker stays half-open: one request proves the node.
+                node.breaker_until, cooled = now, True
         else:
             node.check_failed(self.threshold, definitive=report.backend_health == "unhealthy")
         names_moved = False
         if report.models != old_models:
             node.model_keys = model_keys(report.models, self.aliases)
             names_moved = _names(report.models) != _names(old_models)
-        if names_moved or old is None or report.backend_kind != old.backend_kind:
+        if (
+            names_moved
+            or old is None
+            or report.backend_kind != old.backend_kind
+            or node.has_agent != had_agent  # a node without an agent speaks fewer surfaces
+        ):
             self.groups[node.group].index_node(node, old_models)  # who serves what, and how
-        if node.seen_state() == seen and same_report(report, old):
+        if not cooled and node.seen_state() == seen and same_report(report, old):
             node.heard()
         else:
             node.changed()

@@ -11,8 +11,8 @@ columns for a fleet. The simulator (``bench.sim``) keeps the very same rosters o
 nodes.
 
 A roster is made for a group's index as it stood (:attr:`router.registry.Group.generation`); a
-node that comes, goes or renames its models outdates it, and :class:`Rosters` makes it anew
-when next asked.
+node that comes, goes, renames its models, changes its backend kind or gains an agent outdates
+it, and :class:`Rosters` makes it anew when next asked.
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ from router.scheduling import IndexArray, Scheduler
 from router.scoring import DEFAULT_PARAMS, FloatArray, ScoringParams
 
 MAX_ROSTERS = 4096  # kept per router: (group, model, API surface) triples asked for
+# group, model, the kinds that speak the surface, those that do without an agent
+RosterKey = tuple[str, str, frozenset[str] | None, frozenset[str] | None]
 # Up to this many nodes a roster keeps Python lists and its least_loaded scores; past it,
 # numpy columns, scored at each decision (measured: the columns win from about this size).
 MAX_ROWS = 96
@@ -349,13 +351,13 @@ class Roster:
 
 class Rosters:
     """The rosters of one router, by group, model (its canonical name) and API surface (the
-    backend kinds that speak it; None: all), made when first asked for and anew once their
-    group's index changed. Bounded: the least recently used go first."""
+    backend kinds that speak it, through an agent or without one; None: all), made when first
+    asked for and anew once their group's index changed. Bounded: the least recently used go
+    first."""
 
     def __init__(self, rules: CandidateRules) -> None:
         self.rules = rules
-        self._kept: LruDict[tuple[str, str, frozenset[str] | None], tuple[Group, Roster]]
-        self._kept = LruDict(MAX_ROSTERS)
+        self._kept: LruDict[RosterKey, tuple[Group, Roster]] = LruDict(MAX_ROSTERS)
 
     def get(
         self,
@@ -363,20 +365,24 @@ class Rosters:
         model: str,
         names: tuple[str, ...],
         kinds: frozenset[str] | None,
+        agentless_kinds: frozenset[str] | None = None,
     ) -> Roster:
         """The roster of the nodes of ``group`` serving the model under any of ``names``
-        (``model`` is its canonical name), speaking one of ``kinds``: ordered by node id."""
-        key = (group.name, model, kinds)
+        (``model`` is its canonical name), speaking one of ``kinds`` (a node without an agent:
+        one of ``agentless_kinds``, where given): ordered by node id."""
+        key = (group.name, model, kinds, agentless_kinds)
         kept = self._kept.get(key)
         roster = None if kept is None else kept[1]
         if kept is not None and kept[0] is group and kept[1].generation == group.generation:
             return kept[1]
         serving = {n.node_id: n for name in names for n in group.nodes_serving(name)}
         if kinds is not None:
+            bare = agentless_kinds or kinds
             serving = {
                 k: n
                 for k, n in serving.items()
-                if n.report is not None and n.report.backend_kind in kinds
+                if n.report is not None
+                and n.report.backend_kind in (kinds if n.has_agent else bare)
             }
         nodes = [serving[k] for k in sorted(serving)]
         if roster is not None:

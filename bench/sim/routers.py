@@ -6,33 +6,41 @@ apply_report`) and busy answers (:meth:`~router.registry.Registry.note_busy`) as
 does, and a roster of each model's nodes (:class:`router.roster.Roster`: the router's candidate
 code, scoring with :class:`router.scoring.ScoringParams`). It reserves with the router's
 :class:`~router.registry.Reservation`, orders with the real :class:`router.scheduling.Scheduler`
-and queues with the real :class:`router.admission.FairQueue`. The oracle is the same decision
-rule fed the truth: every request in flight at every node, true speeds and residency, instantly.
+and queues with the real :class:`router.admission.FairQueue`. The clairvoyant reference is in
+:mod:`bench.sim.clairvoyant`.
+
+Where requests are conversation turns, a replica also keeps a map of the nodes' prompt caches
+(:class:`bench.sim.prefix.PrefixView`: the agents' reports plus what it routed since), for a
+prefix-aware scheduler to consume. The router's policies do not read prefixes yet; the
+simulator's own ``prefix_affinity`` policy (a comparison baseline, not a router policy) takes,
+among the nodes the roster's ``least_loaded`` would accept, the one that holds the longest
+leading part of the prompt, ties in ``least_loaded``'s order.
 """
 
 from __future__ import annotations
 
-import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from bench.sim.agents import Reader, Snapshot, engine_name, snapshot
 from bench.sim.nodes import Fleet
-from bench.sim.workload import Requests
+from bench.sim.prefix import Change, PrefixView
+from bench.sim.workload import Floats, Requests
 from node_protocol.wire import Registration
 from router.admission import AdmissionLimits, FairQueue
 from router.registry import Registry, Reservation, node_id_for
 from router.roster import CandidateRules, Roster
-from router.scheduling import CandidateTable, Scheduler
+from router.scheduling import Scheduler
 
 STALE_AFTER_FACTOR = 3.0  # a report older than this many intervals is stale (as the router)
 PICK_TRIES = 3  # the router's max_attempts: busy answers to slot checks before it waits
+PREFIX_AFFINITY = "prefix_affinity"  # the simulator's prefix-aware baseline (not in the router)
 GROUP = "g"
 FAILURE_THRESHOLD = 3
 
-__all__ = ["Replica", "Snapshot", "snapshot"]
+__all__ = ["PREFIX_AFFINITY", "Replica", "Snapshot", "snapshot"]
 
 
 class View:
@@ -50,14 +58,24 @@ class View:
 
     def pick(
         self, scheduler: Scheduler, policy: str, key: str, now: float, affinity: str,
-        waiting: int, busy: int,
+        waiting: int, busy: int, cached: Callable[[], Floats] | None = None,
     ) -> tuple[int, int] | None:  # fmt: skip
-        """The row to send to and its slot check, or None (queue the request)."""
-        rows = self.roster.decide(scheduler, policy, key, now, limit=1, affinity=affinity,
-                                  waiting=waiting)  # fmt: skip
+        """The row to send to and its slot check, or None (queue the request). ``cached``
+        (``prefix_affinity``): the prompt tokens each row holds, asked only when more than one
+        row could take the request."""
+        roster = self.roster
+        if cached is None:
+            rows = roster.decide(scheduler, policy, key, now, limit=1, affinity=affinity,
+                                 waiting=waiting)  # fmt: skip
+        else:
+            rows = roster.decide(scheduler, "least_loaded", key, now,
+                                 limit=len(roster.nodes), waiting=waiting)  # fmt: skip
+            if rows is not None and len(rows) > 1:
+                held = cached()[rows]
+                rows = rows[int(np.argmax(held)) :]
         if not rows:
             return None
-        return rows[0], self.roster.slot_check(rows[0], now, busy)
+        return rows[0], roster.slot_check(rows[0], now, busy)
 
     def hold(self, rid: int, row: int) -> None:
         self._held[rid] = Reservation(self.roster.nodes[row], self.model)
@@ -74,51 +92,6 @@ class View:
         nodes = self.roster.nodes
         for row, report in self._reader.reports(snap):
             self.registry.apply_report(nodes[row], report, now)
-
-
-class OracleView:
-    """Perfect, instant knowledge, ordered by ``least_loaded``."""
-
-    def __init__(self, fleet: Fleet, mi: int, cap_factor: float) -> None:
-        n = len(fleet.by_model[mi])
-        slots = fleet.slots[mi]
-        self.fleet, self.mi = fleet, mi
-        self.eids: list[int] = fleet.by_model[mi]
-        self.own = np.zeros(n)
-        self._row: dict[int, int] = {}
-        self.table = CandidateTable(
-            ids=[engine_name(e) for e in self.eids],
-            load=np.zeros(n),
-            slots=slots,
-            cap=np.ceil(slots * cap_factor) if cap_factor > 0 else np.zeros(n),
-            tok_s=np.full(n, math.nan),
-            weight=np.ones(n),
-            cold_s=np.zeros(n),
-            penalty=np.ones(n),
-            own=self.own,
-        )
-
-    def pick(
-        self, scheduler: Scheduler, policy: str, key: str, now: float, affinity: str,
-        waiting: int, busy: int,
-    ) -> tuple[int, int] | None:  # fmt: skip
-        t, fleet, mi = self.table, self.fleet, self.mi
-        t.load, t.tok_s, t.cold_s = fleet.load[mi], fleet.tok1[mi], fleet.cold_true(mi, now)
-        rows = scheduler.rank("least_loaded", key, t, limit=1, affinity=affinity, waiting=waiting)
-        return (int(rows[0]), 0) if rows.size else None
-
-    def hold(self, rid: int, row: int) -> None:
-        self._row[rid] = row
-        self.own[row] += 1
-
-    def free(self, rid: int) -> None:
-        self.own[self._row.pop(rid)] -= 1
-
-    def busy(self, row: int, in_flight: float, now: float) -> None:
-        raise AssertionError("the oracle sends no slot checks")
-
-    def take(self, snap: Snapshot, now: float) -> None:
-        raise AssertionError("the oracle reads no reports")
 
 
 def _registry(fleet: Fleet) -> Registry:
@@ -149,27 +122,23 @@ class Replica:
         seed: int,
         reject: Callable[[int, int, float], None],
         replicas: int = 1,
-        oracle: bool = False,
     ) -> None:
-        self.views: list[View | OracleView]
-        if oracle:
-            self.views = [OracleView(fleet, mi, cap_factor) for mi in range(len(fleet.models))]
-        else:
-            rules = CandidateRules(
-                FAILURE_THRESHOLD,
-                STALE_AFTER_FACTOR * report_interval_s,
-                cap_factor=cap_factor if cap_factor > 0 else None,
-                replicas=replicas,
-            )
-            registry = _registry(fleet)
-            self.views = [View(registry, fleet, mi, rules) for mi in range(len(fleet.models))]
-        self.policy = "least_loaded" if oracle else policy
+        rules = CandidateRules(
+            FAILURE_THRESHOLD,
+            STALE_AFTER_FACTOR * report_interval_s,
+            cap_factor=cap_factor if cap_factor > 0 else None,
+            replicas=replicas,
+        )
+        self.limits, self.fleet, self.reject = limits, fleet, reject
+        self.cap_factor = cap_factor
+        self.views = self._views(rules)
+        self.prefix = [PrefixView(len(e)) for e in fleet.by_model] if fleet.turns else []
+        self.policy = policy
         self.scheduler = Scheduler(random.Random(seed))
         # one queue per model: a freed slot can only serve its own model's waiters
         self.queues: list[FairQueue[int]] = [
-            FairQueue(limits.max_queue, limits.tenant_weights) for _ in self.views
+            FairQueue(limits.max_queue, limits.tenant_weights) for _ in fleet.models
         ]
-        self.limits, self.fleet, self.reject = limits, fleet, reject
         self._model: list[int] = reqs.model.tolist()
         self._tenant = [str(t) for t in reqs.tenant.tolist()]
         self._affinity = [
@@ -180,6 +149,12 @@ class Replica:
         self.busy_answers = 0
         self.bounced: dict[int, int] = {}  # request -> busy answers it had
         self._now = 0.0
+
+    def _views(self, rules: CandidateRules) -> list[View]:
+        """Per model, what this replica knows of its engines: a roster in a registry of its own."""
+        fleet = self.fleet
+        registry = _registry(fleet)
+        return [View(registry, fleet, mi, rules) for mi in range(len(fleet.models))]
 
     def offer(self, rid: int, now: float) -> None:
         self._now = now
@@ -204,10 +179,12 @@ class Replica:
         router does, up to ``PICK_TRIES`` times (the round trip is not modelled)."""
         mi = self._model[rid]
         view = self.views[mi]
+        cached = self._cached(rid, mi) if self.policy == PREFIX_AFFINITY else None
         for _ in range(PICK_TRIES):
             busy = self.bounced.get(rid, 0)
             picked = view.pick(self.scheduler, self.policy, self._keys[mi], self._now,
-                               self._affinity[rid], len(self.queues[mi]), busy)  # fmt: skip
+                               self._affinity[rid], len(self.queues[mi]), busy,
+                               cached)  # fmt: skip
             if picked is None:
                 return None
             row, check = picked
@@ -220,8 +197,15 @@ class Replica:
                 continue
             self.bounced.pop(rid, None)
             view.hold(rid, row)
+            if self.prefix:
+                self.prefix[mi].route(row, *self.fleet.chain(rid), self._now)
             return eid
         return None
+
+    def _cached(self, rid: int, mi: int) -> Callable[[], Floats]:
+        """The prompt tokens of ``rid`` each of model ``mi``'s engines holds, by this replica's
+        map of their caches."""
+        return lambda: self.prefix[mi].cached_tokens(*self.fleet.chain(rid))
 
     def wake(self, mi: int, now: float) -> None:
         """Serve model ``mi``'s waiters while it has room; drop those that waited too long.
@@ -242,8 +226,18 @@ class Replica:
         for mi in range(len(self.queues)):
             self.wake(mi, now)
 
+    def take_prefixes(
+        self, mi: int, rows: np.ndarray, changes: Sequence[list[Change]], taken_at: float
+    ) -> None:
+        """What changed in the agents' maps of these rows' prompt caches, up to ``taken_at``."""
+        self.prefix[mi].take(rows.tolist(), changes, taken_at)
+
+    def _free(self, mi: int, rid: int) -> None:
+        """``rid`` (of model ``mi``) ended: its slot is released."""
+        self.views[mi].free(rid)
+
     def done(self, rid: int, now: float) -> None:
         mi = self._model[rid]
-        self.views[mi].free(rid)
+        self._free(mi, rid)
         self.queues[mi].finished(self._tenant[rid])
         self.wake(mi, now)

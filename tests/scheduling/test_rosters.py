@@ -200,3 +200,17 @@ class TestRostersFollowTheGroups:
         assert "x" not in registry.groups
         again = _served(registry, "x", "c")
         assert rosters.get(registry.groups["x"], "m1", ("m1",), None).nodes == [again]
+
+    def test_a_node_that_gains_an_agent_joins_the_surfaces_only_agents_translate(self) -> None:
+        """A node first heard without an agent is left out of a roster for a surface that only
+        an agent translates to its kind, and is in the next roster once its agent reports."""
+        registry = Registry("least_loaded", 3)
+        rosters = Rosters(CandidateRules(3, STALE_AFTER_S))
+        node, _ = registry.register("x", Registration("a", "http://a"), 0.0)
+        registry.apply_report(node, _report(1, 0, 0, 0.0, True), 0.0, from_agent=False)
+        group = registry.groups["x"]
+        kinds, bare = frozenset({"vllm", "ollama"}), frozenset({"llamacpp"})
+        assert rosters.get(group, "m1", ("m1",), kinds, bare).nodes == []
+        assert rosters.get(group, "m1", ("m1",), kinds).nodes == [node]
+        registry.apply_report(node, _report(2, 0, 0, 0.0, True), 1.0)
+        assert rosters.get(group, "m1", ("m1",), kinds, bare).nodes == [node]
