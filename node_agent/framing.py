@@ -4,7 +4,9 @@ Three framings pass through the agent: OpenAI SSE (``data: {json}``, errors as
 ``{"error": {...}}``), native SSE (TGI ``/generate_stream``, Triton ``generate_stream``: errors
 as ``{"error": "..."}``) and Ollama's NDJSON (one object a line, errors as a final
 ``{"error": "..."}`` line). What the answer says (its tokens, counts and end) is read by
-:class:`node_protocol.events.AnswerReader`, which the router uses too.
+:class:`node_protocol.events.AnswerReader`, which the router uses too. The error that tells of a
+cut carries :data:`~node_protocol.wire.STREAM_CUT_CODE` (OpenAI ``code``, else ``error_type``),
+so that a router can tell it from the backend's own errors and resume the answer elsewhere.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import enum
 
 import orjson
+
+from node_protocol.wire import STREAM_CUT_CODE
 
 
 class Framing(enum.Enum):
@@ -48,17 +52,17 @@ def cut_event(framing: Framing, message: str, last: bytes) -> bytes | None:
                 "message": message,
                 "type": "api_error",
                 "param": None,
-                "code": "backend_stream_cut",
+                "code": STREAM_CUT_CODE,
             }
         }
         # End a half-sent event first so the error event parses on its own.
         lead = b"" if not last or last.endswith(b"\n\n") else b"\n\n"
         return lead + b"data: " + orjson.dumps(error) + b"\n\n"
     if framing is Framing.NATIVE_SSE:
-        native = {"error": message, "error_type": "backend_stream_cut"}
+        native = {"error": message, "error_type": STREAM_CUT_CODE}
         lead = b"" if not last or last.endswith(b"\n\n") else b"\n\n"
         return lead + b"data: " + orjson.dumps(native) + b"\n\n"
     if framing is Framing.NDJSON:
         lead = b"" if not last or last.endswith(b"\n") else b"\n"
-        return lead + orjson.dumps({"error": message}) + b"\n"
+        return lead + orjson.dumps({"error": message, "error_type": STREAM_CUT_CODE}) + b"\n"
     return None

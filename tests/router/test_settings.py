@@ -114,7 +114,7 @@ class TestUnknownKeys:
             (
                 '[[groups]]\nname = "g"\npolcy = "random"\n',
                 r"groups\[0\]\.polcy",
-                "allowed: name, nodes, policy, timeouts",
+                "allowed: name, nodes, policy, resume, timeouts",
             ),
             (
                 '[[groups]]\nname = "g"\n[groups.timeouts]\nconect_s = 1\n',
@@ -236,7 +236,7 @@ def test_help_lists_each_setting_with_its_description(capsys: pytest.CaptureFixt
     text = " ".join(capsys.readouterr().out.split())
     for expected in (
         "--config str TOML settings file (also ROUTER_CONFIG)",
-        "--max-attempts int nodes tried before the first byte (default: 3)",
+        "--max-attempts int nodes tried before the first token (default: 3)",
         "--timeouts.first-byte-s float bound on a node's first byte (default: 120.0)",
         "--node-expiry-s float a node that has not reported for this long is removed",
         "ROUTER_REGISTRATION_TOKEN",
