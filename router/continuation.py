@@ -51,29 +51,30 @@ _TEXT_FORMATS = (None, "text")
 
 class Transcript:
     """The bytes of a stream's current part as the client got them, kept while it is relayed
-    and read only if it is cut: nothing is parsed on the way."""
+    (the relay appends to ``parts`` and takes each piece's size from ``room``) and read only if
+    it is cut: nothing is parsed on the way."""
 
-    __slots__ = ("_parts", "_size", "full")
+    __slots__ = ("parts", "room")
 
     def __init__(self) -> None:
-        self._parts: list[bytes] = []
-        self._size = 0
-        self.full = False  # past MAX_TRANSCRIPT: not resumable
+        self.parts: list[bytes] = []
+        self.room = MAX_TRANSCRIPT  # bytes left; below zero nothing more is kept
+
+    @property
+    def full(self) -> bool:
+        """Past MAX_TRANSCRIPT: not resumable."""
+        return self.room < 0
 
     def add(self, piece: bytes) -> None:
-        size = self._size + len(piece)
-        if size > MAX_TRANSCRIPT:
-            self.full = True
-            self._parts.clear()
-            return
-        self._size = size
-        self._parts.append(piece)
+        self.room -= len(piece)
+        if self.room >= 0:
+            self.parts.append(piece)
 
     def take(self) -> bytes:
         """What was kept since the last take."""
-        data = b"".join(self._parts)
-        self._parts.clear()
-        self._size = 0
+        data = b"".join(self.parts)
+        self.parts.clear()
+        self.room = MAX_TRANSCRIPT
         return data
 
 

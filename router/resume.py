@@ -146,7 +146,11 @@ class Resumer:
                 return None
             surface = record.answer.surface
             probe = AnswerReader(surface)
-            got = await first_token(opened, probe, probe.feed, node.name)
+            try:
+                got = await first_token(opened, probe, probe.feed, node.name)
+            except BaseException:  # the client left: the node must stop generating
+                opened.close()
+                raise
             if isinstance(got, bytes):
                 self._registry.connection_ok(node)
                 splicer = Splicer(surface, sent.stream_id, sent.created, record.tokens)

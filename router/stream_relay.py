@@ -177,34 +177,52 @@ class Cut:
 
 class _Pieces:
     """One leg's pieces on their way to the client: spliced (a continuation), read by the
-    record, kept for a resume, renamed."""
+    record, kept for a resume, renamed; ``held``: read but kept back for the relay loop.
+    Per piece on every stream: the code is inlined where a call would cost as much."""
 
-    __slots__ = ("check_done", "record", "rename", "splicer", "transcript")
+    __slots__ = (
+        "answer", "check_done", "held", "record", "rename", "splicer", "transcript", "upstream",
+    )  # fmt: skip
 
     def __init__(
         self, record: RequestRecord, leg: Leg, done_marker: bool, transcript: Transcript | None
     ) -> None:
         self.record = record
+        self.answer = record.answer
         self.rename = leg.rename
         self.splicer = leg.splicer
+        self.upstream = leg.upstream
         self.check_done = done_marker  # an OpenAI stream: its [DONE] waits for the loop
         self.transcript = transcript
+        self.held = b""
 
     def account(self, piece: bytes) -> bytes:
         if self.splicer is not None:
             piece = self.splicer.feed(piece)
         self.record.watch(piece, perf_counter())
-        if self.transcript is not None:
-            self.transcript.add(piece)
+        kept = self.transcript
+        if kept is not None:
+            kept.room -= len(piece)
+            if kept.room >= 0:
+                kept.parts.append(piece)
         return piece if self.rename is None else apply_renaming(piece, self.rename)
 
     def direct(self, piece: bytes) -> bytes | None:
-        """For the socket writer: the bytes to send now, or None to leave ``piece`` to the
-        relay loop: a ``[DONE]``, which must not go before a proper end, or an error, which may
-        tell of a cut (JSON escapes a quote inside a string, so only a key or value matches)."""
-        if b'"error"' in piece or (self.check_done and b"[DONE]" in piece[-16:]):
-            return None
-        return self.account(piece)
+        """For the socket writer: the bytes to send now; None to leave ``piece`` to the relay
+        loop (one that may end with ``[DONE]``, which must not go before a proper end: its
+        ``]`` where an LF or CRLF blank line would follow; the loop checks exactly); nothing
+        when it held an error, which may tell of a cut: it is kept back, and the rest goes
+        through the loop."""
+        if self.check_done:
+            n = len(piece)
+            if (n > 2 and piece[n - 3] == 93) or (n > 4 and piece[n - 5] == 93):
+                return None
+        data = self.account(piece)
+        if self.answer.error is not None:
+            self.held += data
+            self.upstream.push_to(None)
+            return b""
+        return data
 
 
 class StreamRelay:
@@ -281,11 +299,12 @@ class StreamRelay:
         self._live.add(upstream)
         self._idle.clear()
         try:
-            if record.answer.error is None:  # else it may tell of a cut: it waits for the end
+            if record.answer.error is None:
                 await response.write(first)
-                first = b""
                 upstream.push_to(piece_writer(request, response, pieces.direct))
-            last, error = await self._pump(request, upstream, response, pieces, first)
+            else:  # it may tell of a cut: it waits for the end
+                pieces.held = first
+            last, error = await self._pump(request, upstream, response, pieces)
         finally:
             upstream.push_to(None)
             self._live.discard(upstream)
@@ -356,28 +375,25 @@ class StreamRelay:
         upstream: UpstreamResponse,
         response: web.StreamResponse,
         pieces: _Pieces,
-        held: bytes,
     ) -> tuple[bytes, BaseException | None]:
         """Relay what the socket writer left to this loop. Returns the node's last piece (and
-        any held back: ``held`` to begin with), not written, so that it goes out with the end of
-        the body; and the error that cut the stream, if one did."""
+        what was held back), not written, so that it goes out with the end of the body; and
+        the error that cut the stream, if one did."""
         while True:
             try:
                 piece = await upstream.readany()
             except (OSError, TimeoutError) as exc:
-                return held, exc
+                return pieces.held, exc
             if not piece:
-                return held, None
-            data = held + pieces.account(piece)
+                return pieces.held, None
+            data = pieces.held + pieces.account(piece)
+            pieces.held = b""
             if upstream.finished:
                 return data, None
-            if pieces.record.answer.error is not None or (
-                pieces.check_done and _ends_with_done(piece)
-            ):
-                held = data  # what follows must not overtake it: it waits for the end
+            if pieces.answer.error is not None or (pieces.check_done and _ends_with_done(piece)):
+                pieces.held = data  # what follows must not overtake it: it waits for the end
                 upstream.push_to(None)
                 continue
-            held = b""
             if has_backlog(request):
                 await self._write_to_slow_client(response, data, pieces.record)
             else:

@@ -7,7 +7,8 @@ with ``choices: []`` follows when asked, then ``data:[DONE]`` — all written ``
 space. An error once streaming has begun is ``{"error":{"message","http_status_code":422}}``.
 ``/v1/completions`` keeps TGI's own shape: ``finish_reason: ""`` until the last chunk, which
 carries the native reason and the usage; ``suffix`` and more prompts than the client batch
-size are refused; ``max_tokens`` defaults to 100.
+size are refused; ``max_tokens`` defaults to 100. A chat with ``continue_final_message``
+continues its final assistant message; a completions prompt is continued.
 """
 
 from __future__ import annotations
