@@ -69,7 +69,7 @@ class Resumer:
         while True:
             read_sent(surface, cut.transcript.take(), sent)
             more = None
-            if sent.only_text:
+            if sent.only_text and not self._streams.stopping:
                 more = continuation(surface, out.body, sent.text, record.tokens)
             if more is None:
                 break

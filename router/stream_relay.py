@@ -207,22 +207,23 @@ class _Pieces:
                 kept.parts.append(piece)
         return piece if self.rename is None else apply_renaming(piece, self.rename)
 
-    def direct(self, piece: bytes) -> bytes | None:
-        """For the socket writer: the bytes to send now; None to leave ``piece`` to the relay
-        loop (one that may end with ``[DONE]``, which must not go before a proper end: its
-        ``]`` where an LF or CRLF blank line would follow; the loop checks exactly); nothing
-        when it held an error, which may tell of a cut: it is kept back, and the rest goes
-        through the loop."""
-        if self.check_done:
-            n = len(piece)
-            if (n > 2 and piece[n - 3] == 93) or (n > 4 and piece[n - 5] == 93):
-                return None
+    def direct(self, piece: bytes) -> bytes:
+        """For the socket writer: the bytes to send now, or nothing when the piece is kept back
+        for the relay loop (and with it the rest of the stream): one with an error, which may
+        tell of a cut, or one that may end with ``[DONE]`` before the answer's proper end (its
+        ``]`` where an LF or CRLF blank line would follow; the loop checks exactly), which the
+        error event or a continuation must precede. Inlined: this runs for every piece."""
         data = self.account(piece)
-        if self.answer.error is not None:
-            self.held += data
-            self.upstream.push_to(None)
-            return b""
-        return data
+        answer = self.answer
+        if answer.error is None:
+            if not self.check_done or answer.finished:
+                return data
+            n = len(piece)
+            if not ((n > 2 and piece[n - 3] == 93) or (n > 4 and piece[n - 5] == 93)):
+                return data
+        self.held += data
+        self.upstream.push_to(None)
+        return b""
 
 
 class StreamRelay:
@@ -238,6 +239,11 @@ class StreamRelay:
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopping = False
+
+    @property
+    def stopping(self) -> bool:
+        """Shutdown has begun: no stream goes on at another node any more."""
+        return self._stopping
 
     async def drain(self, grace_s: float) -> int:
         """Let streams in flight finish for up to ``grace_s``, then cut the rest (their clients
