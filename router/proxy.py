@@ -39,6 +39,7 @@ from router.failover import (
     decide,
     final_error,
 )
+from router.first_token import first_token
 from router.metrics import RouterMetrics
 from router.node_calls import STREAM_TYPES, NodeBusy, NodeCalls, Slot
 from router.outbound import Outbound, response_headers
@@ -46,7 +47,7 @@ from router.records import RequestRecord
 from router.registry import Group, Node, Registry, Reservation
 from router.resume import Resumer
 from router.settings import RouterSettings
-from router.stream_relay import Cut, Leg, StreamRelay, first_token, stream_error_event
+from router.stream_relay import Cut, Leg, StreamRelay, stream_error_event
 
 __all__ = ["FORWARDER", "Forwarder", "NodeBusy", "Outbound", "stream_error_event"]
 

@@ -23,13 +23,14 @@ from node_protocol.events import AnswerReader
 from node_protocol.upstream import UpstreamResponse
 from router.continuation import Sent, continuation, read_sent
 from router.failover import decide
+from router.first_token import first_token
 from router.metrics import RouterMetrics
 from router.node_calls import NodeCalls, Slot
 from router.outbound import Outbound
 from router.records import RequestRecord
 from router.registry import ROUTABLE, Group, Node, Registry, Reservation
 from router.splice import Splicer
-from router.stream_relay import Cut, Leg, StreamRelay, first_token
+from router.stream_relay import Cut, Leg, StreamRelay
 
 log = logging.getLogger("router.proxy")
 

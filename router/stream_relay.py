@@ -1,10 +1,7 @@
 """Relaying a node's stream to the client, piece by piece, and ending it properly.
 
-Nothing the client can use comes before a stream's first token, so the client's status line and
-headers wait for it (:func:`first_token`): until then a node that closes, stalls, sends garbage
-or an error is a failed attempt the forwarder moves on from, and nothing reached the client.
-The wait costs the client nothing (it could show nothing earlier); the headers then go out with
-the first token in one write.
+The relay starts once the stream's first token is in hand (:mod:`router.first_token`): the
+client's status line and headers then go out with it in one write.
 
 Pieces go to the client's socket as the node's connection parses them
 (:func:`router.client_socket.piece_writer`); a piece the client is not ready for goes through
@@ -13,7 +10,9 @@ and the node's generation cancelled). The node's last piece goes out with the en
 
 A stream ends properly when the answer reader (:class:`node_protocol.events.AnswerReader`) saw
 its surface's end (an OpenAI stream's finish reason and ``[DONE]``, Ollama's ``done``, ...) or
-an error the node sent in it. One cut or ended before that is handed back to the forwarder as a
+an error the node sent in it, other than the one an agent ends a stream with when its backend
+broke off (:data:`~node_protocol.wire.STREAM_CUT_CODE`), which is a cut. A stream cut or ended
+before its end is handed back to the forwarder as a
 :class:`Cut` when it may be resumed elsewhere (:mod:`router.resume`); otherwise, or when no node
 can continue it, it ends with an SSE error event and ``[DONE]`` (an NDJSON error line for
 NDJSON), counted as cut. A node's ``[DONE]`` that comes before a proper end is held back: the
@@ -25,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from time import perf_counter
 
@@ -39,7 +37,6 @@ from router.aliases import apply_renaming
 from router.client_socket import HeldResponse, has_backlog, piece_writer
 from router.continuation import Transcript
 from router.errors import envelope
-from router.failover import Failure, NoFirstToken, error_outcome
 from router.metrics import RouterMetrics
 from router.records import RequestRecord
 from router.registry import Node, Registry
@@ -49,8 +46,6 @@ log = logging.getLogger("router.proxy")
 
 Renaming = tuple[tuple[bytes, bytes], ...]
 _DONE_MARKERS = (b"data: [DONE]", b"data:[DONE]")
-# Bytes read from a node without a token in them before it counts as sending garbage.
-MAX_BEFORE_FIRST_TOKEN = 1024 * 1024
 _CUT_CODE = STREAM_CUT_CODE.encode()
 
 
@@ -95,57 +90,6 @@ def _before_cut_event(data: bytes) -> bytes | None:
         return None
     start = data.rfind(b'{"error"', 0, data.rfind(_CUT_CODE))
     return data[: data.rfind(b"\n", 0, max(start, 0)) + 1]
-
-
-def _error_event(data: bytes) -> bytes:
-    """The JSON of the first error event in ``data`` (SSE or NDJSON)."""
-    for line in data.split(b"\n"):
-        payload = line.removeprefix(b"data:").strip()
-        if payload.startswith(b"{") and b"error" in payload:
-            return payload
-    return b""
-
-
-async def first_token(
-    upstream: UpstreamResponse,
-    answer: AnswerReader,
-    feed: Callable[[bytes, float], None],
-    node: str,
-) -> bytes | Failure:
-    """Read a stream until ``answer`` (fed through ``feed``) shows a first token or a proper
-    end: the bytes read, to be relayed. Or the failure it is: closed, stalled or garbage before
-    it (:class:`NoFirstToken`), or an error event in its place (read as an error body)."""
-    if answer.surface is Surface.NONE:
-        return b""  # nothing to read tokens from: relayed as it comes
-    tokens, size = answer.tokens, 0
-    parts: list[bytes] = []
-    while True:
-        try:
-            piece = await upstream.readany()
-        except TimeoutError:
-            return NoFirstToken("timeout", f"{node} sent no token in time")
-        except OSError as exc:
-            return NoFirstToken("closed", f"{node} broke off before its first token: {exc!r}")
-        if not piece:
-            answer.end(perf_counter())
-            if answer.finished and parts:
-                return b"".join(parts)  # a whole answer with no token in it
-            break
-        feed(piece, perf_counter())
-        parts.append(piece)
-        if answer.tokens > tokens or answer.finished:
-            return parts[0] if len(parts) == 1 else b"".join(parts)
-        if answer.error is not None:
-            break
-        size += len(piece)
-        if size > MAX_BEFORE_FIRST_TOKEN:
-            return NoFirstToken("garbage", f"{node} sent {size} bytes and no token")
-    data = b"".join(parts)
-    if _CUT_CODE in data:
-        return NoFirstToken("closed", f"{node}'s backend broke off before its first token")
-    if answer.error is not None:
-        return error_outcome(500, {}, _error_event(data), node)
-    return NoFirstToken("closed", f"{node} ended its stream before its first token")
 
 
 @dataclass(slots=True)
