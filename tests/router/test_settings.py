@@ -242,3 +242,15 @@ def test_help_lists_each_setting_with_its_description(capsys: pytest.CaptureFixt
         "ROUTER_REGISTRATION_TOKEN",
     ):
         assert expected in text
+
+
+def test_resume_is_on_by_default_and_a_group_may_turn_it_off(tmp_path: Path) -> None:
+    """Cut streams are resumed unless the router or a group says not to; a group's own setting
+    wins over the router-wide one."""
+    config = tmp_path / "router.toml"
+    config.write_text('[[groups]]\nname = "strict"\nresume = false\n[[groups]]\nname = "plain"\n')
+    settings = load_settings(["--config", str(config)], {})
+    assert (settings.resume_for("strict"), settings.resume_for("plain")) == (False, True)
+    assert settings.resume_for("made-by-a-registration")
+    off = load_settings(["--config", str(config)], {"ROUTER_RESUME_STREAMS": "false"})
+    assert (off.resume_for("plain"), off.resume_for("strict")) == (False, False)
