@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench bench-ci lint check clean
+.PHONY: run test bench bench-ci lint check clean llama-cpp
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,10 @@ $(STAMP): pyproject.toml
 run: $(STAMP)  ## start the demo cluster and serve http://127.0.0.1:8080/inference-cluster/v1
 	$(BIN)/python -m bench.cluster --spec bench/clusters/demo.toml
 
-test: $(STAMP)  ## lint, type-check and run the test suite
+llama-cpp: $(STAMP)  ## build llama.cpp's server and libraries into ~/.cache, once per version
+	PYTHON=$(BIN)/python bash bench/llamacpp/build.sh
+
+test: $(STAMP) llama-cpp  ## lint, type-check and run the test suite
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy

@@ -101,10 +101,15 @@ class Process:
         self._drain: asyncio.Task[None] | None = None
 
     @classmethod
-    async def start(cls, label: str, module: str, args: list[str]) -> Process:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", module, *args, stdout=asyncio.subprocess.PIPE
-        )
+    async def start(
+        cls, label: str, module: str, args: list[str], *, log_path: Path | None = None
+    ) -> Process:
+        """Start ``python -m module args``; its stderr (its log) goes to ``log_path`` if given."""
+        with contextlib.ExitStack() as files:
+            log = None if log_path is None else files.enter_context(log_path.open("ab"))
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", module, *args, stdout=asyncio.subprocess.PIPE, stderr=log
+            )
         child = cls(label, proc)
         try:
             child.url = await asyncio.wait_for(child._ready_line(), READY_TIMEOUT_S)

@@ -170,38 +170,25 @@ async def _progress(plan: LocustPlan, start: float, stream: bool) -> None:
             last_print = elapsed
 
 
+async def _start_generators(plan: LocustPlan) -> list[asyncio.subprocess.Process]:
+    """Locust alone, or a master and its workers (the master first)."""
+    if not plan.workers:
+        return [await _spawn([*plan.run_args(), *plan.bench_args()], plan.log)]
+    port = _free_port()
+    master = [*plan.run_args(), "--master", "--expect-workers", str(plan.workers),
+              "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port)]  # fmt: skip
+    procs = [await _spawn([*master, *plan.bench_args()], plan.log)]
+    worker = ["-f", str(LOCUSTFILE), "--worker", "--master-host", "127.0.0.1",
+              "--master-port", str(port), "--loglevel", "WARNING"]  # fmt: skip
+    for _ in range(plan.workers):
+        procs.append(await _spawn([*worker, *plan.bench_args()], plan.log))
+    return procs
+
+
 async def run_locust(plan: LocustPlan, *, progress: bool = True) -> LocustResult:
     """Run Locust headless to the end of the plan (streams in flight are let finish)."""
     empty_records_folder(plan.records)
-    procs: list[asyncio.subprocess.Process] = []
-    if plan.workers:
-        port = _free_port()
-        master = [
-            *plan.run_args(),
-            "--master",
-            "--expect-workers",
-            str(plan.workers),
-            "--master-bind-host",
-            "127.0.0.1",
-            "--master-bind-port",
-            str(port),
-        ]
-        procs.append(await _spawn([*master, *plan.bench_args()], plan.log))
-        worker = [
-            "-f",
-            str(LOCUSTFILE),
-            "--worker",
-            "--master-host",
-            "127.0.0.1",
-            "--master-port",
-            str(port),
-            "--loglevel",
-            "WARNING",
-        ]
-        for _ in range(plan.workers):
-            procs.append(await _spawn([*worker, *plan.bench_args()], plan.log))
-    else:
-        procs.append(await _spawn([*plan.run_args(), *plan.bench_args()], plan.log))
+    procs = await _start_generators(plan)
     generators = procs[1:] if plan.workers else procs
     start = time.monotonic()
     ticker = asyncio.create_task(_progress(plan, start, sys.stderr.isatty())) if progress else None

@@ -32,7 +32,7 @@ from locust.env import Environment
 from locust.runners import MasterRunner
 
 from bench.pacing import Pacer
-from bench.records import CONNECTION, CUT, TIMEOUT, RequestRecord, status_error
+from bench.records import CONNECTION, CUT, TIMEOUT, ClientRecord, status_error
 from bench.scenario import MixEntry, Scenario, load_scenario
 from bench.sse import SseDecoder, StreamTally
 
@@ -99,7 +99,7 @@ class BenchContext:
         mix = self.scenario.mix
         return self.rng.choices(mix, weights=[e.weight for e in mix])[0]
 
-    def write(self, record: RequestRecord) -> None:
+    def write(self, record: ClientRecord) -> None:
         if self.sink is not None:
             self.sink.write(record.to_json())
 
@@ -160,7 +160,7 @@ class LlmUser(FastHttpUser):
             lag = time.perf_counter() - due
         entry = ctx.draw()
         path, body, max_tokens = request_body(entry, ctx.rng, ctx.scenario.force_length)
-        record = RequestRecord(
+        record = ClientRecord(
             model=entry.model,
             entry=entry.name,
             max_tokens=max_tokens,
@@ -173,7 +173,7 @@ class LlmUser(FastHttpUser):
         ctx.write(record)
         self._metric_events(record)
 
-    def _stream(self, path: str, body: bytes, name: str, record: RequestRecord) -> None:
+    def _stream(self, path: str, body: bytes, name: str, record: ClientRecord) -> None:
         headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
         with self.client.post(
             path, data=body.decode(), headers=headers, name=name, stream=True, catch_response=True
@@ -201,7 +201,7 @@ class LlmUser(FastHttpUser):
             else:
                 resp.failure(f"{record.error}: {record.detail or ''}"[:200])
 
-    def _metric_events(self, record: RequestRecord) -> None:
+    def _metric_events(self, record: ClientRecord) -> None:
         fire = self.environment.events.request.fire
         for name, value in (("ttft", record.ttft_s), ("tpot", record.tpot_s)):
             if value is not None and record.error is None:
@@ -215,7 +215,7 @@ class LlmUser(FastHttpUser):
                 )
 
 
-def _read_events(resp: Any, record: RequestRecord) -> None:
+def _read_events(resp: Any, record: ClientRecord) -> None:
     """Read the SSE body line by line as it arrives (``iter_content`` would wait for whole
     blocks and hide token timing), feeding each event to the tally."""
     raw = resp._response  # geventhttpclient's response: readline returns what has arrived

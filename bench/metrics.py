@@ -1,6 +1,6 @@
 """The benchmark's numbers, computed with numpy from raw request records.
 
-Definitions (``reference/benchmarking.md``): TTFB = headers - send; TTFT = first token - send;
+Definitions: TTFB = headers - send; TTFT = first token - send;
 E2E = last token - send; TPOT = (E2E - TTFT) / (N - 1) for N >= 2; decode rate = 1 / TPOT;
 ITL = gaps between token chunks; output tokens/s = tokens whose chunk times fall in the steady
 window / window length. A request belongs to the window when it was *sent* inside it; latency
@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from bench.records import RequestRecord
+from bench.records import ClientRecord
 from bench.scenario import Slo
 
 
@@ -55,7 +55,7 @@ class Window:
         return max(1e-9, self.end - self.start)
 
     @classmethod
-    def steady(cls, records: Sequence[RequestRecord], warmup_s: float, duration_s: float) -> Window:
+    def steady(cls, records: Sequence[ClientRecord], warmup_s: float, duration_s: float) -> Window:
         """From ``warmup_s`` after the first request to ``duration_s`` after it."""
         if not records:
             return cls(0.0, 1e-9)
@@ -63,7 +63,7 @@ class Window:
         return cls(t0 + warmup_s, t0 + duration_s)
 
 
-def wall(record: RequestRecord, t: float) -> float:
+def wall(record: ClientRecord, t: float) -> float:
     """A ``perf_counter`` time of ``record`` on the wall clock."""
     return record.wall_send + (t - record.t_send)
 
@@ -97,7 +97,7 @@ def _overlap(a: float, b: float, window: Window) -> float:
     return max(0.0, min(b, window.end) - max(a, window.start))
 
 
-def _meets(record: RequestRecord, slo: Slo) -> bool:
+def _meets(record: ClientRecord, slo: Slo) -> bool:
     ttft, tpot = record.ttft_s, record.tpot_s
     if record.error is not None or ttft is None or record.t_last_token is None:
         return False
@@ -105,7 +105,7 @@ def _meets(record: RequestRecord, slo: Slo) -> bool:
     return ttft <= slo.ttft_s and e2e <= slo.e2e_s and (tpot is None or tpot <= slo.tpot_s)
 
 
-def group_stats(records: Sequence[RequestRecord], window: Window, slo: Slo) -> GroupStats:
+def group_stats(records: Sequence[ClientRecord], window: Window, slo: Slo) -> GroupStats:
     """Every figure for one set of records (all sent by whatever ``records`` holds)."""
     sent = [r for r in records if window.start <= r.wall_send <= window.end]
     ok = [r for r in sent if r.error is None]
@@ -154,7 +154,7 @@ class RunStats:
 
 
 def tokens_per_second_series(
-    records: Sequence[RequestRecord], start: float, end: float, bin_s: float = 1.0
+    records: Sequence[ClientRecord], start: float, end: float, bin_s: float = 1.0
 ) -> list[float]:
     """Output tokens per second in consecutive bins from ``start`` to ``end`` (wall clock)."""
     edges = np.arange(start, end + bin_s, bin_s)
@@ -170,10 +170,10 @@ def tokens_per_second_series(
 
 
 def run_stats(
-    records: Sequence[RequestRecord], warmup_s: float, duration_s: float, slo: Slo
+    records: Sequence[ClientRecord], warmup_s: float, duration_s: float, slo: Slo
 ) -> RunStats:
     window = Window.steady(records, warmup_s, duration_s)
-    by_model: dict[str, list[RequestRecord]] = {}
+    by_model: dict[str, list[ClientRecord]] = {}
     for r in records:
         by_model.setdefault(r.model, []).append(r)
     start = window.start - warmup_s
@@ -187,11 +187,11 @@ def run_stats(
     )
 
 
-def load_records(folder: Path) -> list[RequestRecord]:
+def load_records(folder: Path) -> list[ClientRecord]:
     """Every record in ``folder/records-*.jsonl`` (one file per load-generating process)."""
-    out: list[RequestRecord] = []
+    out: list[ClientRecord] = []
     for path in sorted(folder.glob("records-*.jsonl")):
         for line in path.read_bytes().splitlines():
             if line.strip():
-                out.append(RequestRecord.from_dict(orjson.loads(line)))
+                out.append(ClientRecord.from_dict(orjson.loads(line)))
     return out

@@ -9,7 +9,7 @@ from bench.calibration import CalibrationResult
 from bench.loadrun import CPU_LIMIT_PERCENT, LocustResult
 from bench.metrics import Dist, RunStats, group_stats
 from bench.overhead.analysis import OverheadResult
-from bench.records import RequestRecord
+from bench.records import ClientRecord
 from bench.scenario import Scenario
 from bench.targets import ModelVerdict
 
@@ -41,7 +41,7 @@ class RunOutcome:
     started: str
     stats: RunStats
     verdicts: list[ModelVerdict]
-    records: list[RequestRecord]
+    records: list[ClientRecord]
     locust: LocustResult
     workers: int = 0
     calibration: CalibrationResult | None = None

@@ -1,6 +1,6 @@
 """One raw record per benchmark request, as a JSON line; the error classes it may carry.
 
-Times follow ``reference/benchmarking.md``: ``t_*`` are ``time.perf_counter()`` floats of the
+Times (defined in ``bench/metrics.py``): ``t_*`` are ``time.perf_counter()`` floats of the
 process that sent the request, ``wall_send`` the same instant on the wall clock (to line up
 records from several processes or machines), ``token_times`` the offsets (s) from ``t_send`` of
 each chunk that carried a token.
@@ -48,7 +48,7 @@ def status_error(status: int) -> str | None:
 
 
 @dataclass(slots=True)
-class RequestRecord:
+class ClientRecord:
     """Everything measured about one request."""
 
     model: str
@@ -96,5 +96,5 @@ class RequestRecord:
         return orjson.dumps(asdict(self)) + b"\n"
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RequestRecord:
+    def from_dict(cls, data: dict[str, Any]) -> ClientRecord:
         return cls(**data)

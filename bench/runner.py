@@ -11,15 +11,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.calibration import calibrate
+from bench.calibration import CalibrationResult, calibrate
 from bench.cluster import ClusterSpec, launch
-from bench.loadrun import LocustPlan, run_locust
+from bench.loadrun import LocustPlan, LocustResult, run_locust
 from bench.metrics import RunStats, load_records, run_stats
 from bench.outcome import RunOutcome
 from bench.overhead.suite import OverheadSettings, run_overhead
-from bench.records import RequestRecord
+from bench.records import ClientRecord
 from bench.scenario import Scenario
-from bench.targets import judge, missing_verdict, target_for
+from bench.targets import ModelVerdict, judge, missing_verdict, target_for
 from bench.topology import RouterWrapper, stderr_to
 
 
@@ -40,7 +40,7 @@ def say(text: str) -> None:
 
 
 def node_shares(
-    records: list[RequestRecord], stats: RunStats, spec: ClusterSpec | None
+    records: list[ClientRecord], stats: RunStats, spec: ClusterSpec | None
 ) -> dict[str, dict[str, float]]:
     """Per model, the share of its steady-window requests each serving node took (nodes the
     cluster spec lists for the model count even when they got none)."""
@@ -67,13 +67,46 @@ async def run_scenario(opts: RunOptions) -> RunOutcome:
     opts.out.mkdir(parents=True, exist_ok=True)
     started = datetime.now(UTC).isoformat(timespec="seconds")
     notes: list[str] = []
-    cal_result = None
-    if opts.calibrate and scenario.calibration.enabled:
-        cal = scenario.calibration
-        say(f"calibrating: {cal.users} streams at {cal.tok_s:g} tok/s, TTFT {cal.ttft_ms:g} ms")
-        cal_result = await calibrate(cal, cal.users, opts.out / "calibration")
-        say(f"calibration {'ok' if cal_result.ok else 'MISSED'}")
+    cal_result = await _calibration(opts)
     records_dir = opts.out / "records"
+    host, spec, locust = await _load(opts, records_dir, notes)
+    records = load_records(records_dir)
+    if not records:
+        notes.append(f"no records were written: see {opts.out / 'locust.log'}")
+    stats = run_stats(records, load.warmup_s, load.duration_s, scenario.slo)
+    notes.append(f"targets from {scenario.capacity.name}")
+    verdicts = _verdicts(scenario, stats)
+    missing = [m for m in scenario.models if m not in stats.models]
+    notes += [f"model {m}: no request completed" for m in missing]
+    overhead = None
+    if opts.overhead is not None:
+        say("overhead benchmark (paired, interleaved)")
+        overhead = await run_overhead(opts.overhead, opts.out / "overhead-logs", opts.wrapper)
+    outcome = RunOutcome(
+        scenario=scenario,
+        target=host,
+        cluster=None if scenario.cluster is None or opts.target_url else scenario.cluster.stem,
+        started=started,
+        stats=stats,
+        verdicts=verdicts,
+        records=records,
+        locust=locust,
+        workers=opts.workers,
+        calibration=cal_result,
+        overhead=overhead,
+        share=node_shares(records, stats, spec),
+        notes=notes,
+    )
+    return outcome
+
+
+async def _load(
+    opts: RunOptions, records_dir: Path, notes: list[str]
+) -> tuple[str, ClusterSpec | None, LocustResult]:
+    """The load itself: Locust against the scenario's cluster (started and stopped here) or an
+    external target."""
+    scenario = opts.scenario
+    load = scenario.load
     spec = None
     async with contextlib.AsyncExitStack() as stack:
         if opts.target_url:
@@ -107,39 +140,24 @@ async def run_scenario(opts: RunOptions) -> RunOutcome:
                 log=opts.out / "locust.log",
             )
         )
-    records = load_records(records_dir)
-    if not records:
-        notes.append(f"no records were written: see {opts.out / 'locust.log'}")
-    stats = run_stats(records, load.warmup_s, load.duration_s, scenario.slo)
+    return host, spec, locust
+
+
+async def _calibration(opts: RunOptions) -> CalibrationResult | None:
+    cal = opts.scenario.calibration
+    if not (opts.calibrate and cal.enabled):
+        return None
+    say(f"calibrating: {cal.users} streams at {cal.tok_s:g} tok/s, TTFT {cal.ttft_ms:g} ms")
+    result = await calibrate(cal, cal.users, opts.out / "calibration")
+    say(f"calibration {'ok' if result.ok else 'MISSED'}")
+    return result
+
+
+def _verdicts(scenario: Scenario, stats: RunStats) -> list[ModelVerdict]:
+    """Each model's verdict against its target; a model with no completed request fails."""
     classes = {e.model: e.capacity_class for e in scenario.mix}
-    notes.append(f"targets from {scenario.capacity.name}")
-    verdicts = [
-        judge(m, stats.models[m], target_for(m, classes.get(m), scenario.capacity))
-        for m in scenario.models
-        if m in stats.models
+    targets = {m: target_for(m, classes.get(m), scenario.capacity) for m in scenario.models}
+    found = [judge(m, stats.models[m], targets[m]) for m in scenario.models if m in stats.models]
+    return found + [
+        missing_verdict(m, targets[m]) for m in scenario.models if m not in stats.models
     ]
-    missing = [m for m in scenario.models if m not in stats.models]
-    notes += [f"model {m}: no request completed" for m in missing]
-    overhead = None
-    if opts.overhead is not None:
-        say("overhead benchmark (paired, interleaved)")
-        overhead = await run_overhead(opts.overhead, opts.out / "overhead-logs", opts.wrapper)
-    outcome = RunOutcome(
-        scenario=scenario,
-        target=host,
-        cluster=None if scenario.cluster is None or opts.target_url else scenario.cluster.stem,
-        started=started,
-        stats=stats,
-        verdicts=verdicts,
-        records=records,
-        locust=locust,
-        workers=opts.workers,
-        calibration=cal_result,
-        overhead=overhead,
-        share=node_shares(records, stats, spec),
-        notes=notes,
-    )
-    outcome.verdicts.extend(
-        missing_verdict(m, target_for(m, classes.get(m), scenario.capacity)) for m in missing
-    )
-    return outcome

@@ -2,7 +2,7 @@
 
 :class:`SseDecoder` takes the body one line at a time (``\\n`` or ``\\r\\n`` endings), skips
 ``:`` comments and hands back each event's ``data`` when the blank line that ends it arrives.
-:class:`StreamTally` reads those events into a :class:`RequestRecord`: the first non-empty
+:class:`StreamTally` reads those events into a :class:`ClientRecord`: the first non-empty
 ``content`` / ``reasoning_content`` / ``text`` is the first token, ``usage`` gives the token
 counts, ``[DONE]`` ends the stream, an ``error`` object inside the stream is an error.
 Pure and synchronous: the gevent Locust user and the asyncio clients share it.
@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from bench.records import EMPTY, NO_DONE, STREAM_ERROR, RequestRecord
+from bench.records import EMPTY, NO_DONE, STREAM_ERROR, ClientRecord
 
 
 class SseDecoder:
@@ -54,7 +54,7 @@ def _delta_text(choice: dict[str, Any]) -> str:
 class StreamTally:
     """Reads one stream's events into ``record``; :meth:`finish` classifies the outcome."""
 
-    def __init__(self, record: RequestRecord) -> None:
+    def __init__(self, record: ClientRecord) -> None:
         self.record = record
         self.done = False
 

@@ -191,6 +191,13 @@ async def _wait_port(port: int, limit_s: float = 10.0) -> None:
             return
 
 
+async def _agent(backend_url: str, router_url: str) -> Process:
+    args = ["--backend-url", backend_url, "--router-url", router_url, "--group", AGENT_GROUP,
+            "--name", f"{NODE_NAME}-agent", "--host", "127.0.0.1", "--port", "0",
+            "--gpu-source", "emulated", "--report-interval", "0.5"]  # fmt: skip
+    return await Process.start("agent", "node_agent", args)
+
+
 @contextlib.asynccontextmanager
 async def node_paths(
     node: NodeSettings,
@@ -231,30 +238,7 @@ async def node_paths(
                 topo.bases["router"] = f"{router.url}/{STATIC_GROUP}/v1"
                 topo.bases["router 16 nodes"] = f"{router.url}/{FLEET_GROUP}/v1"
                 if agent:
-                    started.append(
-                        await Process.start(
-                            "agent",
-                            "node_agent",
-                            [
-                                "--backend-url",
-                                emu.url,
-                                "--router-url",
-                                router.url,
-                                "--group",
-                                AGENT_GROUP,
-                                "--name",
-                                f"{NODE_NAME}-agent",
-                                "--host",
-                                "127.0.0.1",
-                                "--port",
-                                "0",
-                                "--gpu-source",
-                                "emulated",
-                                "--report-interval",
-                                "0.5",
-                            ],
-                        )
-                    )
+                    started.append(await _agent(emu.url, router.url))
                     topo.bases["router+agent"] = f"{router.url}/{AGENT_GROUP}/v1"
                 if references:
                     proxy = await Process.start(

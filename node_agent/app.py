@@ -1,9 +1,10 @@
 """The agent's aiohttp application and :func:`serve`, which runs it on a socket.
 
-Routes: ``GET /health`` (the seed's semantics), ``GET /ready`` (503 while one of the reporter's
+Routes: ``GET /health`` (Octopus's semantics), ``GET /ready`` (503 while one of the reporter's
 loops is down, or the backend is not healthy), ``GET /status`` (the current load report),
 ``GET /metrics`` (the agent's own Prometheus metrics), the OpenAI paths (relayed, or translated
-to the generate extension on a Triton node: :mod:`node_agent.triton_openai`), ``POST /infer``
+to the generate extension on a Triton node: :mod:`node_agent.triton_openai`), Anthropic Messages
+and OpenAI Responses (relayed, or translated to chat: :mod:`node_agent.surfaces`), ``POST /infer``
 in both Octopus shapes (:mod:`node_agent.infer`) and the backends' native APIs
 (:mod:`node_agent.native`). Long-lived resources (client sessions, backend adapter, GPU source,
 reporter) live in ``cleanup_ctx`` under the typed keys of :mod:`node_agent.appkeys`.
@@ -25,8 +26,10 @@ from node_protocol.upstream import UpstreamPool
 from .appkeys import (
     BACKEND,
     CONTROL_SESSION,
+    GATE,
     GPUS,
     METRICS,
+    PROMPTS,
     PROXY,
     REPORTER,
     RESOLVER,
@@ -35,14 +38,17 @@ from .appkeys import (
 )
 from .backends.detect import make_backend
 from .errors import error_middleware
+from .gate import BackendGate
 from .gpu import open_gpu_source
 from .infer import infer
 from .metrics import AgentMetrics
 from .native import add_native_routes
+from .prompt_caches import PromptCaches
 from .proxy import BackendProxy
 from .reporter import Reporter
 from .router_directory import Resolver, dns_resolver
 from .settings import AgentSettings
+from .surfaces import SURFACES, NativeSurfaces, add_surface_routes
 from .traffic import TrafficStats
 from .triton_openai import serve_openai
 
@@ -79,6 +85,8 @@ async def _sessions(app: web.Application) -> AsyncIterator[None]:
         timeout=aiohttp.ClientTimeout(total=s.control_timeout_s, connect=s.connect_timeout_s),
     )
     app[CONTROL_SESSION] = control_session
+    # The adapter is made in the next context: read it when the first request comes.
+    app[GATE] = BackendGate(lambda: app[BACKEND].concurrency_limit)
     app[PROXY] = BackendProxy(
         backend_pool,
         s.backend_url,
@@ -89,6 +97,8 @@ async def _sessions(app: web.Application) -> AsyncIterator[None]:
         total_timeout_s=s.total_timeout_s,
         connect_timeout_s=s.connect_timeout_s,
         metrics=app[METRICS].requests,
+        prompts=app[PROMPTS],
+        gate=app[GATE],
     )
     try:
         yield
@@ -109,6 +119,7 @@ async def _backend_and_gpus(app: web.Application) -> AsyncIterator[None]:
         max_parallel=s.max_parallel,
         metrics_url=s.backend_metrics_url,
     )
+    app[SURFACES] = NativeSurfaces(session, s.backend_url, s.backend_api_key, s.control_timeout_s)
     gpus = await open_gpu_source(s.gpu_source, session, s.backend_url, s.control_timeout_s)
     app[GPUS] = gpus
     try:
@@ -126,7 +137,9 @@ async def _reporter(app: web.Application) -> AsyncIterator[None]:
         app[GPUS],
         app[STATS],
         resolver=app[RESOLVER],
+        prompts=app[PROMPTS],
         restarts=app[METRICS].task_restarts,
+        gate=app[GATE],
     )
     app[REPORTER] = reporter
     # Reports are built from now on (for /status); registration waits for reporter.advertise(),
@@ -179,7 +192,8 @@ def make_app(settings: AgentSettings, resolver: Resolver = dns_resolver) -> web.
     app[SETTINGS] = settings
     app[RESOLVER] = resolver
     stats = app[STATS] = TrafficStats()
-    app[METRICS] = AgentMetrics(stats, lambda: app.get(REPORTER))
+    prompts = app[PROMPTS] = PromptCaches()
+    app[METRICS] = AgentMetrics(stats, lambda: app.get(REPORTER), prompts)
     app.cleanup_ctx.extend([_sessions, _backend_and_gpus, _reporter])
     app.router.add_get("/health", health, allow_head=False)
     app.router.add_get("/ready", ready, allow_head=False)
@@ -188,6 +202,7 @@ def make_app(settings: AgentSettings, resolver: Resolver = dns_resolver) -> web.
     for method, path, upstream in PROXY_ROUTES:
         app.router.add_route(method, path, _forward_to(upstream))
     app.router.add_post("/infer", infer)
+    add_surface_routes(app)
     add_native_routes(app)
     return app
 
@@ -208,6 +223,10 @@ class RunningAgent:
     @property
     def stats(self) -> TrafficStats:
         return self.app[STATS]
+
+    @property
+    def prompts(self) -> PromptCaches:
+        return self.app[PROMPTS]
 
 
 @asynccontextmanager

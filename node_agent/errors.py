@@ -1,4 +1,5 @@
-"""Errors a client of the agent can see, all in the OpenAI envelope, mapped to HTTP here.
+"""Errors a client of the agent can see, mapped to HTTP here: in the OpenAI envelope, or on the
+Anthropic Messages path in Anthropic's (with the same status: the router reads it).
 
 ::
 
@@ -10,7 +11,7 @@
     │                             4xx invalid_request_error, 5xx api_error; code by status
     ├── BadRequest                400 invalid_request_error bad_request
     ├── RouteNotServed            404 invalid_request_error not_found
-    └── NodeBusy                  503 api_error   node_busy (with ``X-Node-Busy``)
+    └── SlotsTaken                  503 api_error   node_busy (with ``X-Node-Busy``)
 
 aiohttp's own ``HTTPException`` s (404 unknown route, 405, 413 body too large) are rewritten
 into the same envelope by :func:`error_middleware`.
@@ -24,6 +25,7 @@ from collections.abc import Awaitable, Callable
 import orjson
 from aiohttp import web
 
+from node_protocol.surface_errors import anthropic_envelope, anthropic_type
 from node_protocol.wire import NODE_BUSY_HEADER
 
 log = logging.getLogger("node_agent.errors")
@@ -102,7 +104,7 @@ class RouteNotServed(AgentError):
     code = "not_found"
 
 
-class NodeBusy(AgentError):
+class SlotsTaken(AgentError):
     """A router's slot check found every slot of the request's model taken: the request was
     not forwarded.
 
@@ -127,19 +129,24 @@ def envelope(message: str, type_: str, code: str | None, param: str | None = Non
     )
 
 
+ANTHROPIC_PATH = "/v1/messages"
+
+
 def error_response(
     status: int,
     message: str,
     type_: str,
     code: str | None,
     headers: dict[str, str] | None = None,
+    *,
+    anthropic: bool = False,
 ) -> web.Response:
-    return web.Response(
-        status=status,
-        body=envelope(message, type_, code),
-        content_type="application/json",
-        headers=headers,
-    )
+    """The error answer: OpenAI's envelope, or Anthropic's (``anthropic``)."""
+    if anthropic:
+        body = orjson.dumps(anthropic_envelope(message, anthropic_type(status)))
+    else:
+        body = envelope(message, type_, code)
+    return web.Response(status=status, body=body, content_type="application/json", headers=headers)
 
 
 _HTTP_CODES = {
@@ -153,18 +160,21 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Write every error as an OpenAI envelope with the right status."""
+    """Write every error in the path's envelope with the right status."""
+    anthropic = request.path == ANTHROPIC_PATH
     try:
         return await handler(request)
     except AgentError as exc:
-        return error_response(exc.status, exc.message, exc.type, exc.code, exc.headers)
+        return error_response(
+            exc.status, exc.message, exc.type, exc.code, exc.headers, anthropic=anthropic
+        )
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         type_ = "invalid_request_error" if exc.status < 500 else "api_error"
         code = _HTTP_CODES.get(exc.status, f"http_{exc.status}")
         message = exc.text if exc.status == 413 and exc.text else exc.reason
-        resp = error_response(exc.status, message, type_, code)
+        resp = error_response(exc.status, message, type_, code, anthropic=anthropic)
         for name in ("Allow", "Retry-After"):
             if name in exc.headers:
                 resp.headers[name] = exc.headers[name]

@@ -1,6 +1,6 @@
-"""``POST /infer`` in both shapes Octopus uses (reference/octopus.md).
+"""``POST /infer`` in both shapes Octopus uses.
 
-- A chat-completions body (the seed's node): relayed to ``/v1/chat/completions`` as is,
+- A chat-completions body (Octopus's inference node): relayed to ``/v1/chat/completions`` as is,
   streamed or not (on Triton, translated to its generate extension like that route).
 - ``{"prompt": str, "maxTokens"?: int, "model"?: str}``: one non-streamed generation with
   ``max_tokens`` (default 512), answered ``{"text", "tokensUsed", "model"}``. The model defaults

@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 
 from node_protocol.wire import HEALTH_VALUES, LoadReport
 
+from .prompt_caches import PromptCaches
 from .traffic import TrafficStats
 
 if TYPE_CHECKING:
@@ -70,9 +71,15 @@ class RequestMetrics:
 class AgentCollector(Collector):
     """Gauges read at scrape time from the traffic counters and the latest load report."""
 
-    def __init__(self, stats: TrafficStats, reporter: Callable[[], Reporter | None]) -> None:
+    def __init__(
+        self,
+        stats: TrafficStats,
+        reporter: Callable[[], Reporter | None],
+        prompts: PromptCaches | None = None,
+    ) -> None:
         self._stats = stats
         self._reporter = reporter
+        self._prompts = prompts
 
     def collect(self) -> Iterator[Metric]:
         stats = self._stats
@@ -86,6 +93,8 @@ class AgentCollector(Collector):
         tokens.add_metric([], stats.output_tokens)
         yield in_flight
         yield tokens
+        if self._prompts is not None:
+            yield from _prompt_metrics(self._prompts)
         reporter = self._reporter()
         if reporter is None:
             return
@@ -139,10 +148,65 @@ def _report_metrics(report: LoadReport) -> Iterator[Metric]:
     )
 
 
+def _prompt_metrics(prompts: PromptCaches) -> Iterator[Metric]:
+    """Per model: prompt characters in, the share estimated to land on a cached prefix, the
+    engine's own prompt and cached token counts where it reports them, and the index's size."""
+    labels = ["model"]
+    families: tuple[CounterMetricFamily | GaugeMetricFamily, ...] = (
+        CounterMetricFamily(
+            "node_agent_prompt_chars",
+            "Characters of the prompts the backend took.",
+            labels=labels,
+        ),
+        CounterMetricFamily(
+            "node_agent_prompt_cached_chars_estimated",
+            "Of those, characters that arrived on a prefix the agent's index held (estimate).",
+            labels=labels,
+        ),
+        CounterMetricFamily(
+            "node_agent_engine_prompt_tokens",
+            "Prompt tokens of the answers in which the engine said how many it had cached.",
+            labels=labels,
+        ),
+        CounterMetricFamily(
+            "node_agent_engine_cached_prompt_tokens",
+            "Of those, the prompt tokens the engine said it took from its prompt cache.",
+            labels=labels,
+        ),
+        GaugeMetricFamily(
+            "node_agent_prefix_index_chars",
+            "Characters of prompt prefixes the agent's index holds for the model.",
+            labels=labels,
+        ),
+        GaugeMetricFamily(
+            "node_agent_prefix_index_capacity_chars",
+            "The index's capacity: the engine's cache as estimated and corrected.",
+            labels=labels,
+        ),
+    )
+    for model, cache in prompts.models().items():
+        values = (
+            cache.prompt_chars,
+            cache.cached_chars,
+            cache.engine_prompt_tokens,
+            cache.engine_cached_tokens,
+            cache.index.used_chars,
+            cache.index.capacity_chars,
+        )
+        for family, value in zip(families, values, strict=True):
+            family.add_metric([model], value)
+    yield from families
+
+
 class AgentMetrics:
     """The app's registry with the request metrics and the scrape-time collector on it."""
 
-    def __init__(self, stats: TrafficStats, reporter: Callable[[], Reporter | None]) -> None:
+    def __init__(
+        self,
+        stats: TrafficStats,
+        reporter: Callable[[], Reporter | None],
+        prompts: PromptCaches | None = None,
+    ) -> None:
         self.registry = CollectorRegistry()
         self.requests = RequestMetrics(self.registry)
         self.task_restarts = Counter(
@@ -151,7 +215,7 @@ class AgentMetrics:
             ["task"],
             registry=self.registry,
         )
-        self.registry.register(AgentCollector(stats, reporter))
+        self.registry.register(AgentCollector(stats, reporter, prompts))
 
     def render(self) -> web.Response:
         """The ``GET /metrics`` answer in the Prometheus text format."""

@@ -5,9 +5,13 @@ the proxy hints that something may have changed and the loaded-model set or the 
 Each router URL has its own :class:`~node_agent.router_link.RouterLink` task that sends the
 latest report (registering first, again when the router forgot the node). GPUs come from the
 GPU source (NVML) and, when it has none, from the backend itself (Triton's DCGM gauges). On stop
-every link deregisters. Every loop (the collector, each link, the DNS follower) runs supervised
-on its own (:class:`~node_protocol.supervision.Supervised`): one that fails is logged and
-restarted, and the others go on.
+every link deregisters. Each report carries the summary of the node's prompt caches
+(:mod:`node_agent.prompt_caches`), sized from the facts of the same collection. Every loop (the
+collector, each link, the DNS follower) runs supervised on its own
+(:class:`~node_protocol.supervision.Supervised`): one that fails is logged and restarted, and
+the others go on. A backend that a probe would disturb (one with a
+:attr:`~node_agent.backends.base.Backend.concurrency_limit`) is probed only in a free turn of
+its :class:`~node_agent.gate.BackendGate`; while every turn is taken the last answer stands.
 """
 
 from __future__ import annotations
@@ -24,10 +28,12 @@ import aiohttp
 from prometheus_client import Counter
 
 from node_protocol.supervision import Supervised
-from node_protocol.wire import LoadReport, Registration
+from node_protocol.wire import LoadReport, PrefixSummary, Registration
 
-from .backends.base import Backend
+from .backends.base import Backend, BackendFacts, Health
+from .gate import BackendGate
 from .gpu import GpuSource
+from .prompt_caches import PromptCaches
 from .router_directory import Resolver, RouterDirectory, dns_resolver
 from .router_link import RouterLink
 from .settings import AgentSettings
@@ -62,16 +68,21 @@ class Reporter:
         gpus: GpuSource,
         stats: TrafficStats,
         resolver: Resolver = dns_resolver,
+        prompts: PromptCaches | None = None,
         restarts: Counter | None = None,
+        gate: BackendGate | None = None,
     ) -> None:
         self._settings = settings
+        self._prompts = prompts
         self._restarts = restarts
+        self._gate = gate or BackendGate(lambda: None)
         self._backend = backend
         self._gpus = gpus
         self._stats = stats
         self._rate = TokenRate(window_s=max(10.0, 5 * settings.report_interval_s))
         self._rate.sample(time.monotonic(), stats.output_tokens)  # the baseline
         self._seq = 0
+        self._probed: tuple[Health, BackendFacts] | None = None
         self.latest: LoadReport | None = None
         self.advertise_url: str | None = None
         self._advertised = asyncio.Event()
@@ -168,11 +179,13 @@ class Reporter:
         """A fresh report (seq 0 until published)."""
         stats = self._stats
         tokens_per_s = self._rate.sample(time.monotonic(), stats.output_tokens)
-        health, facts, gpus = await asyncio.gather(
-            self._backend.health(), self._backend.collect(), self._gpus.read()
-        )
+        (health, facts), gpus = await asyncio.gather(self._probe(), self._gpus.read())
         if not gpus:
             gpus = facts.gpus  # no NVML here: the backend's own GPU readings, if it has any
+        prefix_caches: tuple[PrefixSummary, ...] = ()
+        if self._prompts is not None:
+            self._prompts.configure(facts.models, facts.kv_capacity_tokens)
+            prefix_caches = self._prompts.summaries()
         return LoadReport(
             seq=0,
             sent_at=time.time(),
@@ -183,10 +196,26 @@ class Reporter:
             queue_waiting=facts.queue_waiting,
             queue_running=facts.queue_running,
             kv_cache_usage=facts.kv_cache_usage,
+            prompt_tokens=facts.prompt_tokens,
+            cached_prompt_tokens=facts.cached_prompt_tokens,
             output_tokens_per_s=tokens_per_s,
             gpus=gpus,
             models=facts.models,
+            prefix_caches=prefix_caches,
         )
+
+    async def _probe(self) -> tuple[Health, BackendFacts]:
+        """The backend's health and facts: asked in a free turn of the gate, else the last
+        answer (the first probe waits for a turn)."""
+        turn = self._gate.spare()
+        if turn is None:
+            if self._probed is not None:
+                return self._probed
+            turn = self._gate.hold()
+        async with turn:
+            health, facts = await asyncio.gather(self._backend.health(), self._backend.collect())
+        self._probed = (health, facts)
+        return self._probed
 
     def _publish(self, report: LoadReport) -> LoadReport:
         self._seq += 1

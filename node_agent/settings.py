@@ -81,9 +81,9 @@ class AgentSettings(Schema):
     """Everything the agent needs, validated at construction."""
 
     backend_url: HttpUrl = Field(description="the backend's base URL (required)")
-    backend_kind: Literal["auto", "ollama", "vllm", "tgi", "triton", "lmstudio", "openai"] = Field(
-        "auto", description="the backend's kind; auto: found by probing it"
-    )
+    backend_kind: Literal[
+        "auto", "ollama", "vllm", "tgi", "triton", "lmstudio", "llamacpp", "openai"
+    ] = Field("auto", description="the backend's kind; auto: found by probing it")
     backend_api_key: Annotated[str | None, BeforeValidator(empty_is_none)] = Field(
         None, repr=False, description="bearer key the backend wants (better: an env var)"
     )

@@ -1,3 +1,3 @@
-"""What the router and the node agent share: the wire contract between them and the HTTP client
-both use to call nodes. Neither side's package is imported from here, so an agent installs and
-runs without the router."""
+"""What the router and the node agent share: the wire contract between them, the HTTP client
+both use to call nodes, the reading of answers and the fingerprint of prompts. Neither side's
+package is imported from here, so an agent installs and runs without the router."""

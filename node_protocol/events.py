@@ -1,6 +1,5 @@
 """Reading a node's answer as it is relayed: its output tokens and when they came, the counts the
 backend reports, an error it sent inside the answer, and whether the answer reached its own end.
-
 One reader for the router and the agent, for every API surface they relay. A piece of output
 counts as one token; each surface has its own end:
 
@@ -11,21 +10,20 @@ counts as one token; each surface has its own end:
   (generate); ``"done": true``.
 - TGI native: ``token.text``; the event whose ``details`` or ``generated_text`` is set.
 - Triton generate: ``text_output``; no end marker: the stream's body ends.
+- Anthropic Messages and OpenAI Responses: see :mod:`node_protocol.surface_events`.
 
-Exact counts win over the pieces counted when the backend sends them: OpenAI ``usage``
-(``completion_tokens``, ``prompt_tokens``, ``prompt_tokens_details.cached_tokens``) and
-llama.cpp's ``timings`` (``cache_n``, ``prompt_n``); Ollama ``eval_count`` and
-``prompt_eval_count``; TGI ``details`` (``generated_tokens``, ``input_length``); Triton's
-``num_output_tokens`` and ``num_input_tokens`` outputs. An error inside the answer (OpenAI
-``{"error": {...}}``, the others' ``{"error": "..."}``) is kept, and such an answer is not
-finished.
+Exact counts win over the pieces counted: OpenAI ``usage`` (``completion_tokens``,
+``prompt_tokens``, ``prompt_tokens_details.cached_tokens``) and llama.cpp's ``timings``
+(``cache_n``, ``prompt_n``); Ollama ``eval_count``, ``prompt_eval_count``; TGI ``details``
+(``generated_tokens``, ``input_length``); Triton's ``num_output_tokens``, ``num_input_tokens``.
+An error inside the answer (OpenAI ``{"error": {...}}``, the others' ``{"error": "..."}``) is
+kept, and such an answer is not finished.
 
 Each event is parsed (orjson), not searched for marks, so any JSON whitespace, escaped quotes
-inside the text and pretty-printed bodies read alike. A stream is cut into lines however it was
-split: a piece may end mid-event, and the partial line waits for the rest. SSE lines start
-``data:`` with or without the space and may end ``\\r\\n``; comments and other fields are
-skipped; an event whose data spans several lines is read once its blank line comes. NDJSON is one
-object a line.
+and pretty-printed bodies read alike. A stream is cut into lines however it was split: a partial
+line waits for the rest. SSE lines start ``data:`` with or without the space and may end
+``\\r\\n``; comments and other fields (``event:``) are skipped; an event whose data spans several
+lines is read once its blank line comes. NDJSON is one object a line.
 """
 
 from __future__ import annotations
@@ -35,6 +33,9 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+
+from node_protocol.surface_events import read_anthropic, read_responses
+from node_protocol.surface_events import token_count as _count
 
 # A longer line is dropped unread: a stream's memory stays bounded whatever the backend sends.
 MAX_LINE = 4 * 1024 * 1024
@@ -51,6 +52,8 @@ class Surface(enum.Enum):
     OLLAMA_GENERATE = "ollama_generate"
     TGI = "tgi"  # TGI's own /generate and /generate_stream
     TRITON = "triton"  # Triton's generate extension
+    ANTHROPIC = "anthropic"  # Anthropic Messages
+    RESPONSES = "responses"  # OpenAI Responses
 
 
 def surface_of(path: str) -> Surface:
@@ -62,6 +65,10 @@ def surface_of(path: str) -> Surface:
         return Surface.CHAT
     if path.endswith("/completions"):
         return Surface.COMPLETIONS
+    if path.endswith("/v1/messages"):
+        return Surface.ANTHROPIC
+    if path.endswith("/v1/responses"):
+        return Surface.RESPONSES
     if path.endswith("/api/chat"):
         return Surface.OLLAMA_CHAT
     if path.endswith("/api/generate"):
@@ -77,9 +84,8 @@ class AnswerReader:
 
     ``tokens`` counts the pieces of output seen, ``t_first_token``/``t_last_token`` say when the
     first and last came; ``usage_tokens``, ``prompt_tokens`` and ``cached_tokens`` are the
-    backend's own counts when it sent them. ``finished`` is True once
-    the answer reached its surface's proper end with no error inside; ``error`` is the message of
-    an error the backend sent inside the answer.
+    backend's own counts when it sent them. ``finished``: the answer reached its surface's proper
+    end with no error inside; ``error``: the message of an error the backend sent inside it.
     """
 
     __slots__ = (
@@ -180,7 +186,7 @@ class AnswerReader:
     def _body_event(self, event: dict[str, Any]) -> None:
         error = event.get("error")
         if error:
-            self._note_error(error)
+            self.note_error(error)
             return
         self._read(self, event)
         self.finished = self.error is None
@@ -218,12 +224,12 @@ class AnswerReader:
             if line == b"\r" and self._data is not None:
                 return self._flush()
             return 0
-        # What _event does, without the call: this runs for every event of every stream.
+        # Read here, not in a method of its own: this runs for every event of every stream.
         if type(event) is not dict:
             return 0
         error = event.get("error")
         if error:
-            self._note_error(error)
+            self.note_error(error)
             return 0
         return self._read(self, event)
 
@@ -236,14 +242,11 @@ class AnswerReader:
             event = orjson.loads(data)
         except orjson.JSONDecodeError:
             return 0
-        return self._event(event)
-
-    def _event(self, event: Any) -> int:
         if type(event) is not dict:
             return 0
         error = event.get("error")
         if error:
-            self._note_error(error)
+            self.note_error(error)
             return 0
         return self._read(self, event)
 
@@ -258,21 +261,13 @@ class AnswerReader:
         if self.error is None and self.finish_reason is not None:
             self.finished = True
 
-    def _note_error(self, error: Any) -> None:
+    def note_error(self, error: Any) -> None:
+        """An error the backend sent inside the answer: the answer is not finished."""
         self.finished = False
         if self.error is not None:
             return
         message = error.get("message") if isinstance(error, dict) else error
         self.error = message if isinstance(message, str) else str(error)
-
-
-def _count(value: Any) -> int | None:
-    """A token count as a backend sends it: a non-negative integer (Triton: in a list)."""
-    if type(value) is list and len(value) == 1:
-        value = value[0]
-    if type(value) is int and value >= 0:
-        return value
-    return None
 
 
 def _note_usage(reader: AnswerReader, event: dict[str, Any]) -> None:
@@ -397,4 +392,6 @@ _READERS: dict[Surface, Callable[[AnswerReader, dict[str, Any]], int]] = {
     Surface.OLLAMA_GENERATE: _read_ollama_generate,
     Surface.TGI: _read_tgi,
     Surface.TRITON: _read_triton,
+    Surface.ANTHROPIC: read_anthropic,
+    Surface.RESPONSES: read_responses,
 }

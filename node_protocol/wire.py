@@ -7,10 +7,15 @@ a decoded body and raises :class:`WireError` with a message naming the bad field
 
 from __future__ import annotations
 
+import base64
+import binascii
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-BACKEND_KINDS = ("ollama", "vllm", "tgi", "triton", "lmstudio", "openai")
+from .prompt_prefix import SCHEME, Fingerprint, cached_prefix_chars
+
+BACKEND_KINDS = ("ollama", "vllm", "tgi", "triton", "lmstudio", "llamacpp", "openai")
 HEALTH_VALUES = ("ok", "degraded", "unhealthy")
 # Behind several router replicas a router may believe a node has a free slot that another
 # replica took since the last report. It then sends ``SLOT_CHECK_HEADER: N`` (the model's
@@ -176,12 +181,92 @@ class ModelReport:
         )
 
 
+# A report's prompt-cache summaries are bounded: so many models, so many hashes each.
+MAX_PREFIX_MODELS = 64
+MAX_PREFIX_HASHES = 4096
+
+
+def pack_hashes(hashes: frozenset[int]) -> str:
+    """64-bit hashes as base64 of their big-endian bytes, in ascending order."""
+    ordered = sorted(hashes)
+    return base64.b64encode(struct.pack(f">{len(ordered)}Q", *ordered)).decode()
+
+
+def unpack_hashes(packed: str, where: str) -> frozenset[int]:
+    if len(packed) > (MAX_PREFIX_HASHES * 8 + 2) // 3 * 4:
+        raise WireError(f"{where}: more than {MAX_PREFIX_HASHES} hashes")
+    try:
+        raw = base64.b64decode(packed, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise WireError(f"{where}: 'hashes' is not base64") from exc
+    if len(raw) % 8:
+        raise WireError(f"{where}: 'hashes' must hold whole 8-byte hashes")
+    return frozenset(struct.unpack(f">{len(raw) // 8}Q", raw))
+
+
+@dataclass(frozen=True, slots=True)
+class PrefixSummary:
+    """What one model's prompt cache on the node likely holds, as the agent estimates it.
+
+    ``hashes`` are prompt-prefix block hashes (``node_protocol.prompt_prefix``, under
+    ``scheme``) of the prefixes most recently used there; ``capacity_chars`` and ``used_chars``
+    size the agent's estimate of the cache; ``engine_cached_ratio`` is the share of prompt
+    tokens the engine itself said it took from its cache, lately (None: it does not say).
+    """
+
+    model: str
+    scheme: str
+    hashes: frozenset[int]
+    capacity_chars: int
+    used_chars: int
+    engine_cached_ratio: float | None = None
+
+    def prefix_chars(self, fp: Fingerprint) -> int:
+        """How many leading characters of the prompt the node likely holds (0 when the summary
+        was made under another fingerprint scheme)."""
+        return cached_prefix_chars(self.hashes, fp) if self.scheme == SCHEME else 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "scheme": self.scheme,
+            "hashes": pack_hashes(self.hashes),
+            "capacityChars": self.capacity_chars,
+            "usedChars": self.used_chars,
+            "engineCachedRatio": self.engine_cached_ratio,
+        }
+
+    @classmethod
+    def from_json(cls, raw: Any) -> PrefixSummary:
+        where = "prefixCache"
+        obj = _obj(raw, where)
+        capacity = _field(obj, "capacityChars", int, where)
+        used = _field(obj, "usedChars", int, where)
+        if capacity < 0 or used < 0:
+            raise WireError(f"{where}: 'capacityChars' and 'usedChars' must not be negative")
+        ratio = _opt(obj, "engineCachedRatio", (int, float), where)
+        if ratio is not None and not 0 <= ratio <= 1:
+            raise WireError(f"{where}: 'engineCachedRatio' must be in [0, 1]")
+        return cls(
+            model=_field(obj, "model", str, where),
+            scheme=_field(obj, "scheme", str, where),
+            hashes=unpack_hashes(_field(obj, "hashes", str, where), where),
+            capacity_chars=capacity,
+            used_chars=used,
+            engine_cached_ratio=None if ratio is None else float(ratio),
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class LoadReport:
     """``PUT /api/server-groups/{group}/nodes/{nodeId}/report``: the agent's view of its node.
 
     ``queue_waiting`` / ``queue_running`` / ``kv_cache_usage`` are None when the backend does
-    not expose them (None means unknown, never zero).
+    not expose them (None means unknown, never zero). ``prefix_caches`` summarises each
+    model's prompt cache (optional: a report without it says nothing about the caches).
+    ``prompt_tokens`` and ``cached_prompt_tokens`` are the engine's running totals of prompt
+    tokens it computed and prompt tokens it took from its prompt cache (llama.cpp's counters),
+    for a reader that compares two reports.
     """
 
     seq: int
@@ -196,7 +281,20 @@ class LoadReport:
     queue_running: int | None = None
     kv_cache_usage: float | None = None
     output_tokens_per_s: float | None = None
+    prompt_tokens: int | None = None
+    cached_prompt_tokens: int | None = None
     draining: bool = False  # the node is being drained (told by any router replica)
+    prefix_caches: tuple[PrefixSummary, ...] = ()
+
+    def prefix_caches_by_name(self) -> dict[str, PrefixSummary]:
+        """Each summary under its model's id and every alias the report lists for it."""
+        found = {s.model: s for s in self.prefix_caches}
+        for model in self.models:
+            summary = found.get(model.id)
+            if summary is not None:
+                for alias in model.aliases:
+                    found.setdefault(alias, summary)
+        return found
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -210,9 +308,12 @@ class LoadReport:
             "queueRunning": self.queue_running,
             "kvCacheUsage": self.kv_cache_usage,
             "outputTokensPerS": self.output_tokens_per_s,
+            "promptTokens": self.prompt_tokens,
+            "cachedPromptTokens": self.cached_prompt_tokens,
             "draining": self.draining,
             "gpus": [g.to_json() for g in self.gpus],
             "models": [m.to_json() for m in self.models],
+            "prefixCaches": [p.to_json() for p in self.prefix_caches],
         }
 
     @classmethod
@@ -228,6 +329,9 @@ class LoadReport:
         models = obj.get("models") or []
         if not isinstance(gpus, list) or not isinstance(models, list):
             raise WireError("report: 'gpus' and 'models' must be lists")
+        prefix_caches = obj.get("prefixCaches") or []
+        if not isinstance(prefix_caches, list) or len(prefix_caches) > MAX_PREFIX_MODELS:
+            raise WireError(f"report: 'prefixCaches' must be a list of at most {MAX_PREFIX_MODELS}")
         in_flight = _field(obj, "inFlight", int, "report")
         if in_flight < 0:
             raise WireError("report: 'inFlight' must not be negative")
@@ -242,7 +346,10 @@ class LoadReport:
             queue_running=_opt(obj, "queueRunning", int, "report"),
             kv_cache_usage=_opt(obj, "kvCacheUsage", (int, float), "report"),
             output_tokens_per_s=_opt(obj, "outputTokensPerS", (int, float), "report"),
+            prompt_tokens=_opt(obj, "promptTokens", int, "report"),
+            cached_prompt_tokens=_opt(obj, "cachedPromptTokens", int, "report"),
             draining=bool(_opt(obj, "draining", bool, "report") or False),
             gpus=tuple(GpuReport.from_json(g) for g in gpus),
             models=tuple(ModelReport.from_json(m) for m in models),
+            prefix_caches=tuple(PrefixSummary.from_json(p) for p in prefix_caches),
         )

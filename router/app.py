@@ -26,6 +26,7 @@ from node_protocol.wire import Registration
 from router.access_log import ACCESS_LOG, AccessLog, close_access_log
 from router.admission import ADMISSION, Admission, AdmissionLimits
 from router.aliases import Aliases
+from router.anthropic_api import AnthropicApi
 from router.auth import AUTH, Authenticator, HostAllowlist, auth_middleware
 from router.dashboard import ACTIVITY, Activity, DashboardApi
 from router.dispatch import DISPATCHER, Dispatcher
@@ -40,6 +41,7 @@ from router.openai_api import OpenAIApi
 from router.openapi import OpenApiDoc
 from router.proxy import FORWARDER, Forwarder
 from router.registry import Node, Registry
+from router.responses_api import ResponsesApi
 from router.scheduling import Scheduler
 from router.server import RouterRunner
 from router.settings import RouterSettings
@@ -222,6 +224,8 @@ def make_app(settings: RouterSettings) -> web.Application:
     # the OpenAI ones carry nearly all the traffic (16 failed matches cost ~10 us a request).
     limits = BodyLimits(settings.max_messages, settings.max_n, settings.max_output_tokens)
     app.router.add_routes(OpenAIApi(app[REGISTRY], limits).routes())
+    app.router.add_routes(AnthropicApi(limits).routes())
+    app.router.add_routes(ResponsesApi(limits).routes())
     app.router.add_routes(OllamaApi(app[REGISTRY], SESSION).routes())
     app.router.add_routes(TritonApi(app[REGISTRY]).routes())
     app.cleanup_ctx.append(_client_session)

@@ -6,7 +6,8 @@ open; when no admin token is configured the operator endpoints are open. When no
 token is configured, agents may register, report and deregister only from this machine: the
 connection's own peer address must be loopback (127.0.0.0/8, ::1) or a Unix socket. Forwarded
 headers are never believed, so a reverse proxy on the same machine makes every agent local:
-set a token there. Each of these is reported at start (:meth:`Authenticator.describe`).
+set a token there. Each of these is reported at start (:meth:`Authenticator.describe`). A client
+key comes as ``Authorization: Bearer <key>`` or, as Anthropic's clients send it, ``x-api-key``.
 """
 
 from __future__ import annotations
@@ -53,6 +54,15 @@ def is_local_peer(peer: str | None) -> bool:
 
 def digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _client_key(request: web.Request) -> str | None:
+    """A client's API key: ``Authorization: Bearer``, else Anthropic's ``x-api-key``."""
+    bearer = _bearer(request)
+    if bearer is not None:
+        return bearer
+    value = request.headers.get("x-api-key", "").strip()
+    return value or None
 
 
 def _bearer(request: web.Request) -> str | None:
@@ -150,9 +160,12 @@ class Authenticator:
         if self.clients_open:
             return None  # the dispatcher reads (and checks) the tenant header itself
         claimed = request.headers.get("X-Octopus-Tenant-Id")
-        token = _bearer(request)
+        token = _client_key(request)
         if token is None:
-            raise Unauthorized("this router needs an API key: send 'Authorization: Bearer <key>'")
+            raise Unauthorized(
+                "this router needs an API key: send 'Authorization: Bearer <key>' "
+                "(or 'x-api-key: <key>')"
+            )
         stored = _matches(token, self._tenant_by_digest)
         if stored is None:
             raise Unauthorized("the API key is not valid", code="invalid_api_key")

@@ -1,8 +1,9 @@
 """From a parsed request to a node: the part every API surface shares.
 
-A surface (OpenAI, Ollama native, Triton) reads what it needs from the request and hands a
-:class:`Target` to :meth:`Dispatcher.dispatch`, which resolves the model (aliases included),
-keeps only the nodes that serve it and speak the surface, asks the scheduler for an order, and
+A surface (OpenAI, Anthropic Messages, Ollama native, Triton) reads what it needs from the
+request and hands a :class:`Target` to :meth:`Dispatcher.dispatch`, which resolves the model
+(aliases included), keeps only the nodes that serve it and speak the surface (an agent may
+translate it; a node without one must speak it itself), asks the scheduler for an order, and
 forwards. Every request, answered or refused, leaves one :class:`RequestRecord` in the metrics,
 the live page and the log.
 """
@@ -31,6 +32,7 @@ from router.errors import (
     RateLimited,
     RequestTimeout,
     RouterError,
+    UpstreamError,
 )
 from router.limits import TenantRateLimiter
 from router.metrics import METRICS
@@ -64,6 +66,9 @@ class Target:
     model: str
     body: bytes
     kinds: frozenset[str] | None = None  # backend kinds that speak this surface; None = all
+    # The kinds an agentless node must be to get it (no agent translates for such a node);
+    # None: the same as ``kinds``.
+    agentless_kinds: frozenset[str] | None = None
     model_in_body: bool = True
     stream: bool | None = None  # what kind of answer is due (None: do not check it)
     done_marker: bool = False  # an OpenAI stream, ending with data: [DONE]
@@ -166,10 +171,12 @@ class Dispatcher:
         names = self._aliases.names(model)
         serving = {n.node_id: n for name in names for n in group.nodes_serving(name)}
         if target.kinds is not None:
+            kinds, bare = target.kinds, target.agentless_kinds or target.kinds
             serving = {
                 k: n
                 for k, n in serving.items()
-                if n.report is not None and n.report.backend_kind in target.kinds
+                if n.report is not None
+                and n.report.backend_kind in (kinds if n.has_agent else bare)
             }
         if not serving:
             record.model = "other"
@@ -300,6 +307,13 @@ class Dispatcher:
                 )
             except NodeBusy:
                 busy += 1
+            except UpstreamError:
+                # Every node tried failed before answering (a dead engine behind its agent)
+                # while the others were full: wait for their slot rather than fail, within
+                # max_attempts. A timeout (UpstreamTimeout) is not retried here.
+                no_answer = record.t_upstream_headers is None
+                if not no_answer or record.attempts >= settings.max_attempts or not candidates():
+                    raise
             finally:
                 ticket.release()
 

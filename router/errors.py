@@ -15,10 +15,13 @@
     ├── NoCapacity                   503 service_unavailable (Retry-After)
     └── UpstreamTimeout              504 upstream_timeout
 
-Every error a client sees is the OpenAI envelope
-``{"error": {"message", "type", "param", "code"}}``. :func:`error_middleware` maps our errors,
-aiohttp's own ``HTTPException`` s (unknown path, wrong method, body too large) and anything
-unexpected (logged, answered 500) onto it.
+Every error a client sees is in its surface's envelope: OpenAI's
+``{"error": {"message", "type", "param", "code"}}``, or on the Anthropic Messages paths
+Anthropic's ``{"type": "error", "error": {"type", "message"}}`` with Anthropic's status (503 is
+its 529 ``overloaded_error``). :func:`error_middleware` maps our errors, aiohttp's own
+``HTTPException`` s (unknown path, wrong method, body too large) and anything unexpected (logged,
+answered 500) onto them; the path alone says which envelope, so an error raised before any
+handler ran (authentication, an unknown path) is in the right one too.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from typing import Any, ClassVar
 
 import orjson
 from aiohttp import web
+
+from node_protocol.surface_errors import anthropic_envelope, anthropic_status, anthropic_type
 
 log = logging.getLogger("router.errors")
 
@@ -120,15 +125,27 @@ def envelope(
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
-def error_response(err: RouterError) -> web.Response:
+def speaks_anthropic(path: str) -> bool:
+    """Whether ``path`` is on the Anthropic Messages surface (``/{group}/v1/messages...``)."""
+    return path.endswith("/v1/messages") or "/v1/messages/" in path
+
+
+def _body(message: str, status: int, openai: dict[str, Any], anthropic: bool) -> tuple[int, bytes]:
+    """(status, body) of an error in the surface's envelope."""
+    if not anthropic:
+        return status, orjson.dumps(openai)
+    status = anthropic_status(status)
+    return status, orjson.dumps(anthropic_envelope(message, anthropic_type(status)))
+
+
+def error_response(err: RouterError, *, anthropic: bool = False) -> web.Response:
+    """Our error as an answer: OpenAI's envelope, or Anthropic's (``anthropic``)."""
     headers = {}
     if err.retry_after_s is not None:
         headers["Retry-After"] = str(err.retry_after_s)
+    status, body = _body(err.message, err.status, err.envelope(), anthropic)
     response = web.Response(
-        status=err.status,
-        body=orjson.dumps(err.envelope()),
-        content_type="application/json",
-        headers=headers,
+        status=status, body=body, content_type="application/json", headers=headers
     )
     if err.status in (408, 413):
         response.force_close()  # the rest of the body will not be read: end the connection
@@ -146,21 +163,23 @@ _HTTP_TYPES = {
 }
 
 
-def _from_http_exception(exc: web.HTTPException) -> web.Response:
+def _from_http_exception(exc: web.HTTPException, anthropic: bool) -> web.Response:
     status = exc.status
     if status == 413:
         message = "request body is too large"
     elif status == 404:
-        message = "no such path: see /{group}/v1/chat/completions, /{group}/v1/models"
+        message = (
+            "no such path: see /{group}/v1/chat/completions, /{group}/v1/messages, "
+            "/{group}/v1/responses, /{group}/v1/models"
+        )
     elif status == 405:
         message = f"method not allowed here: {exc.reason}"
     else:
         message = exc.reason
-    body = envelope(message, _HTTP_TYPES.get(status, "internal_error"), None, None)
+    openai = envelope(message, _HTTP_TYPES.get(status, "internal_error"), None, None)
+    status, body = _body(message, status, openai, anthropic)
     headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
-    return web.Response(
-        status=status, body=orjson.dumps(body), content_type="application/json", headers=headers
-    )
+    return web.Response(status=status, body=body, content_type="application/json", headers=headers)
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -168,17 +187,18 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Answer every failure with the OpenAI envelope and the right status."""
+    """Answer every failure with its surface's envelope and the right status."""
     try:
         return await handler(request)
     except RouterError as err:
-        return error_response(err)
+        return error_response(err, anthropic=speaks_anthropic(request.path))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return _from_http_exception(exc)
+        return _from_http_exception(exc, speaks_anthropic(request.path))
     except (ConnectionResetError, web.HTTPClientError):
         raise
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(RouterError("internal router error"))
+        internal = RouterError("internal router error")
+        return error_response(internal, anthropic=speaks_anthropic(request.path))

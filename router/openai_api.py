@@ -22,8 +22,13 @@ from router.registry import ROUTABLE, Group, Registry
 MAX_MODEL_NAME = 256
 # Every kind speaks OpenAI chat and completions (for Triton the agent translates them to its
 # generate extension); embeddings are not offered by the agent on Triton nodes.
-OPENAI_KINDS = frozenset({"ollama", "vllm", "tgi", "lmstudio", "openai", "triton"})
+OPENAI_KINDS = frozenset({"ollama", "vllm", "tgi", "lmstudio", "llamacpp", "openai", "triton"})
 EMBEDDING_KINDS = OPENAI_KINDS - {"triton"}
+# Anthropic Messages and OpenAI Responses: an agent answers them on every kind it can chat with
+# (natively or translated; Triton's generate has no roles or tools to translate to); a node
+# without an agent gets them only when its kind is known to speak them itself.
+AGENT_SURFACE_KINDS = OPENAI_KINDS - {"triton"}
+NATIVE_SURFACE_KINDS = frozenset({"vllm", "llamacpp"})
 INFER_DEFAULT_MAX_TOKENS = 512
 
 

@@ -11,7 +11,10 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from node_protocol.wire import BACKEND_KINDS
+
 ERROR = {"$ref": "#/components/schemas/Error"}
+ANTHROPIC_ERROR = {"$ref": "#/components/schemas/AnthropicError"}
 JSON_OBJECT = {"type": "object"}
 
 SCHEMAS: dict[str, Any] = {
@@ -54,6 +57,45 @@ SCHEMAS: dict[str, Any] = {
             "max_tokens": {"type": "integer", "minimum": 1},
         },
     },
+    "AnthropicError": {
+        "type": "object",
+        "required": ["type", "error"],
+        "properties": {
+            "type": {"const": "error"},
+            "error": {
+                "type": "object",
+                "required": ["type", "message"],
+                "properties": {"type": {"type": "string"}, "message": {"type": "string"}},
+            },
+        },
+    },
+    "MessagesRequest": {
+        "type": "object",
+        "required": ["model", "max_tokens", "messages"],
+        "properties": {
+            "model": {"type": "string", "minLength": 1, "maxLength": 256},
+            "max_tokens": {"type": "integer", "minimum": 1},
+            "messages": {"type": "array", "minItems": 1, "items": {"type": "object"}},
+            "system": {},
+            "stream": {"type": "boolean"},
+            "tools": {"type": "array", "items": {"type": "object"}},
+            "tool_choice": {"type": "object"},
+            "stop_sequences": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+    "ResponsesRequest": {
+        "type": "object",
+        "required": ["model", "input"],
+        "properties": {
+            "model": {"type": "string", "minLength": 1, "maxLength": 256},
+            "input": {"oneOf": [{"type": "string", "minLength": 1}, {"type": "array"}]},
+            "instructions": {"type": "string"},
+            "stream": {"type": "boolean"},
+            "max_output_tokens": {"type": "integer", "minimum": 1},
+            "tools": {"type": "array", "items": {"type": "object"}},
+            "previous_response_id": {"type": "null"},
+        },
+    },
     "InferRequest": {
         "oneOf": [
             {"$ref": "#/components/schemas/ChatCompletionRequest"},
@@ -87,7 +129,7 @@ SCHEMAS: dict[str, Any] = {
             "seq": {"type": "integer"},
             "sentAt": {"type": "number"},
             "backendKind": {
-                "enum": ["ollama", "vllm", "tgi", "triton", "lmstudio", "openai"],
+                "enum": list(BACKEND_KINDS),
             },
             "backendHealth": {"enum": ["ok", "degraded", "unhealthy"]},
             "inFlight": {"type": "integer", "minimum": 0},
@@ -131,6 +173,15 @@ for _prefix in ("/v1", "/{group}/v1", "/{group}"):
         ("GET", f"{_prefix}/models", "openai", "Models served by the group", None, "200"),
         ("GET", f"{_prefix}/models/{{model}}", "openai", "One model", None, "200"),
     ]  # fmt: skip
+for _prefix in ("/v1", "/{group}/v1"):
+    ROUTES.append(
+        ("POST", f"{_prefix}/messages", "anthropic", "Anthropic Messages", "MessagesRequest", "200")
+    )
+for _prefix in ("/v1", "/{group}/v1", "/{group}"):
+    ROUTES.append(
+        ("POST", f"{_prefix}/responses", "openai", "Responses (stateless)", "ResponsesRequest",
+         "200")
+    )  # fmt: skip
 for _prefix in ("/{group}", ""):
     ROUTES += [
         ("POST", f"{_prefix}/api/{op}", "ollama", f"Ollama {op}", None, "200")
@@ -159,7 +210,8 @@ def _operation(tag: str, summary: str, schema: str | None, ok: str, path: str) -
         for name in ("group", "node_id", "model", "v")
         if f"{{{name}}}" in path
     ]
-    error = {"description": "Error", "content": {"application/json": {"schema": ERROR}}}
+    schema_ref = ANTHROPIC_ERROR if tag == "anthropic" else ERROR
+    error = {"description": "Error", "content": {"application/json": {"schema": schema_ref}}}
     op: dict[str, Any] = {
         "tags": [tag],
         "summary": summary,

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, TypeVar
 
-from node_protocol.wire import LoadReport, ModelReport, Registration
+from node_protocol.wire import LoadReport, ModelReport, PrefixSummary, Registration
 from router.aliases import Aliases
 
 if TYPE_CHECKING:
@@ -97,6 +97,8 @@ class Node:
     failures: int = 0
     breaker_trips: int = 0
     breaker_until: float = 0.0
+    # model id or alias -> what its prompt cache likely holds, from the last report
+    prefix_caches: dict[str, PrefixSummary] = field(default_factory=dict)
 
     def breaker_allows(self, now: float) -> bool:
         """Closed: yes. Open (cooling down after a failed connection): no. Half-open (cooled
@@ -321,6 +323,7 @@ class Registry:
         else:
             node.others_in_flight = smooth_others(node.others_in_flight, float(others))
         node.report = report
+        node.prefix_caches = report.prefix_caches_by_name()
         node.report_received_at = node.load_read_at = now
         node.busy_others = None
         node.has_agent = node.has_agent or from_agent
@@ -331,6 +334,10 @@ class Registry:
             node.drain_intent = None
         if report.backend_health == "ok":
             node.check_passed()
+            if from_agent and node.breaker_until > now:
+                # The agent vouches for its backend again (an engine restarted behind it): end
+                # the cooldown. The breaker stays half-open: one request proves the node.
+                node.breaker_until = now
         else:
             node.check_failed(self.threshold, definitive=report.backend_health == "unhealthy")
         if report.models != old_models:

@@ -31,6 +31,7 @@ import orjson
 from aiohttp import web
 
 from node_protocol.events import AnswerReader, Surface
+from node_protocol.surface_errors import anthropic_error_event, responses_error_event
 from node_protocol.upstream import UpstreamResponse
 from node_protocol.wire import STREAM_CUT_CODE
 from router.aliases import apply_renaming
@@ -54,7 +55,14 @@ def stream_error_event(message: str) -> bytes:
     return b"data: " + orjson.dumps(event) + b"\n\ndata: [DONE]\n\n"
 
 
-def _cut_notice(content_type: str, message: str) -> bytes:
+def _cut_notice(surface: Surface, content_type: str, message: str) -> bytes:
+    """The end of a cut stream in its surface's own shape: Messages and Responses end with their
+    ``error`` event (their SDKs raise on it; neither has ``[DONE]``), the other SSE surfaces
+    with an OpenAI error event and ``[DONE]``, NDJSON with an error line."""
+    if surface is Surface.ANTHROPIC:
+        return anthropic_error_event(message, "api_error")
+    if surface is Surface.RESPONSES:
+        return responses_error_event(message, "stream_interrupted")
     if content_type.startswith("text/event-stream"):
         return stream_error_event(message)
     return orjson.dumps({"error": message}) + b"\n"
@@ -317,7 +325,8 @@ class StreamRelay:
         if cut.fault.startswith("was ended"):
             message = f"the stream {cut.fault}"
         start = b"" if cut.whole else b"\n\n"
-        await response.write_eof(cut.pending + start + _cut_notice(ctype, message))
+        notice = _cut_notice(record.answer.surface, ctype, message)
+        await response.write_eof(cut.pending + start + notice)
 
     async def _pump(
         self,

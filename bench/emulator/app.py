@@ -26,6 +26,7 @@ from . import (
     triton_metrics,
     triton_repository,
     vllm_face,
+    vllm_surfaces,
 )
 from .appkeys import CONFIG, ENDPOINTS, ENGINE, JOURNAL, Endpoints
 from .config import EmulatorConfig
@@ -52,7 +53,12 @@ class Face:
 
 
 FACES: dict[str, Face] = {
-    "vllm": Face(vllm_face.middleware, (vllm_face.add_routes,), vllm_face.attach, "/metrics"),
+    "vllm": Face(
+        vllm_face.middleware,
+        (vllm_face.add_routes, vllm_surfaces.add_routes),
+        vllm_face.attach,
+        "/metrics",
+    ),
     "ollama": Face(ollama_errors.middleware, (ollama_face.add_routes, ollama_openai.add_routes)),
     "tgi": Face(
         tgi_face.middleware,

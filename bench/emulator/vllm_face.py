@@ -1,4 +1,5 @@
-"""vLLM's OpenAI-compatible server, as the emulator speaks it (backends.md §3).
+"""vLLM's OpenAI-compatible server, as the emulator speaks it (backends.md §3); its Anthropic
+Messages and Responses routes are :mod:`bench.emulator.vllm_surfaces`.
 
 Errors use vLLM's envelope with an integer ``code``; a streamed answer sends its headers at once,
 its role chunk with the first token, ``finish_reason`` on the last token and, when asked, a
@@ -30,6 +31,7 @@ from .openai_fields import (
 )
 from .request_body import json_object
 from .streaming import SSE_DONE, StreamFormat, injected_fault, json_response, respond, sse
+from .surface_replies import anthropic_error
 from .vllm_metrics import vllm_registry
 
 SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"
@@ -48,7 +50,11 @@ def _envelope(exc: FaceError) -> dict[str, Any]:
     return {"error": {"message": exc.message, "type": kind, "param": exc.param, "code": exc.status}}
 
 
-def _render(_request: web.Request, exc: FaceError) -> web.Response:
+def _render(request: web.Request, exc: FaceError) -> web.Response:
+    """vLLM's envelope; on its Messages route, Anthropic's (vLLM translates its errors there)."""
+    if request.path == "/v1/messages":
+        kind = exc.kind or ("InternalServerError" if exc.status >= 500 else "BadRequestError")
+        return json_response(anthropic_error(exc.status, exc.message, kind), exc.status)
     return json_response(_envelope(exc), exc.status)
 
 

@@ -1,1 +1,1 @@
-"""llama.cpp helpers for the benchmarks and tests: the real llama-server, a model for it."""
+"""llama.cpp's real servers for tests and benchmarks: the build, a tiny model, launchers."""

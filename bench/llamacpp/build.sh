@@ -2,13 +2,26 @@
 # Builds llama.cpp's own HTTP server (llama-server, CPU only, no curl) and its shared libraries
 # from the source vendored in the llama-cpp-python source distribution, once per version, into a
 # cache outside the repo. The same libraries serve llama-cpp-python's own server (its pure-Python
-# package is copied beside them), so one compile gives both engines. Prints the cache folder.
+# package is copied beside them and finds them through links in its lib/ folder), so one compile
+# gives both engines. Prints the cache folder. bench/llamacpp/paths.py follows the same layout.
 # Needs cmake and g++ (Debian packages) and the package index.
 set -euo pipefail
-VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
+VERSION="${LLAMA_CPP_PYTHON_VERSION:-$(cat "$(dirname "$0")/VERSION")}"
 CACHE="${LLAMA_SERVER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/inference-router/llama-cpp}"
 DEST="$CACHE/$VERSION"
+
+# llama-cpp-python loads libllama, libggml (and libmtmd for images) from llama_cpp/lib/ only.
+# Relative links keep the folder movable; re-run on a cached build, so no recompile is needed.
+link_python_libs() {
+    local lib="$1/python/llama_cpp/lib"
+    mkdir -p "$lib"
+    for so in "$1"/bin/*.so*; do
+        ln -sfn "../../../bin/$(basename "$so")" "$lib/"
+    done
+}
+
 if [ -x "$DEST/bin/llama-server" ] && [ -d "$DEST/python/llama_cpp" ]; then
+    link_python_libs "$DEST"
     echo "$DEST"
     exit 0
 fi
@@ -28,6 +41,7 @@ rm -rf "$DEST.tmp"
 mkdir -p "$DEST.tmp/bin" "$DEST.tmp/python"
 cp -a "$WORK"/build/bin/llama-server "$WORK"/build/bin/*.so* "$DEST.tmp/bin/"
 cp -a "$PKG/llama_cpp" "$DEST.tmp/python/"
+link_python_libs "$DEST.tmp"
 rm -rf "$DEST"
 mv "$DEST.tmp" "$DEST"
 echo "$DEST"

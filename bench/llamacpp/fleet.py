@@ -144,7 +144,7 @@ async def _agent(fleet: Fleet, name: str, backend: RunningServer, parallel: int)
         f"agent {name}",
         "node_agent",
         [
-            "--backend-url", backend.url, "--backend-kind", "openai",
+            "--backend-url", backend.url, "--backend-kind", "llamacpp",
             "--max-parallel", str(parallel), "--router-url", fleet.router.url,
             "--group", fleet.group, "--name", name, "--host", "127.0.0.1", "--port", "0",
             "--gpu-source", "none", "--report-interval", "0.5",

@@ -5,5 +5,5 @@ Paths to one fast emulated node: ``direct``, ``router`` (a static node, no agent
 ``loadgen`` (an aiohttp client in its own process) measures latency at concurrency 1, one
 request per path per round in shuffled order; ``wrk`` (or ``loadgen`` without it) measures
 throughput in short slices, paths interleaved round by round. ``suite`` runs it all and
-``analysis`` turns it into added latency, throughput ratios and the issue's targets.
+``analysis`` turns it into added latency, throughput ratios and the targets.
 """

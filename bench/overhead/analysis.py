@@ -28,7 +28,7 @@ RATIO_PAIRS = (
 
 @dataclass(frozen=True, slots=True)
 class TargetCheck:
-    """One of the issue's targets: what was measured against what was asked."""
+    """One overhead target: what was measured against what is asked."""
 
     name: str
     measured: float | None
@@ -114,7 +114,7 @@ def throughput_ratios(rounds: dict[str, dict[str, list[float]]]) -> dict[str, fl
     return out
 
 
-def issue_targets(result: OverheadResult) -> list[TargetCheck]:
+def overhead_targets(result: OverheadResult) -> list[TargetCheck]:
     """The overhead targets (ratios from one run, fast emulated node), with one node and with
     the same node behind a 16-node group."""
     ttfb = result.added_ms.get("router", {}).get("ttfb", {}).get("p50")

@@ -18,14 +18,14 @@ import aiohttp
 import orjson
 import uvloop
 
-from bench.records import RequestRecord
+from bench.records import ClientRecord
 from bench.sse import SseDecoder, StreamTally
 
 HEADERS = {"Content-Type": "application/json"}
 
 
 async def _one_stream(session: aiohttp.ClientSession, url: str, body: bytes) -> dict[str, Any]:
-    record = RequestRecord(
+    record = ClientRecord(
         model="", entry="", max_tokens=0, wall_send=time.time(), t_send=time.perf_counter()
     )
     tally = StreamTally(record)

@@ -10,9 +10,9 @@ from typing import Any
 
 from bench.overhead.analysis import (
     OverheadResult,
-    issue_targets,
     latency_figures,
     latency_ratios,
+    overhead_targets,
     throughput_ratios,
 )
 from bench.overhead.wrk import generator_name, latency_rounds, measure
@@ -107,5 +107,5 @@ async def run_overhead(
             generator_cpu_percent=cpu,
             notes=list(topo.notes),
         )
-    result.targets.extend(issue_targets(result))
+    result.targets.extend(overhead_targets(result))
     return result

@@ -1,6 +1,6 @@
 """The open-loop client: each request leaves at its drawn arrival time (one pacer, no pool of
 users), streamed, its TTFT read from the SSE events (:mod:`bench.sse`) into a
-:class:`~bench.records.RequestRecord` with the node that served it and the dispatch lag."""
+:class:`~bench.records.ClientRecord` with the node that served it and the dispatch lag."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ import time
 import aiohttp
 
 from bench.policy_check.fleet import MODEL, PROMPT_TOKENS
-from bench.records import CONNECTION, TIMEOUT, RequestRecord, status_error
+from bench.records import CONNECTION, TIMEOUT, ClientRecord, status_error
 from bench.sim.workload import Requests
 from bench.sse import SseDecoder, StreamTally
 
 REQUEST_TIMEOUT_S = 300.0
 
 
-async def _one(session: aiohttp.ClientSession, url: str, tokens: int, lag: float) -> RequestRecord:
+async def _one(session: aiohttp.ClientSession, url: str, tokens: int, lag: float) -> ClientRecord:
     body = {
         "model": MODEL,
         "messages": [{"role": "user", "content": "x" * (4 * PROMPT_TOKENS)}],
@@ -25,7 +25,7 @@ async def _one(session: aiohttp.ClientSession, url: str, tokens: int, lag: float
         "stream": True,
         "stream_options": {"include_usage": True},
     }
-    rec = RequestRecord(MODEL, url, tokens, time.time(), time.perf_counter())
+    rec = ClientRecord(MODEL, url, tokens, time.time(), time.perf_counter())
     rec.dispatch_lag_s = lag
     tally, decoder = StreamTally(rec), SseDecoder()
     try:
@@ -44,13 +44,13 @@ async def _one(session: aiohttp.ClientSession, url: str, tokens: int, lag: float
     return rec
 
 
-async def drive(base_url: str, reqs: Requests) -> list[RequestRecord]:
+async def drive(base_url: str, reqs: Requests) -> list[ClientRecord]:
     """Send each request at its arrival time (one pacer, no user pool: an open loop)."""
     url = f"{base_url}/chat/completions"
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
-        tasks: list[asyncio.Task[RequestRecord]] = []
+        tasks: list[asyncio.Task[ClientRecord]] = []
         start = time.perf_counter()
         for due, tokens in zip(reqs.arrival.tolist(), reqs.output.tolist(), strict=True):
             await asyncio.sleep(max(0.0, start + due - time.perf_counter()))

@@ -9,7 +9,7 @@ from html import escape
 from typing import Any
 
 from bench.metrics import RunStats
-from bench.records import RequestRecord
+from bench.records import ClientRecord
 from bench.report.svg import bar_chart, cdf_chart, line_chart
 from bench.report.tables import Table
 
@@ -42,7 +42,7 @@ def render_table(table: Table) -> str:
     )
 
 
-def plots(records: Iterable[RequestRecord], stats: RunStats) -> list[str]:
+def plots(records: Iterable[ClientRecord], stats: RunStats) -> list[str]:
     """TTFT and TPOT distributions per model, tokens/s over time, share of requests per node."""
     window = stats.window
     inside = [r for r in records if window.start <= r.wall_send <= window.end and not r.error]

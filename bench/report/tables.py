@@ -180,7 +180,7 @@ def _pct(value: float | None) -> str:
 
 
 def overhead_tables(paired: Mapping[str, Any]) -> list[Table]:
-    """Added latency, throughput and ratios, and the issue's targets, from an overhead result."""
+    """Added latency, throughput and ratios, and the targets, from an overhead result."""
     lat_rows = []
     for path, keys in paired["latency_ms"].items():
         added = paired["added_ms"].get(path, {})

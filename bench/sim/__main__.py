@@ -21,7 +21,7 @@ from bench.sim.scenarios import SCENARIOS, load_sweep, run
 from bench.sim.svg import line_chart
 
 SWEEP_LOADS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
-SWEEP_POLICIES = ("oracle", "least_loaded", "power_of_two", "least_connections", "round_robin",
+SWEEP_POLICIES = ("clairvoyant", "least_loaded", "power_of_two", "least_connections", "round_robin",
                   "random")  # fmt: skip
 
 

@@ -4,6 +4,17 @@ A *node* is a box with GPUs (a VRAM total); an *engine* is one model on one node
 backend's runner for it): ``slots`` parallel streams, a per-stream decode speed that falls as
 the batch grows, ``rate(b) = tok_s / (1 + batch_decay * (b - 1))``, a load time and a VRAM
 need, all from ``bench/capacity.toml``. A GPU's ``speed`` scales the class's decode speed.
+
+Prefill: a stream reads ``PREFILL_RATIO`` prompt tokens in the time it decodes one token, so a
+node's prefill rate follows its GPU class and model like its decode speed does (a 7B model at
+batch 1: about 2,600 tokens/s on an L4, 4,800 on an RTX 3090, 9,600 on an H100).
+
+Prompt cache (KV memory): what the GPUs hold beyond the model's weights, ``KV_SHARE`` of it
+for the cache (the engine keeps the rest for activations), at ``KV_BYTES_PER_TOKEN``: fp16 keys
+and values of an 8B model with grouped-query attention (32 layers, 8 KV heads of 128). So a
+24 GB GPU with a 7B model (8 GB) caches about 110k tokens, an 80 GB one about 490k. One figure
+for every model (only the prefix-aware scenarios use it, with 7B models), and every model on a
+node counted as if alone there.
 """
 
 from __future__ import annotations
@@ -16,6 +27,8 @@ from typing import Any
 
 CAPACITY_FILE = Path(__file__).parent.parent / "capacity.toml"
 PREFILL_RATIO = 80.0  # prompt tokens processed in the time of one decoded token
+KV_BYTES_PER_TOKEN = 2 * 32 * 8 * 128 * 2  # keys and values, layers, KV heads, head size, fp16
+KV_SHARE = 0.9
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +117,7 @@ class EngineSpec:
     batch_decay: float
     load_s: float
     vram_gb: float
+    cache_tokens: int = 0  # prompt tokens its prefix cache holds
 
     def rate(self, batch: int) -> float:
         return self.tok_s / (1.0 + self.batch_decay * (batch - 1))
@@ -134,6 +148,9 @@ def engines_for(
                     batch_decay=cls.batch_decay,
                     load_s=cls.load_s,
                     vram_gb=cls.vram_gb,
+                    cache_tokens=int(
+                        (node.vram_gb - cls.vram_gb) * 1e9 * KV_SHARE / KV_BYTES_PER_TOKEN
+                    ),
                 )
             )
     return out

@@ -1,10 +1,11 @@
-"""Summaries of a run, with the names of ``shared/reference/benchmarking.md``.
+"""Summaries of a run, with the names of ``bench/metrics.py``.
 
 Latencies are over the steady window (requests after the first ``WARMUP`` share, by arrival);
 TTFT includes the wait in the router's queue. Throughput is the output tokens emitted inside
 the window (first to last arrival; a stream's tokens flow evenly from its first token to its
 end) over its length; goodput counts the requests that met every SLO (TTFT, TPOT) per second
-of the same window (a rejected request meets none).
+of the same window (a rejected request meets none). The cache hit share is the prompt tokens
+found in the engines' prompt caches over all prompt tokens of the window's served requests.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ COLUMNS = (
     "cold_loads",
     "avoidable_cold_loads",
     "rejected",
+    "cache_hit_share",
 )
 
 
@@ -40,7 +42,7 @@ def summarize(o: Outcome, tenant: int | None = None) -> dict[str, float]:
     reqs = o.requests
     n = len(reqs)
     mine = np.full(n, True) if tenant is None else reqs.tenant == tenant
-    window = (np.arange(n) >= int(n * WARMUP)) & mine
+    window = (_arrival_rank(reqs.arrival) >= int(n * WARMUP)) & mine
     done = window & (o.status == 0)
     ttft, e2e, out = o.ttft[done], o.e2e[done], reqs.output[done]
     arrival = reqs.arrival[done]
@@ -59,10 +61,21 @@ def summarize(o: Outcome, tenant: int | None = None) -> dict[str, float]:
         "cold_loads": o.cold_loads,
         "avoidable_cold_loads": o.avoidable_cold_loads,
         "rejected": int(((o.status != 0) & mine).sum()),
+        "cache_hit_share": round(float(o.cached[done].sum() / max(reqs.prompt[done].sum(), 1)), 4),
         "requests": int(window.sum()),
         "busy_answers": o.busy_answers,
         "wall_s": round(o.wall_s, 2),
     }
+
+
+def _arrival_rank(arrival: npt.NDArray[np.float64]) -> npt.NDArray[np.intp]:
+    """Each request's place in arrival order (requests are drawn in that order, except the
+    conversations' later turns, whose arrivals the run decides)."""
+    if arrival.size < 2 or bool((arrival[1:] >= arrival[:-1]).all()):
+        return np.arange(arrival.size)
+    rank = np.empty(arrival.size, dtype=np.intp)
+    rank[np.argsort(arrival, kind="stable")] = np.arange(arrival.size)
+    return rank
 
 
 def table(policies: Mapping[str, Mapping[str, float]], columns: Sequence[str] = COLUMNS) -> str:

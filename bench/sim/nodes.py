@@ -7,6 +7,15 @@ stream), so a stream finishes when ``v`` reaches its start value plus its work. 
 (Ollama-style): idle models are evicted least recently used first until the new one fits; if
 busy models are in the way, the load waits until they go idle. TTFT is the time to start plus
 the prompt's prefill (and the first token) at the rate of the batch the stream joins.
+
+Prompt caches: requests that are turns of conversations (:class:`~bench.sim.workload.Turns`)
+find the longest leading run of their prompt's blocks in the engine's prefix cache
+(:class:`~bench.sim.prefix.PrefixCache`, sized from the node's KV memory) and prefill only the
+rest; the engine holds the prompt's blocks from the start and the answer's once it ends. Each
+node's agent keeps its map of those caches from the prompts it passed (for the routers'
+reports). Other requests keep the older, coarser model: a session found among the engine's
+last ``SESSION_CACHE`` sessions prefills ``1 - CACHED_PREFIX`` of its prompt, and their work
+counts the prompt twice (once in ``work``, once as ``prefill``), as it always has.
 """
 
 from __future__ import annotations
@@ -18,8 +27,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from bench.sim.cluster import EngineSpec, NodeSpec
-from bench.sim.workload import Floats
+from bench.sim.cluster import PREFILL_RATIO, EngineSpec, NodeSpec
+from bench.sim.prefix import BLOCK_TOKENS, PrefixCache
+from bench.sim.workload import Floats, Turns
 from router.scheduling import EVICT_FACTOR
 
 UNLOADED, LOADING, LOADED = 0.0, 1.0, 2.0
@@ -33,8 +43,8 @@ class Engine:
     """One model on one node: its streams, its queue and its virtual clock."""
 
     __slots__ = (
-        "eid", "jobs", "last_used", "local", "mi", "queue", "ready", "sessions", "spec",
-        "state", "t", "v", "version",
+        "cache", "eid", "jobs", "last_used", "local", "mi", "queue", "ready", "sessions",
+        "spec", "state", "t", "v", "version",
     )  # fmt: skip
 
     def __init__(self, eid: int, spec: EngineSpec, mi: int, local: int) -> None:
@@ -46,12 +56,13 @@ class Engine:
         self.v = self.t = self.last_used = 0.0
         self.version = 0
         self.sessions: OrderedDict[int, None] = OrderedDict()
+        self.cache = PrefixCache(spec.cache_tokens)
 
 
 class Fleet:
     """Every node and engine, with per-model numpy columns of the truth (for reports and the
-    oracle). ``schedule(time, kind, a, b)`` is the event queue; ``done(rid, eid, now)`` is
-    called as a request finishes."""
+    clairvoyant router). ``schedule(time, kind, a, b)`` is the event queue; ``done(rid, eid,
+    now)`` is called as a request finishes. ``turns``: the requests' conversations, if any."""
 
     COMPLETE, LOADED = 0, 1
 
@@ -61,18 +72,25 @@ class Fleet:
         specs: Sequence[EngineSpec],
         models: Sequence[str],
         work: Floats,
-        prefill: Floats,
+        prompt: Floats,
         session: Sequence[int],
         schedule: Schedule,
         done: Callable[[int, int, float], None],
+        turns: Turns | None = None,
     ) -> None:
         self.nodes = nodes
         self.models = list(models)
         self._schedule, self._done = schedule, done
-        self._work, self._prefill, self._session = work.tolist(), prefill.tolist(), session
+        self._work, self._session = work.tolist(), session
+        self._prompt, self._prefill = prompt.tolist(), (prompt / PREFILL_RATIO).tolist()
+        self.turns = turns
+        if turns is not None:
+            self._conv, self._blocks = turns.conv.tolist(), turns.blocks.tolist()
+            self._kept = turns.kept.tolist()
         self.arrival: list[float] = []
         self.ttft: list[float] = []
         self.finish: list[float] = []
+        self.cached = [0.0] * len(session)  # prompt tokens found in the engine's cache
         self.cold_loads = self.avoidable = 0
         self.engines: list[Engine] = []
         self.by_model: list[list[int]] = [[] for _ in self.models]
@@ -88,11 +106,15 @@ class Fleet:
         self.state = [np.zeros(len(c)) for c in cols]
         self.ready = [np.zeros(len(c)) for c in cols]
         self.base = [np.zeros(len(c)) for c in cols]
+        self.next_done = [np.full(len(c), math.inf) for c in cols]  # next stream to end
         self.slots = [np.array([s.slots for s in c], dtype=np.float64) for c in cols]
         self.tok1 = [np.array([s.tok_s for s in c]) for c in cols]
         self.decay = [np.array([s.batch_decay for s in c]) for c in cols]
         self.load_s = [np.array([s.load_s for s in c]) for c in cols]
         self._pending: list[list[int]] = [[] for _ in nodes]
+        self.maps = (
+            [PrefixCache(s.cache_tokens, logged=True) for s in specs] if turns is not None else []
+        )
         for n, node in enumerate(nodes):
             for eid in self.on_node[n]:
                 if self.engines[eid].spec.model in node.loaded:
@@ -102,7 +124,7 @@ class Fleet:
     # -- what the routers see ---------------------------------------------------------------
 
     def cold_true(self, mi: int, now: float) -> Floats:
-        """Seconds before each engine of model ``mi`` could serve: the oracle's view."""
+        """Seconds before each engine of model ``mi`` could serve, truly."""
         state = self.state[mi]
         wait = np.maximum(self.ready[mi] - now, 0.0)
         return np.where(state == LOADED, 0.0, np.where(state == LOADING, wait, self.base[mi]))
@@ -119,11 +141,42 @@ class Fleet:
         eng = self.engines[eid]
         return float(self.load[eng.mi][eng.local])
 
+    def chain(self, rid: int) -> tuple[list[int], int]:
+        """A conversation turn's chain and its prompt's whole blocks (requires ``turns``)."""
+        assert self.turns is not None
+        return self.turns.chains[self._conv[rid]], self._blocks[rid]
+
+    def prefill_for(self, rid: int, eng: Engine) -> tuple[float, float]:
+        """The prefill work (decoded-token equivalents) ``rid`` would have at ``eng`` if it
+        started now, and the prompt tokens it would find cached there."""
+        if self.turns is not None:
+            chain, blocks = self.chain(rid)
+            hit = float(eng.cache.match(chain, blocks) * BLOCK_TOKENS)
+            return (self._prompt[rid] - hit) / PREFILL_RATIO, hit
+        prefill = self._prefill[rid]
+        if self._session[rid] >= 0 and self._session[rid] in eng.sessions:
+            return prefill * (1.0 - CACHED_PREFIX), prefill * CACHED_PREFIX * PREFILL_RATIO
+        return prefill, 0.0
+
+    def prefills(self, rid: int, mi: int) -> Floats:
+        """:meth:`prefill_for` at each engine of model ``mi`` (the work only)."""
+        eids = self.by_model[mi]
+        if self.turns is None and self._session[rid] < 0:  # the same everywhere
+            return np.full(len(eids), self._prefill[rid])
+        return np.array([self.prefill_for(rid, self.engines[e])[0] for e in eids])
+
+    def work(self, rid: int) -> float:
+        """Work units of ``rid`` besides its prefill."""
+        work: float = self._work[rid]
+        return work
+
     # -- requests ---------------------------------------------------------------------------
 
     def arrive(self, rid: int, eid: int, now: float) -> None:
         eng = self.engines[eid]
         self.load[eng.mi][eng.local] += 1
+        if self.maps:  # the agent sees the prompt pass
+            self.maps[eid].touch(*self.chain(rid))
         if eng.state == LOADED and len(eng.jobs) < eng.spec.slots and not eng.queue:
             self._advance(eng, now)
             self._start(eng, rid, now)
@@ -150,6 +203,8 @@ class Fleet:
             self.finish[rid] = now
             self.load[mi][local] -= 1
             finished.append(rid)
+            if self.turns is not None:  # the answer's blocks are cached too
+                eng.cache.touch(self.turns.chains[self._conv[rid]], self._kept[rid])
         eng.last_used = now
         while eng.queue and len(jobs) < eng.spec.slots:
             self._start(eng, eng.queue.popleft(), now)
@@ -173,11 +228,12 @@ class Fleet:
         eng.t = now
 
     def _start(self, eng: Engine, rid: int, now: float) -> None:
-        prefill = self._prefill[rid]
+        prefill, self.cached[rid] = self.prefill_for(rid, eng)
         sid = self._session[rid]
-        if sid >= 0:
+        if self.turns is not None:
+            eng.cache.touch(*self.chain(rid))
+        elif sid >= 0:
             if sid in eng.sessions:
-                prefill *= 1.0 - CACHED_PREFIX
                 eng.sessions.move_to_end(sid)
             else:
                 eng.sessions[sid] = None
@@ -192,8 +248,11 @@ class Fleet:
         self.running[eng.mi][eng.local] = len(eng.jobs)
         if eng.jobs:
             left = max(eng.jobs[0][0] - eng.v, 0.0)
-            self._schedule(now + left / eng.spec.rate(len(eng.jobs)), self.COMPLETE, eng.eid,
-                           eng.version)  # fmt: skip
+            when = now + left / eng.spec.rate(len(eng.jobs))
+            self.next_done[eng.mi][eng.local] = when
+            self._schedule(when, self.COMPLETE, eng.eid, eng.version)
+        else:
+            self.next_done[eng.mi][eng.local] = math.inf
 
     # -- residency --------------------------------------------------------------------------
 

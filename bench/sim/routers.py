@@ -4,8 +4,15 @@ A replica keeps, per model, a :class:`router.scheduling.CandidateTable` built th
 builds its candidates: its own exact in-flight counts, the agents' last reports (load, measured
 speed, residency) with their age, and the concurrency cap. It orders with the real
 :class:`router.scheduling.Scheduler` and queues with the real
-:class:`router.admission.FairQueue`. The oracle is the same decision rule fed the truth:
-every request in flight at every node, true speeds and residency, instantly.
+:class:`router.admission.FairQueue`. The clairvoyant reference is in
+:mod:`bench.sim.clairvoyant`.
+
+Where requests are conversation turns, a replica also keeps a map of the nodes' prompt caches
+(:class:`bench.sim.prefix.PrefixView`: the agents' reports plus what it routed since), for a
+prefix-aware scheduler to consume. The router's scheduler does not score prefixes yet; the
+simulator's own ``prefix_affinity`` policy (a comparison baseline, not a router policy) takes,
+among the nodes ``least_loaded`` would accept, the one that holds the longest leading part of
+the prompt, ties in ``least_loaded``'s order.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from bench.sim.nodes import Fleet
+from bench.sim.prefix import Change, PrefixView
 from bench.sim.workload import Floats, Requests
 from router.admission import AdmissionLimits, FairQueue
 from router.registry import smooth_others
@@ -32,6 +40,7 @@ from router.scheduling import (
 
 STALE_AFTER_FACTOR = 3.0  # a report older than this many intervals is stale (as the router)
 PICK_TRIES = 3  # the router's max_attempts: busy answers to slot checks before it waits
+PREFIX_AFFINITY = "prefix_affinity"  # the simulator's prefix-aware baseline (not in the router)
 
 Snapshot = tuple[int, np.ndarray, Floats, Floats, Floats]  # model, rows, load, speed, cold
 
@@ -100,19 +109,6 @@ class View:
         self.cold[rows] = cold
 
 
-class OracleView(View):
-    """Perfect, instant knowledge."""
-
-    def refresh(self, now: float, stale_after: float) -> CandidateTable:
-        t, fleet = self.table, self.fleet
-        t.load, t.tok_s, t.cold_s = (
-            fleet.load[self.mi],
-            fleet.tok1[self.mi],
-            fleet.cold_true(self.mi, now),
-        )
-        return t
-
-
 def snapshot(fleet: Fleet, mi: int, rows: np.ndarray) -> Snapshot:
     """What the agents of these engines report now."""
     running = fleet.running[mi][rows]
@@ -137,16 +133,13 @@ class Replica:
         seed: int,
         reject: Callable[[int, int, float], None],
         replicas: int = 1,
-        oracle: bool = False,
     ) -> None:
         names = [[f"e{e}" for e in eids] for eids in fleet.by_model]
-        kind: type[View] = OracleView if oracle else View
-        self.views: list[View] = [
-            kind(fleet, mi, names[mi], cap_factor) for mi in range(len(names))
-        ]
+        self.views = [View(fleet, mi, names[mi], cap_factor) for mi in range(len(names))]
         for view in self.views:
             view.table.replicas = replicas  # slot checks and the backlog's node queueing
-        self.policy = "least_loaded" if oracle else policy
+        self.prefix = [PrefixView(len(v.eids)) for v in self.views] if fleet.turns else []
+        self.policy = policy
         self.scheduler = Scheduler(random.Random(seed))
         # one queue per model: a freed slot can only serve its own model's waiters
         self.queues: list[FairQueue[int]] = [
@@ -191,14 +184,7 @@ class Replica:
         view = self.views[mi]
         for _ in range(PICK_TRIES):
             table = view.refresh(self._now, self.stale_after)
-            rows = self.scheduler.rank(
-                self.policy,
-                self._keys[mi],
-                table,
-                limit=1,
-                affinity=self._affinity[rid],
-                waiting=len(self.queues[mi]),
-            )
+            rows = self._rank(rid, mi, table)
             if not rows.size:
                 return None
             row = int(rows[0])
@@ -216,8 +202,25 @@ class Replica:
             self.bounced.pop(rid, None)
             view.own[row] += 1
             self.where[rid] = row
+            if self.prefix:
+                self.prefix[mi].route(row, *self.fleet.chain(rid), self._now)
             return eid
         return None
+
+    def _rank(self, rid: int, mi: int, table: CandidateTable) -> np.ndarray:
+        """The scheduler's first choice for ``rid`` (none: wait), or ``prefix_affinity``'s."""
+        key, waiting = self._keys[mi], len(self.queues[mi])
+        if self.policy != PREFIX_AFFINITY:
+            return self.scheduler.rank(
+                self.policy, key, table, limit=1, affinity=self._affinity[rid], waiting=waiting
+            )
+        every = len(table.ids)
+        rows = self.scheduler.rank("least_loaded", key, table, limit=every, waiting=waiting)
+        if rows.size > 1:
+            cached = self.prefix[mi].cached_tokens(*self.fleet.chain(rid))
+            first = int(np.argmax(cached[rows]))
+            rows = rows[first : first + 1]
+        return rows[:1]
 
     def wake(self, mi: int, now: float) -> None:
         """Serve model ``mi``'s waiters while it has room; drop those that waited too long.
@@ -237,6 +240,12 @@ class Replica:
     def wake_all(self, now: float) -> None:
         for mi in range(len(self.queues)):
             self.wake(mi, now)
+
+    def take_prefixes(
+        self, mi: int, rows: np.ndarray, changes: Sequence[list[Change]], taken_at: float
+    ) -> None:
+        """What changed in the agents' maps of these rows' prompt caches, up to ``taken_at``."""
+        self.prefix[mi].take(rows.tolist(), changes, taken_at)
 
     def done(self, rid: int, now: float) -> None:
         mi = self._model[rid]

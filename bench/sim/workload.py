@@ -31,8 +31,23 @@ class Stream:
 
 
 @dataclass(slots=True)
+class Turns:
+    """Requests that are turns of conversations (:mod:`bench.sim.agentic`): each prompt is its
+    conversation's text so far, a leading run of the conversation's chain of blocks
+    (:mod:`bench.sim.prefix`), and a turn after the first arrives ``think`` seconds after the
+    previous turn's answer ended (its arrival is not drawn up front)."""
+
+    conv: Ints  # the conversation: an index into ``chains``
+    blocks: Ints  # the prompt's whole blocks
+    kept: Ints  # whole blocks of prompt and answer: what the engine holds once it answered
+    after: Ints  # the previous turn's request, -1 for a first turn
+    think: Floats  # seconds from the previous turn's end to this turn
+    chains: list[list[int]]  # per conversation, the chain ids of all its blocks
+
+
+@dataclass(slots=True)
 class Requests:
-    """Columns, sorted by arrival time."""
+    """Columns, sorted by arrival time (turns after the first: NaN, see :class:`Turns`)."""
 
     arrival: Floats
     model: Ints
@@ -40,6 +55,7 @@ class Requests:
     session: Ints  # -1: none
     prompt: Floats
     output: Floats
+    turns: Turns | None = None  # None: no request shares a prompt prefix with another
 
     def __len__(self) -> int:
         return int(self.arrival.size)
@@ -86,6 +102,10 @@ def generate(
         prompt, output = lengths(s.lengths, n, rng)
         tenant = np.full(n, s.tenant, dtype=np.int64)
         parts.append((arrival, model, tenant, session, prompt, output))
-    cols = [np.concatenate([p[i] for p in parts]) for i in range(6)]
-    order = np.argsort(cols[0], kind="stable")
-    return Requests(*(c[order] for c in cols))
+    arrival, model, tenant, session, prompt, output = (
+        np.concatenate([p[i] for p in parts]) for i in range(6)
+    )
+    order = np.argsort(arrival, kind="stable")
+    return Requests(
+        arrival[order], model[order], tenant[order], session[order], prompt[order], output[order]
+    )

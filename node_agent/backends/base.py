@@ -1,7 +1,7 @@
 """What every backend adapter offers, and the HTTP helpers they share.
 
 An adapter answers two questions about the backend beside the agent: is it healthy
-(:meth:`Backend.health`, the seed's semantics, refined per kind by :meth:`Backend.judge`) and
+(:meth:`Backend.health`, Octopus's semantics, refined per kind by :meth:`Backend.judge`) and
 what does it hold and how busy is it (:meth:`Backend.collect`). A fact the backend does not
 expose is None (unknown), never 0.
 """
@@ -36,8 +36,13 @@ class BackendFacts:
     queue_waiting: int | None = None
     queue_running: int | None = None
     kv_cache_usage: float | None = None
+    # The engine's running totals of prompt tokens computed and taken from its prompt cache.
+    prompt_tokens: int | None = None
+    cached_prompt_tokens: int | None = None
     # GPUs as the backend itself reports them (Triton's DCGM gauges): used when NVML is absent.
     gpus: tuple[GpuReport, ...] = ()
+    # The tokens the engine's KV cache holds in all (vLLM: GPU blocks x block size).
+    kv_capacity_tokens: int | None = None
 
 
 def control_headers(api_key: str | None) -> dict[str, str]:
@@ -55,6 +60,10 @@ class Backend(ABC):
     # True when each model has parallel slots of its own (Ollama, LM Studio, Triton); else one
     # engine's slots serve every model it lists (vLLM's LoRA adapters share the base's).
     SLOTS_PER_MODEL: ClassVar[bool] = False
+    # True when any request beyond the ones it serves can harm those (a server that cuts its
+    # running request short whenever another arrives, a probe included): the agent then holds
+    # requests beyond max_parallel until one ends, and does not probe while any is in flight.
+    GATED: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -85,6 +94,11 @@ class Backend(ABC):
     @property
     def slots_per_model(self) -> bool:
         return self.SLOTS_PER_MODEL
+
+    @property
+    def concurrency_limit(self) -> int | None:
+        """How many requests the agent may have at the backend at once (None: no limit)."""
+        return self.max_parallel if self.GATED else None
 
     @property
     def metrics_url(self) -> str:

@@ -1,9 +1,12 @@
 """Pick the adapter: by configuration, or by probing the backend (``backend_kind = "auto"``).
 
-Probes, in this order of proof (reference/backends.md §7):
+Probes, in this order of proof:
 
-1. ``GET /`` saying ``Ollama is running`` → ollama.
-2. At once: ``GET /info`` with ``model_id`` and ``max_concurrent_requests`` → tgi;
+1. ``GET /`` saying ``Ollama is running`` → ollama; answered with ``Server: llama.cpp`` →
+   llamacpp (llama-server sends that header on every answer).
+2. At once: ``GET /props`` with ``total_slots`` and ``default_generation_settings`` → llamacpp
+   (the header may be lost behind a proxy); ``GET /info`` with ``model_id`` and
+   ``max_concurrent_requests`` → tgi;
    ``GET /v2/health/ready`` answering 200 or 400 and then ``POST /v2/repository/index``
    answering a JSON array → triton; ``GET /api/v1/models`` with ``loaded_instances`` or
    ``GET /api/v0/models`` with ``state`` → lmstudio.
@@ -19,12 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 import orjson
 
 from .base import FETCH_ERRORS, Backend, BackendFacts, Health, control_headers, list_field
+from .llamacpp import LlamaCppBackend
 from .lmstudio import LmStudioBackend, is_v0_listing, is_v1_listing
 from .ollama import OllamaBackend
 from .openai_generic import OpenAIBackend
@@ -40,6 +44,7 @@ ADAPTERS: dict[str, type[Backend]] = {
     "tgi": TgiBackend,
     "triton": TritonBackend,
     "lmstudio": LmStudioBackend,
+    "llamacpp": LlamaCppBackend,
     "openai": OpenAIBackend,
 }
 
@@ -48,17 +53,32 @@ class BackendUnreachableError(Exception):
     """The backend did not answer the detection probe at all."""
 
 
-Answer = tuple[int, str] | None
+class Reply(NamedTuple):
+    status: int
+    body: str
+    server: str  # the Server header ('' when absent)
+
+
+Answer = Reply | None
+LLAMACPP_SERVER = "llama.cpp"
 
 
 def _json(answer: Answer) -> Any:
     """The JSON body of a 200 answer, else None."""
-    if answer is None or answer[0] != 200:
+    if answer is None or answer.status != 200:
         return None
     try:
-        return orjson.loads(answer[1])
+        return orjson.loads(answer.body)
     except orjson.JSONDecodeError:
         return None
+
+
+def is_llamacpp_props(body: Any) -> bool:
+    return (
+        isinstance(body, dict)
+        and "total_slots" in body
+        and isinstance(body.get("default_generation_settings"), dict)
+    )
 
 
 def is_tgi_info(body: Any) -> bool:
@@ -66,7 +86,7 @@ def is_tgi_info(body: Any) -> bool:
 
 
 def is_vllm(metrics: Answer, models: Answer) -> bool:
-    if metrics is not None and metrics[0] == 200 and "vllm:" in metrics[1]:
+    if metrics is not None and metrics.status == 200 and "vllm:" in metrics.body:
         return True
     body = _json(models)
     cards = list_field(body if isinstance(body, dict) else None, "data")
@@ -85,7 +105,7 @@ class _Prober:
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
 
     async def call(self, method: str, path: str, *, strict: bool = False) -> Answer:
-        """(status, body), or None when nothing usable came back.
+        """The answer, or None when nothing usable came back.
 
         ``strict``: raise :class:`BackendUnreachableError` when the backend cannot be reached.
         """
@@ -93,7 +113,8 @@ class _Prober:
             async with self._session.request(
                 method, self._base + path, headers=self._headers, timeout=self._timeout
             ) as resp:
-                return resp.status, await resp.text(errors="replace")
+                body = await resp.text(errors="replace")
+                return Reply(resp.status, body, resp.headers.get("Server", ""))
         except (TimeoutError, aiohttp.ClientConnectionError) as exc:
             if strict:
                 raise BackendUnreachableError(str(exc) or type(exc).__name__) from exc
@@ -102,7 +123,7 @@ class _Prober:
             return None
 
     async def is_triton(self, ready: Answer) -> bool:
-        if ready is None or ready[0] not in (200, 400):
+        if ready is None or ready.status not in (200, 400):
             return False
         return isinstance(_json(await self.call("POST", "/v2/repository/index")), list)
 
@@ -117,14 +138,19 @@ async def detect_kind(
     """The backend kind, or :class:`BackendUnreachableError` if it does not answer."""
     probe = _Prober(session, base_url, api_key, timeout_s)
     root = await probe.call("GET", "/", strict=True)
-    if root is not None and root[0] == 200 and root[1].startswith("Ollama is running"):
+    if root is not None and root.status == 200 and root.body.startswith("Ollama is running"):
         return "ollama"
-    info, ready, lms_v1, lms_v0 = await asyncio.gather(
+    if root is not None and root.server.startswith(LLAMACPP_SERVER):
+        return "llamacpp"
+    props, info, ready, lms_v1, lms_v0 = await asyncio.gather(
+        probe.call("GET", "/props"),
         probe.call("GET", "/info"),
         probe.call("GET", "/v2/health/ready"),
         probe.call("GET", "/api/v1/models"),
         probe.call("GET", "/api/v0/models"),
     )
+    if is_llamacpp_props(_json(props)):
+        return "llamacpp"
     if is_tgi_info(_json(info)):
         return "tgi"
     if await probe.is_triton(ready):
@@ -176,6 +202,10 @@ class AutoBackend(Backend):
     @property
     def slots_per_model(self) -> bool:
         return False if self._resolved is None else self._resolved.slots_per_model
+
+    @property
+    def concurrency_limit(self) -> int | None:
+        return None if self._resolved is None else self._resolved.concurrency_limit
 
     @property
     def resolved(self) -> Backend | None:

@@ -1,6 +1,6 @@
 """LM Studio: no health path and no metrics; load state from its own REST model lists.
 
-Facts (reference/backends.md §6): health is ``GET /v1/models`` answering 200 (LM Studio answers
+Facts: health is ``GET /v1/models`` answering 200 (LM Studio answers
 200 on unknown paths, so nothing else proves it is up). ``GET /api/v1/models`` (≥ 0.4.0) lists
 every downloaded model by ``key`` with ``loaded_instances[]`` (loaded ⇔ non-empty; each
 instance's ``config.parallel`` is its concurrent slots and ``config.context_length`` its

@@ -1,6 +1,6 @@
 """HuggingFace TGI: ``/health``, ``/info`` (one model, always loaded) and ``/metrics``.
 
-Facts (reference/backends.md §4): ``GET /health`` answers 200 empty when healthy and
+Facts: ``GET /health`` answers 200 empty when healthy and
 ``503 {"error":"unhealthy","error_type":"healthcheck"}`` when its health forward failed;
 ``/info`` carries ``model_id``, ``max_concurrent_requests`` (the cap before 429) and
 ``max_total_tokens``; ``/metrics`` (metrics-rs, same port) has ``tgi_queue_size``,

@@ -1,6 +1,6 @@
 """NVIDIA Triton (KServe v2 HTTP): readiness, the repository index and the metrics port.
 
-Facts (reference/backends.md §5): ``GET /v2/health/ready`` answers 200 when ready, **400** when
+Facts: ``GET /v2/health/ready`` answers 200 when ready, **400** when
 not (a model of the repository is not ready under ``--strict-readiness``) and 503
 ``{"error":"Server exiting"}`` while shutting down. ``POST /v2/repository/index`` returns a JSON
 array of ``{"name", "version"?, "state"?, "reason"?}``; loaded ⇔ ``state == "READY"``, and a

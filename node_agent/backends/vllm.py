@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from node_protocol.wire import ModelReport
 
 from .base import Backend, BackendFacts, int_field, list_field, str_field
-from .prometheus_text import parse_gauges
+from .prometheus_text import Sample, parse_gauges
 
 WAITING = "vllm:num_requests_waiting"
 RUNNING = "vllm:num_requests_running"
 KV_USAGE = "vllm:kv_cache_usage_perc"
 KV_USAGE_OLD = "vllm:gpu_cache_usage_perc"  # deprecated name, vLLM <= 0.11
-_GAUGES = (WAITING, RUNNING, KV_USAGE, KV_USAGE_OLD)
+CACHE_CONFIG = "vllm:cache_config_info"  # labels num_gpu_blocks and block_size: the KV capacity
+_GAUGES = (WAITING, RUNNING, KV_USAGE, KV_USAGE_OLD, CACHE_CONFIG)
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +27,7 @@ class EngineStats:
     waiting: int | None = None
     running: int | None = None
     kv_cache_usage: float | None = None
+    kv_capacity_tokens: int | None = None
 
     @classmethod
     def from_scrape(cls, text: str) -> EngineStats:
@@ -36,7 +39,21 @@ class EngineStats:
             waiting=None if waiting is None else round(waiting),
             running=None if running is None else round(running),
             kv_cache_usage=None if not kv else min(1.0, max(0.0, sum(kv) / len(kv))),
+            kv_capacity_tokens=_kv_capacity(scrape.samples.get(CACHE_CONFIG, ())),
         )
+
+
+def _kv_capacity(configs: Iterable[Sample]) -> int | None:
+    """The tokens every engine's KV cache holds: ``num_gpu_blocks`` x ``block_size`` summed over
+    the engines' ``cache_config_info`` (None when absent or not numbers)."""
+    total = 0
+    for config in configs:
+        blocks = config.labels.get("num_gpu_blocks", "")
+        size = config.labels.get("block_size", "")
+        if not (blocks.isdigit() and size.isdigit()):
+            return None
+        total += int(blocks) * int(size)
+    return total or None
 
 
 def models_from_cards(
@@ -103,6 +120,7 @@ class VllmBackend(Backend):
             queue_waiting=stats.waiting,
             queue_running=stats.running,
             kv_cache_usage=stats.kv_cache_usage,
+            kv_capacity_tokens=stats.kv_capacity_tokens,
         )
 
     async def _get_version(self) -> str | None:

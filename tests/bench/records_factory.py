@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.records import RequestRecord
+from bench.records import ClientRecord
 
 T0 = 1000.0  # perf_counter origin of every synthetic record
 WALL0 = 1_700_000_000.0
@@ -18,11 +18,11 @@ def stream(
     node: str | None = "n1",
     error: str | None = None,
     ttfb: float = 0.01,
-) -> RequestRecord:
+) -> ClientRecord:
     """A request sent ``send`` seconds after the origin, with one token per chunk."""
     t_send = T0 + send
     times = [round(ttft + i * tpot, 6) for i in range(tokens)]
-    return RequestRecord(
+    return ClientRecord(
         model=model,
         entry=f"chat {model}",
         max_tokens=tokens,

@@ -52,7 +52,7 @@ class TestLocustUser:
             assert rec.ttft_s is not None
             assert rec.ttft_s >= 0.9 * TTFT_S
             assert rec.tpot_s is not None
-            assert rec.tpot_s >= 0.9 / rate
+            assert rec.tpot_s >= 0.8 / TOK_S
             assert rec.t_headers is not None
             assert rec.t_first_token is not None
             assert rec.t_headers <= rec.t_first_token  # vLLM sends headers before tokens

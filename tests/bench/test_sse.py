@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from bench.records import EMPTY, NO_DONE, STREAM_ERROR, RequestRecord
+from bench.records import EMPTY, NO_DONE, STREAM_ERROR, ClientRecord
 from bench.sse import SseDecoder, StreamTally
 
 
@@ -17,8 +17,8 @@ def _chunk(content: str | None = None, usage: dict[str, int] | None = None) -> s
     return orjson.dumps(obj).decode()
 
 
-def _record() -> RequestRecord:
-    return RequestRecord(model="m", entry="e", max_tokens=3, wall_send=0.0, t_send=10.0)
+def _record() -> ClientRecord:
+    return ClientRecord(model="m", entry="e", max_tokens=3, wall_send=0.0, t_send=10.0)
 
 
 class TestSseDecoder:

@@ -344,7 +344,7 @@ class TestEntrypoints:
 
     async def test_agent_starts_serves_and_stops(self, clean_venv: Path) -> None:
         """`python -m node_agent` with no backend: READY, /health answers 503 unhealthy (the
-        seed's answer), so the HEALTHCHECK fails; SIGTERM → 0."""
+        platform's answer), so the HEALTHCHECK fails; SIGTERM → 0."""
         image = BY_MODULE["node_agent"]
         args = ("--backend-url", "http://127.0.0.1:9", "--port", "0", "--gpu-source", "none")
         async with started(image, clean_venv, *args) as running:

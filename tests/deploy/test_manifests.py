@@ -414,7 +414,7 @@ class TestRouter:
 
 
 class TestInferenceNodes:
-    """The GPU pods have the seed's shape and the agent gets settings it accepts."""
+    """The GPU pods have the platform's shape and the agent gets settings it accepts."""
 
     def agent_settings(self, built: list[Manifest], workload: Manifest) -> Any:
         agent = our_container(workload, "inference-router-agent")
@@ -439,7 +439,7 @@ class TestInferenceNodes:
             assert res["limits"]["nvidia.com/gpu"] == res["requests"]["nvidia.com/gpu"] == 1
 
     def test_agent_settings_follow_the_seed(self, built: list[Manifest]) -> None:
-        """The seed's InferenceNode__* variables and the downward API give the agent its backend
+        """Octopus's InferenceNode__* variables and the downward API give the agent its backend
         (the backend container's port on localhost), group, name (the pod) and address (the pod
         IP on the agent's declared port)."""
         for w in gpu_workloads(built):

@@ -21,6 +21,7 @@ from multidict import CIMultiDict
 from node_agent.settings import AgentSettings
 from node_protocol.wire import LoadReport, Registration
 
+from .fake_llamacpp import FakeLlamaCpp
 from .fake_streams import ollama_embed, ollama_native
 from .fakes import FakeLmStudio, FakeTgi, FakeTriton
 
@@ -112,6 +113,9 @@ class BackendState:
     ollama_tags: list[dict[str, Any]] = field(default_factory=list)
     ollama_ps: list[dict[str, Any]] = field(default_factory=list)
     tokens: tuple[str, ...] = ("Hel", "lo", " world")
+    models_asked: int = 0  # GET /v1/models answered (the generic kind's probe)
+    streaming: int = 0  # streams being written now
+    most_streaming: int = 0  # the most at once
 
 
 class FakeBackend:
@@ -157,6 +161,7 @@ class FakeBackend:
 
     async def models(self, request: web.Request) -> web.Response:
         s = self.state
+        s.models_asked += 1
         if s.kind != "ollama" and s.health_status != 200:
             return web.Response(status=s.health_status)
         if s.kind == "vllm":
@@ -275,6 +280,8 @@ class FakeBackend:
             )
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
+        s.streaming += 1
+        s.most_streaming = max(s.most_streaming, s.streaming)
         try:
             await resp.write(chat_chunk(s.tokens[0], role=True))
             s.first_sent.set()
@@ -311,6 +318,8 @@ class FakeBackend:
         except (asyncio.CancelledError, ConnectionResetError):
             s.cancelled.set()
             raise
+        finally:
+            s.streaming -= 1
         return resp
 
 
@@ -393,6 +402,13 @@ def agent_settings(backend: str, **overrides: Any) -> AgentSettings:
     }
     values.update(overrides)
     return AgentSettings(**values)
+
+
+@pytest.fixture
+async def llamacpp(aiohttp_server: ServerFactory) -> tuple[FakeLlamaCpp, str]:
+    fake = FakeLlamaCpp()
+    server = await aiohttp_server(fake.app)
+    return fake, base_url(server)
 
 
 @pytest.fixture

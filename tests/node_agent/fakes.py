@@ -1,6 +1,6 @@
 """Fake TGI, Triton and LM Studio backends.
 
-Paths, fields, status codes, metric names and framing follow reference/backends.md §4-6; the
+Paths, fields, status codes, metric names and framing follow the engines' documented APIs; the
 fixtures that start them on port 0 are in ``conftest.py``.
 """
 

@@ -12,6 +12,7 @@ from node_agent.backends.triton import TritonStats, default_metrics_url
 from node_protocol.wire import BACKEND_KINDS, LoadReport
 
 from .conftest import FakeBackend, TritonServers, agent_settings, free_port
+from .fake_llamacpp import FakeLlamaCpp
 from .fakes import LMS_LLAMA, LMS_QWEN, TGI_MODEL, FakeLmStudio, FakeTgi
 
 
@@ -22,7 +23,7 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 class TestDetectionOfAllKinds:
-    """backend_kind=auto tells all six kinds apart by what each backend answers."""
+    """backend_kind=auto tells all seven kinds apart by what each backend answers."""
 
     async def test_each_kind(
         self,
@@ -32,9 +33,11 @@ class TestDetectionOfAllKinds:
         tgi: tuple[FakeTgi, str],
         triton: TritonServers,
         lmstudio: tuple[FakeLmStudio, str],
+        llamacpp: tuple[FakeLlamaCpp, str],
         session: aiohttp.ClientSession,
     ) -> None:
         found = {
+            "llamacpp": await detect_kind(session, llamacpp[1]),
             "ollama": await detect_kind(session, ollama[1]),
             "vllm": await detect_kind(session, vllm[1]),
             "tgi": await detect_kind(session, tgi[1]),

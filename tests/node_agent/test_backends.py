@@ -84,6 +84,19 @@ class TestVllmAdapter:
         assert stats.waiting == 3
         assert stats.running is None
 
+    def test_kv_capacity_from_cache_config_info(self) -> None:
+        """The KV cache's tokens: each engine's num_gpu_blocks times block_size, summed."""
+        info = (
+            "# TYPE vllm:cache_config_info gauge\n"
+            'vllm:cache_config_info{block_size="16",cache_dtype="auto",engine="%s",'
+            'gpu_memory_utilization="0.9",num_gpu_blocks="%d",num_cpu_blocks="None"} 1.0\n'
+        )
+        both = EngineStats.from_scrape(info % ("0", 2048) + info.split("\n", 1)[1] % ("1", 1024))
+        assert both.kv_capacity_tokens == (2048 + 1024) * 16
+        assert EngineStats.from_scrape("").kv_capacity_tokens is None
+        unknown = info.replace('num_gpu_blocks="%d"', 'num_gpu_blocks="None%d"') % ("0", 1)
+        assert EngineStats.from_scrape(unknown).kv_capacity_tokens is None
+
 
 class TestOllamaAdapter:
     """The Ollama adapter lists /api/tags as available and /api/ps as loaded, with VRAM."""

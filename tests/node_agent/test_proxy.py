@@ -15,7 +15,7 @@ STREAM = CHAT | {"stream": True}
 
 
 class TestHeaders:
-    """The backend sees the seed's renamed tenant and correlation headers."""
+    """The backend sees the platform's renamed tenant and correlation headers."""
 
     async def test_renamed_and_session_passed(self, vllm: tuple[FakeBackend, str]) -> None:
         fake, url = vllm

@@ -80,7 +80,7 @@ class TestPrecedence:
 
 
 class TestSeedVariables:
-    """The seed's ASP.NET-style InferenceNode__* variables configure the agent."""
+    """Octopus's ASP.NET-style InferenceNode__* variables configure the agent."""
 
     def test_backend_group_and_router(self) -> None:
         env = {
@@ -111,7 +111,7 @@ class TestValidation:
         ("overrides", "fragment"),
         [
             ({"backend_url": "localhost:11434"}, "backend_url"),
-            ({"backend_kind": "llamacpp"}, "backend_kind"),
+            ({"backend_kind": "sglang"}, "backend_kind"),
             ({"backend_metrics_url": "host:8002/metrics"}, "backend_metrics_url"),
             ({"gpu_source": "rocm"}, "gpu_source"),
             ({"router_urls": ("ftp://r",)}, "router_urls"),

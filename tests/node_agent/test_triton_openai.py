@@ -9,7 +9,8 @@ import pytest
 
 from node_agent.app import serve
 from node_agent.errors import BackendBadAnswer, BackendRefused, BadRequest
-from node_agent.triton_openai import Ask, Tally, chat_prompt, refusal
+from node_agent.triton_ask import Ask, Tally, chat_prompt
+from node_agent.triton_openai import refusal
 
 from .conftest import FakeBackend, TritonServers, agent_settings, wait_until
 

@@ -2,8 +2,9 @@
 
 The node answers as real servers do: Python's ``json.dumps`` (a space after each colon), the
 completions surface's ``text``, Ollama's ``/api/generate`` ``response`` lines written in halves,
-Triton's ``text_output`` events. Each answer must show in the router's TTFT, TPOT and token
-metrics, and charge the tenant's token budget.
+Triton's ``text_output`` events, Anthropic Messages' and OpenAI Responses' named events. Each
+answer must show in the router's TTFT, TPOT and token metrics, and charge the tenant's token
+budget.
 """
 
 from __future__ import annotations
@@ -95,6 +96,45 @@ async def triton_stream(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+def _event(name: str, obj: dict[str, Any]) -> bytes:
+    return f"event: {name}\n".encode() + _sse(obj)
+
+
+async def messages(request: web.Request) -> web.StreamResponse:
+    """llama-server's Anthropic Messages stream: the exact count comes in ``message_delta``."""
+    resp = await _stream(request, "text/event-stream")
+    usage = {"cache_read_input_tokens": 2, "input_tokens": 5, "output_tokens": 0}
+    start = {"type": "message_start", "message": {"id": "m", "content": [], "usage": usage}}
+    await resp.write(_event("message_start", start))
+    for piece in PIECES:
+        delta = {"type": "text_delta", "text": piece}
+        await resp.write(_event("content_block_delta", {"type": "content_block_delta",
+                                                        "index": 0, "delta": delta}))  # fmt: skip
+        await asyncio.sleep(GAP_S)
+    end = {"type": "message_delta", "delta": {"stop_reason": "max_tokens"},
+           "usage": {"output_tokens": 7}}  # fmt: skip
+    await resp.write(
+        _event("message_delta", end) + _event("message_stop", {"type": "message_stop"})
+    )
+    await resp.write_eof()
+    return resp
+
+
+async def responses(request: web.Request) -> web.StreamResponse:
+    """A Responses stream: ``response.output_text.delta`` events, the count at the end."""
+    resp = await _stream(request, "text/event-stream")
+    for n, piece in enumerate(PIECES):
+        delta = {"type": "response.output_text.delta", "sequence_number": n, "delta": piece}
+        await resp.write(_event(delta["type"], delta))  # type: ignore[arg-type]
+        await asyncio.sleep(GAP_S)
+    usage = {"input_tokens": 5, "output_tokens": 8, "total_tokens": 13}
+    done = {"type": "response.completed",
+            "response": {"object": "response", "status": "completed", "usage": usage}}  # fmt: skip
+    await resp.write(_event("response.completed", done))
+    await resp.write_eof()
+    return resp
+
+
 async def health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -105,6 +145,8 @@ def node_app() -> web.Application:
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/api/generate", ollama_generate)
     app.router.add_post("/v2/models/{model}/generate_stream", triton_stream)
+    app.router.add_post("/v1/messages", messages)
+    app.router.add_post("/v1/responses", responses)
     app.router.add_get("/health", health)
     return app
 
@@ -132,6 +174,20 @@ SURFACES = {
     ),
     "triton text_output": Surface(
         "triton", f"/v2/models/{MODEL}/generate_stream", {"text_input": "hi"}, len(PIECES)
+    ),
+    "anthropic messages, exact count in message_delta": Surface(
+        "vllm",
+        "/v1/messages",
+        {
+            "model": MODEL,
+            "max_tokens": 7,
+            "stream": True,
+            "messages": [{"role": "user", "content": "hi"}],
+        },
+        7,
+    ),
+    "openai responses, exact count in response.completed": Surface(
+        "vllm", "/v1/responses", {"model": MODEL, "stream": True, "input": "hi"}, 8
     ),
 }
 
@@ -204,4 +260,9 @@ async def test_tenant_token_limit_is_charged_on_every_surface(
         headers = {"X-Octopus-Tenant-Id": "acme"}
         async with session.post(url, json=surface.body, headers=headers) as resp:
             assert resp.status == 429
-            assert (await resp.json())["error"]["code"] == "tokens_per_minute"
+            error = (await resp.json())["error"]
+        if surface.path == "/v1/messages":  # Anthropic's envelope: a type, no code
+            assert error["type"] == "rate_limit_error"
+            assert "output tokens per minute" in error["message"]
+        else:
+            assert error["code"] == "tokens_per_minute"

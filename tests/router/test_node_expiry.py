@@ -98,7 +98,9 @@ async def test_silent_node_is_removed_with_its_series_and_the_group_it_made(
     """Nodes that stop reporting go after node_expiry_s: from their groups, from /metrics (request,
     retry, rejection and fleet series alike) and, for groups registrations made, the group too.
     A node that keeps reporting, a declared group and a static node stay."""
-    declared = GroupSettings(name="declared", nodes=(StaticNode("static-1", "http://127.0.0.1:9"),))
+    declared = GroupSettings(
+        name="declared", nodes=(StaticNode(name="static-1", base_url="http://127.0.0.1:9"),)
+    )
     settings = router_settings(report_interval_s=0.1, node_expiry_s=0.6, groups=(declared,))
     async with (
         serve(settings) as router,
@@ -197,4 +199,4 @@ def test_node_expiry_is_a_setting_longer_than_the_report_interval() -> None:
     assert load_settings([], {}).node_expiry_s == 600.0
     assert load_settings([], {"ROUTER_NODE_EXPIRY_S": "90"}).node_expiry_s == 90.0
     with pytest.raises(SettingsError, match="node_expiry_s"):
-        router_settings(report_interval_s=1.0, node_expiry_s=1.0)
+        load_settings([], {"ROUTER_REPORT_INTERVAL_S": "1", "ROUTER_NODE_EXPIRY_S": "1"})

@@ -23,7 +23,7 @@ JSON = st.recursive(
 )
 FIELDS = st.sampled_from(
     ["model", "messages", "stream", "n", "max_tokens", "max_completion_tokens", "prompt",
-     "maxTokens", "stream_options", "temperature", "tools"]
+     "maxTokens", "stream_options", "temperature", "tools", "input", "system", "tool_choice"]
 )  # fmt: skip
 BODIES = st.dictionaries(FIELDS, JSON | st.just("m-small"), max_size=6) | JSON
 PATHS = st.sampled_from(
@@ -32,6 +32,8 @@ PATHS = st.sampled_from(
         "/inference-cluster/v1/completions",
         "/inference-cluster/v1/embeddings",
         "/inference-cluster/infer",
+        "/inference-cluster/v1/messages",
+        "/inference-cluster/v1/responses",
         "/inference-cluster/api/chat",
         "/inference-cluster/v2/models/m-small/generate",
         "/api/server-groups/inference-cluster/nodes",
@@ -73,12 +75,17 @@ class TestFuzz:
     async def test_no_5xx(
         self, router: RunningRouter, session: aiohttp.ClientSession, path: str, body: Any
     ) -> None:
-        """Whatever the body, the answer is below 500 and errors are enveloped."""
+        """Whatever the body, the answer is below 500 and errors are in the surface's
+        envelope."""
         async with running(FakeNode("n")) as node:
             await register(session, router.url, node)
             async with session.post(router.url + path, data=json.dumps(body)) as resp:
                 status = resp.status
                 payload = await resp.read()
         assert status < 500, payload
-        if status >= 400:
+        if status >= 400 and path.endswith("/v1/messages"):
+            error = orjson.loads(payload)
+            assert error["type"] == "error"
+            assert set(error["error"]) == {"type", "message"}
+        elif status >= 400:
             assert set(orjson.loads(payload)["error"]) >= {"message", "type", "param", "code"}

@@ -143,6 +143,25 @@ class TestFailover:
         assert set(served) == {"fine"}
         assert states["broken"] in ("degraded", "unhealthy")
 
+    async def test_failure_before_first_byte_waits_for_the_full_node_instead_of_failing(
+        self, router: RunningRouter, session: aiohttp.ClientSession
+    ) -> None:
+        """A request whose only free node fails before answering waits for a slot on a full
+        node and is served there, instead of failing with a 502."""
+        async with (
+            running(FakeNode("full", chunks=5, chunk_delay_s=0.1)) as full,
+            running(FakeNode("broken", mode="error_500")) as broken,
+        ):
+            await register(session, router.url, full, slots=1)
+            url = router.url + CHAT
+            first = asyncio.create_task(_served_by(session, url, _chat(stream=True)))
+            await full.wait_for(lambda n: n.active == 1)
+            await register(session, router.url, broken, slots=1)  # free, but failing
+            second = await _served_by(session, url, _chat(stream=True))
+            assert await first == "full"
+        assert second == "full"
+        assert len(broken.seen) == 1
+
     async def test_cut_after_first_byte_ends_with_error_event(
         self, router: RunningRouter, session: aiohttp.ClientSession
     ) -> None:

@@ -165,3 +165,20 @@ class TestBreaker:
         assert node.breaker_allows(100.0 + BREAKER_MAX_S)
         registry.connection_ok(node)
         assert node.breaker_allows(100.0)
+
+    def test_agent_reporting_its_backend_healthy_ends_the_cooldown(self) -> None:
+        """Once the node's agent reports its backend ok again (an engine restarted behind it),
+        the node is tried at once, one request at a time, not after the rest of the cooldown."""
+        registry = Registry("least_loaded", 3)
+        node = _node(registry, "n")
+        for _ in range(4):
+            registry.connection_failed(node, 100.0)  # an 8 s cooldown
+        ok = LoadReport(
+            seq=1, sent_at=0.0, backend_kind="llamacpp", backend_health="ok", in_flight=0
+        )
+        registry.apply_report(node, ok, 101.0, from_agent=False)  # the router's own check
+        assert not node.breaker_allows(101.0)
+        registry.apply_report(node, ok, 101.0)
+        assert node.breaker_allows(101.0)
+        node.in_flight = 1  # half-open: the one request that proves it
+        assert not node.breaker_allows(101.0)

@@ -1,0 +1,143 @@
+"""Conformance, what only the real llama.cpp servers show: the agent's view of llama-server,
+and llama-cpp-python's server, which cuts its running request short when another arrives."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import pytest
+
+from .client import NODE, StreamReader, chat, stream
+from .fleet import Fleet, until
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+LLAMA_SERVER = [pytest.param("llama-server", id="llama-server")]
+PYTHON_SERVER = [pytest.param("llama-cpp-python", id="llama-cpp-python")]
+
+
+async def _model_report(fleet: Fleet, http: aiohttp.ClientSession, node: str) -> dict[str, Any]:
+    status = await fleet.agent_status(http, node)
+    (model,) = status["models"]
+    return status | {"model": model}
+
+
+@pytest.mark.parametrize("fleet", LLAMA_SERVER, indirect=True)
+async def test_agent_reports_llama_server_slots_context_and_version(
+    fleet: Fleet, http: aiohttp.ClientSession
+) -> None:
+    """The agent detects llama-server and reports its slots as the model's parallel requests,
+    one slot's context as the context length, its build and an idle queue."""
+    for node in fleet.engines:
+        report = await _model_report(fleet, http, node)
+        assert report["backendKind"] == "llamacpp"
+        assert str(report["backendVersion"]).startswith("b")
+        model = report["model"]
+        assert (model["id"], model["maxParallel"], model["contextLength"]) == ("tiny", 2, 4096)
+        assert (report["queueRunning"], report["queueWaiting"]) == (0, 0)
+
+
+@pytest.mark.parametrize("fleet", LLAMA_SERVER, indirect=True)
+async def test_agent_reports_llama_server_queue_while_requests_wait_inside_it(
+    fleet: Fleet, http: aiohttp.ClientSession
+) -> None:
+    """Three long requests sent to a two-slot server (not through the router): the agent
+    reports two running and one deferred."""
+    node, engine = next(iter(fleet.engines.items()))
+    url = f"{engine.url}/v1/chat/completions"
+    sent = [
+        asyncio.create_task(http.post(url, json=chat(fleet.model, 3000, stream=True)))
+        for _ in range(3)
+    ]
+    seen: list[tuple[int, int]] = []
+    try:
+
+        async def queued() -> bool:
+            report = await fleet.agent_status(http, node)
+            seen.append((report["queueRunning"], report["queueWaiting"]))
+            return seen[-1] == (2, 1)
+
+        try:
+            await until(queued, 10.0)
+        except TimeoutError:
+            pytest.fail(f"(running, waiting) seen: {sorted(set(seen))}")
+    finally:
+        for task in sent:
+            task.cancel()
+        for response in await asyncio.gather(*sent, return_exceptions=True):
+            if isinstance(response, aiohttp.ClientResponse):
+                response.close()
+
+
+@pytest.mark.parametrize("fleet", LLAMA_SERVER, indirect=True)
+async def test_agent_reports_llama_server_prompt_cache_counters(
+    fleet: Fleet, http: aiohttp.ClientSession
+) -> None:
+    """The same conversation twice on one node: the prompt-cache counter the agent reports
+    grows by the prompt the second request took from the cache."""
+    node = next(iter(fleet.engines))
+    before = await fleet.agent_status(http, node)
+    body = chat(fleet.model, 4)
+    body["messages"][0]["content"] = "A long shared system prompt about the sea. " * 20
+    for _ in range(2):
+        async with http.post(f"{fleet.engines[node].url}/v1/chat/completions", json=body) as r:
+            assert r.status == 200
+
+    async def counted() -> bool:
+        after = await fleet.agent_status(http, node)
+        return bool(after["cachedPromptTokens"] > before["cachedPromptTokens"] + 100)
+
+    await until(counted, 5.0)
+
+
+@pytest.mark.parametrize("fleet", PYTHON_SERVER, indirect=True)
+async def test_agent_assumes_one_request_at_a_time_and_says_how_to_change_it(
+    fleet: Fleet, http: aiohttp.ClientSession
+) -> None:
+    """llama-cpp-python's server does not tell its parallelism: the agent reports one slot
+    and its log says so, naming the setting that changes it."""
+    for node, log in fleet.agent_logs.items():
+        report = await _model_report(fleet, http, node)
+        assert report["backendKind"] == "openai"
+        assert report["model"]["maxParallel"] == 1
+        text = log.read_text()
+        assert "assuming it serves 1 request at a time" in text
+        assert "--max-parallel" in text
+
+
+@pytest.mark.parametrize("fleet", PYTHON_SERVER, indirect=True)
+async def test_sixteen_concurrent_streams_to_the_python_server_all_carry_content(
+    fleet: Fleet, http: aiohttp.ClientSession
+) -> None:
+    """Sixteen streams at once through router and agents to llama-cpp-python's server (which
+    cuts its running request short when another arrives): every one is answered in full."""
+    url = f"{fleet.base_url}/chat/completions"
+    answers = await asyncio.gather(
+        *(stream(http, url, chat(fleet.model, 16, stream=True)) for _ in range(16))
+    )
+    assert [a.status for a in answers] == [200] * 16
+    assert [len(a.pieces) for a in answers] == [16] * 16
+    assert all(a.served for a in answers), [a.events[-2:] for a in answers if not a.served]
+
+
+@pytest.mark.parametrize("fleet", PYTHON_SERVER, indirect=True)
+async def test_stream_the_engine_cuts_short_ends_with_an_error_event(
+    fleet: Fleet, http: aiohttp.ClientSession
+) -> None:
+    """Another client's request on the same llama-cpp-python server ends a stream in flight
+    early (with ``[DONE]`` but no finish reason): the router's client is told with an SSE error
+    event, not a silent 200."""
+    body = chat(fleet.model, 3000, stream=True)
+    async with http.post(f"{fleet.base_url}/chat/completions", json=body) as resp:
+        reader = StreamReader(resp)
+        first = await reader.first_content()
+        assert first.pieces, first.events
+        engine = fleet.engines[str(resp.headers[NODE])]
+        async with http.post(f"{engine.url}/v1/chat/completions", json=chat(fleet.model, 2)):
+            pass
+        answer = await reader.to_end()
+    assert not answer.finish_reasons
+    assert answer.errors, answer.events[-3:]
+    assert answer.done
