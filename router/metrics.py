@@ -105,8 +105,8 @@ class RouterMetrics:
         # Rare events (a retry, a cut stream, a refusal) stay plain prometheus-client counters.
         self.retries = Counter(
             "router_retries_total",
-            "Attempts that failed before the first byte and moved to another node.",
-            ["group", "node"],
+            "Attempts that failed before the first token and moved to another node, by reason.",
+            ["group", "node", "reason"],
             registry=registry,
         )
         self.task_restarts = Counter(
@@ -123,7 +123,14 @@ class RouterMetrics:
         )
         self.cut_streams = Counter(
             "router_streams_cut_total",
-            "Streams cut after the first byte (the client got an error event).",
+            "Streams cut after the first token that no node went on with (the client got an "
+            "error event).",
+            ["group", "node"],
+            registry=registry,
+        )
+        self.resumed_streams = Counter(
+            "router_streams_resumed_total",
+            "Streams cut after the first token that another node went on with, by the cut node.",
             ["group", "node"],
             registry=registry,
         )
@@ -139,7 +146,7 @@ class RouterMetrics:
             self.requests, self.duration, self.ttft, self.tpot, self.output_tokens,
             self.overhead, self.admission_wait,
         )  # fmt: skip
-        self._by_node = (self.retries, self.busy_answers, self.cut_streams)
+        self._by_node = (self.busy_answers, self.cut_streams, self.resumed_streams)
 
     def tenant_label(self, tenant: str | None) -> str:
         return self._tenants(tenant) if tenant else "none"
@@ -151,6 +158,7 @@ class RouterMetrics:
             series.forget(match)
         for counter in self._by_node:
             counter.remove(group, node)
+        _remove_matching(self.retries, match)
 
     def forget_group(self, group: str) -> None:
         """Drop the series of a group that was removed (its nodes' went with them). A count of
@@ -160,7 +168,7 @@ class RouterMetrics:
             series.forget(match)
         if not self.in_progress.series.get((group,)):
             self.in_progress.forget(match)
-        for counter in (*self._by_node, self.rejections):
+        for counter in (*self._by_node, self.retries, self.rejections):
             _remove_matching(counter, match)
 
     def observe(self, record: RequestRecord) -> None:

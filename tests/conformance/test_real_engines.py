@@ -122,11 +122,6 @@ async def test_sixteen_concurrent_streams_to_the_python_server_all_carry_content
     assert all(a.served for a in answers), [a.events[-2:] for a in answers if not a.served]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the router still relays a stream with content but no finish reason as whole; the "
-    "reader-based proper-end rule (branch resume) fixes it",
-)
 @pytest.mark.parametrize("fleet", PYTHON_SERVER, indirect=True)
 async def test_stream_the_engine_cuts_short_ends_with_an_error_event(
     fleet: Fleet, http: aiohttp.ClientSession
