@@ -37,8 +37,8 @@ __all__ = ["CONTINUING_KINDS", "Continuation", "Sent", "Transcript", "continuati
 
 # Which backend kinds continue a cut answer, per surface the client speaks.
 CONTINUING_KINDS: dict[Surface, frozenset[str]] = {
-    Surface.CHAT: frozenset({"vllm", "tgi", "ollama", "openai"}),
-    Surface.COMPLETIONS: frozenset({"vllm", "tgi", "openai", "lmstudio", "triton"}),
+    Surface.CHAT: frozenset({"vllm", "tgi", "ollama", "openai", "llamacpp"}),
+    Surface.COMPLETIONS: frozenset({"vllm", "tgi", "openai", "llamacpp", "lmstudio", "triton"}),
     Surface.OLLAMA_CHAT: frozenset({"ollama"}),
     Surface.OLLAMA_GENERATE: frozenset({"ollama"}),
 }
