@@ -166,6 +166,7 @@ def messages_target(parsed: dict[str, Any], body: bytes) -> Target:
         kinds=AGENT_SURFACE_KINDS,
         agentless_kinds=NATIVE_SURFACE_KINDS,
         stream=parsed.get("stream") is True,
+        parsed=parsed,
     )
 
 

@@ -17,6 +17,7 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
@@ -38,6 +39,7 @@ from router.errors import (
 )
 from router.limits import TenantRateLimiter
 from router.metrics import METRICS
+from router.prompt_routing import PromptRoute
 from router.proxy import FORWARDER, NodeBusy, Outbound
 from router.records import RequestRecord
 from router.registry import Group, Registry, Reservation
@@ -75,6 +77,9 @@ class Target:
     model_in_body: bool = True
     stream: bool | None = None  # what kind of answer is due (None: do not check it)
     done_marker: bool = False  # an OpenAI stream, ending with data: [DONE]
+    # The body as the surface parsed it: its prompt, where the path carries one, is routed
+    # on the nodes' prompt caches (router.prompt_prefixes).
+    parsed: dict[str, Any] | None = None
 
 
 class Dispatcher:
@@ -232,6 +237,8 @@ class Dispatch:
         self._renamed: Mapping[str, str] = {}
         self._slot_check = 0
         self._kept: Roster | None = None
+        # the prompt, where the policy routes on the nodes' prompt caches
+        self._prompt = PromptRoute.of(target.parsed, target.node_path, group.policy)
 
     def _roster(self) -> Roster:
         """The model's roster in the group as it stands (made again after the group changed)."""
@@ -256,7 +263,7 @@ class Dispatch:
             record.admitted = True
             with ticket:
                 try:
-                    return await self._request.app[FORWARDER].forward(
+                    response = await self._request.app[FORWARDER].forward(
                         self._request,
                         self._group,
                         self._order,
@@ -266,6 +273,9 @@ class Dispatch:
                         on_release=self._freed,
                         slot_check=self._slot_check,
                     )
+                    if self._prompt is not None:
+                        self._prompt.teach(record)
+                    return response
                 except NodeBusy:
                     self._busy += 1
                 except UpstreamError:
@@ -312,6 +322,8 @@ class Dispatch:
         every node is full (wait), an error when no node can take the request at all."""
         roster = self._roster()
         settings = self._settings
+        prompt = self._prompt
+        terms = None if prompt is None else prompt.terms(roster)
         rows = roster.decide(
             self._d.scheduler,
             self._group.policy,
@@ -320,6 +332,8 @@ class Dispatch:
             limit=settings.max_attempts,
             affinity=self._session_id or self._record.tenant,
             waiting=self._admission.waiting(self._key),
+            prefill_s=None if terms is None else terms.prefill_s,
+            ties=None if terms is None else terms.ties,
         )
         if rows is None:  # no node can take it now, full or not: do not wait for one
             raise self._no_node(roster)
@@ -332,6 +346,9 @@ class Dispatch:
         self._slot_check = 0
         if settings.router_replicas > 1 and node.has_agent:  # may be another's slot by now
             self._slot_check = roster.slot_check(first, self._d.clock(), self._busy)
+        if prompt is not None:
+            now, metrics = self._d.clock(), self._request.app[METRICS]
+            prompt.routed(roster, first, terms, now, metrics.prompt_chars, self._group.name)
         return Reservation(node, self._model, self._freed)
 
     def _no_node(self, roster: Roster) -> NoCapacity:

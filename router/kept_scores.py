@@ -100,11 +100,13 @@ class KeptScores:
         stale_after_s: float,
         limit: int,
         prefill_s: Sequence[float] | None = None,
+        ties: Sequence[float] | None = None,
     ) -> list[int] | None:
         """The ``limit`` best rows, best first, or None where the column path must decide.
         ``read_at[i]``: when row ``i``'s node's load was read; ``own[i]``, ``own_model[i]``:
         this router's requests there, and those for the model; ``prefill_s[i]``: the uncached
-        prompt's prefill there (None: 0)."""
+        prompt's prefill there (None: 0); ``ties``: the order among alike scores
+        (:meth:`router.scheduling.Scheduler.best_of`)."""
         p = scheduler.params
         if self._changed or now >= self._recheck_at:
             self._look(standings, read_at, now, stale_after_s, p)
@@ -127,7 +129,7 @@ class KeptScores:
                       for i, base in zip(ok, cast(list[float], scores), strict=True)]  # fmt: skip
         if len(ok) < present and any(ok_cold) and not _best_is_hot(chosen, ok_cold):
             return None  # a load may be worth a wait for a full node: the column path weighs it
-        return scheduler.best_of(ok, chosen, limit)
+        return scheduler.best_of(ok, chosen, limit, ties)
 
     def _open(
         self, standings: Sequence[Standing | None], read_at: Sequence[float | None],

@@ -140,6 +140,13 @@ class RouterMetrics:
             ["group", "reason"],
             registry=registry,
         )
+        self.prompt_chars_total = Counter(
+            "router_prompt_chars_total",
+            "Prompt characters routed to a node, by whether the node likely held them in its "
+            "prompt cache (the router's estimate when it chose the node).",
+            ["group", "node", "cached"],
+            registry=registry,
+        )
         self._tenants = LabelCap(MAX_TENANTS)
         self._models = LabelCap(MAX_MODELS)
         self._series = (
@@ -159,6 +166,7 @@ class RouterMetrics:
         for counter in self._by_node:
             counter.remove(group, node)
         _remove_matching(self.retries, match)
+        _remove_matching(self.prompt_chars_total, match)
 
     def forget_group(self, group: str) -> None:
         """Drop the series of a group that was removed (its nodes' went with them). A count of
@@ -168,8 +176,15 @@ class RouterMetrics:
             series.forget(match)
         if not self.in_progress.series.get((group,)):
             self.in_progress.forget(match)
-        for counter in (*self._by_node, self.retries, self.rejections):
+        for counter in (*self._by_node, self.retries, self.rejections, self.prompt_chars_total):
             _remove_matching(counter, match)
+
+    def prompt_chars(self, group: str, node: str, cached: int, uncached: int) -> None:
+        """A prompt went to ``node``: ``cached`` of its characters likely in its cache."""
+        if cached:
+            self.prompt_chars_total.labels(group, node, "true").inc(cached)
+        if uncached:
+            self.prompt_chars_total.labels(group, node, "false").inc(uncached)
 
     def observe(self, record: RequestRecord) -> None:
         group, model = record.group, self._models(record.model)

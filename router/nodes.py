@@ -117,6 +117,9 @@ class Node:
     breaker_until: float = 0.0
     # model id or alias -> what its prompt cache likely holds, from the last report
     prefix_caches: dict[str, PrefixSummary] = field(default_factory=dict)
+    # model id or alias -> prompt-prefix hashes this router sent there since that report
+    routed_prefixes: dict[str, set[int]] = field(default_factory=dict)
+    prefill_chars_per_s: float | None = None  # learned prefill rate (router.prefill_rates)
     watchers: list[tuple[NodeWatcher, int]] = field(default_factory=list)
 
     def changed(self) -> None:

@@ -27,7 +27,7 @@ def _ollama_target(path: str) -> Any:
         parsed = load_object(body)
         # Ollama streams unless told not to; /api/embed never streams.
         stream = path != "/api/embed" and parsed.get("stream") is not False
-        return Target(path, check_model(parsed), body, kinds=OLLAMA, stream=stream)
+        return Target(path, check_model(parsed), body, kinds=OLLAMA, stream=stream, parsed=parsed)
 
     return build
 

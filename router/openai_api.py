@@ -215,6 +215,7 @@ def _openai_target(endpoint: Endpoint, parsed: dict[str, Any], body: bytes) -> T
         kinds=EMBEDDING_KINDS if endpoint is EMBEDDINGS else OPENAI_KINDS,
         stream=stream,
         done_marker=stream,
+        parsed=parsed,
     )
 
 

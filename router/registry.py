@@ -226,6 +226,8 @@ class Registry:
             node.others_in_flight = smooth_others(node.others_in_flight, float(others))
         if report is not old:
             node.prefix_caches = report.prefix_caches_by_name()
+            for name in node.prefix_caches:  # its agent saw what this router sent before
+                node.routed_prefixes.pop(name, None)
         node.report = report
         node.report_received_at = node.load_read_at = now
         running = report.queue_running or report.in_flight

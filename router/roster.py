@@ -7,12 +7,10 @@ node's standing again only after the node changed (a report, a failed check, a b
 breaker), and moves its counts as slots are taken and freed. A decision adds what depends on
 the moment (this router's counts, the reports' ages, breakers that cooled down) and hands the
 scheduler the nodes that may take the request: as lists for a handful of nodes, as numpy
-columns for a fleet. The simulator (``bench.sim``) keeps the very same rosters over simulated
-nodes.
-
-A roster is made for a group's index as it stood (:attr:`router.registry.Group.generation`); a
-node that comes, goes, renames its models, changes its backend kind or gains an agent outdates
-it, and :class:`Rosters` makes it anew when next asked.
+columns for a fleet. The simulator (``bench.sim``) keeps the very same rosters. A roster is
+made for a group's index as it stood (:attr:`router.registry.Group.generation`); a node that
+comes, goes, renames its models, changes its backend kind or gains an agent outdates it, and
+:class:`Rosters` makes it anew when next asked.
 """
 
 from __future__ import annotations
@@ -224,6 +222,12 @@ class Roster:
         )
         return slot_check(load, s.slots, s.cap, s.replicas, busy)
 
+    def hashes(self) -> HashArray:
+        """The nodes' :func:`node_hashes`, made once."""
+        if self._hashes is None:
+            self._hashes = node_hashes(self.ids)
+        return self._hashes
+
     def renamed(self, model: str) -> Mapping[str, str]:
         """Node id -> the name the node serves the model under, for the nodes that do not
         serve it under ``model`` (the name a request asked for: one of the roster's names)."""
@@ -247,22 +251,25 @@ class Roster:
         affinity: str | None = None,
         waiting: int = 0,
         prefill_s: Sequence[float] | None = None,
+        ties: FloatArray | None = None,
     ) -> list[int] | None:
         """The rows to try, best first. ``[]``: every node that may take the request is full
         (queue it); None: no node may take it at all (none routable, breakers open, or the
         model cannot fit). ``key`` names the rotation; ``waiting``: requests for this model
         already queued at this router; ``prefill_s``: per row, the seconds its node would spend
-        on the part of this request's prompt it has not cached (None: 0 everywhere)."""
+        on the part of this request's prompt it has not cached (None: 0 everywhere); ``ties``:
+        per row, the order among alike scores (:meth:`Scheduler.best_of`)."""
         self._sync_changed()
         if self._kept is not None and policy == "least_loaded":
             rows = self._kept.choose(
                 scheduler, self.standings, self.read_at, self.own, self.own_model, now,
                 self.rules.stale_after_s, limit, prefill_s,
+                None if ties is None else ties.tolist(),
             )  # fmt: skip
             if rows is not None:
                 return rows
-        if policy == "sticky" and self._hashes is None:
-            self._hashes = node_hashes(self.ids)
+        if policy == "sticky":
+            self.hashes()
         open_rows, table = self.table(now) if self._columns is not None else self.rows(now)
         if not open_rows.size:
             return None
@@ -270,7 +277,8 @@ class Roster:
             prefill = np.asarray(prefill_s, dtype=np.float64)
             table.prefill_s = prefill if open_rows.size == len(prefill) else prefill[open_rows]
         ranked = scheduler.rank(policy, key, table, limit=limit, affinity=affinity,
-                                waiting=waiting)  # fmt: skip
+                                waiting=waiting,
+                                ties=None if ties is None else ties[open_rows])  # fmt: skip
         picked: list[int] = open_rows[ranked].tolist()
         return picked
 
@@ -287,18 +295,9 @@ class Roster:
             own, read_at = self.own[i], self.read_at[i]
             stale = is_stale(read_at, now, stale_after)
             present.append(i)
-            cols.append(
-                (
-                    s.load_at(own, read_at, now, stale_after, p),
-                    s.slots,
-                    s.cap,
-                    math.nan if stale or s.tok_s is None else s.tok_s,
-                    s.weight,
-                    cold_s,
-                    penalty_of(s.degraded, stale, p),
-                    own,
-                )
-            )
+            speed = math.nan if stale or s.tok_s is None else s.tok_s
+            cols.append((s.load_at(own, read_at, now, stale_after, p), s.slots, s.cap, speed,
+                         s.weight, cold_s, penalty_of(s.degraded, stale, p), own))  # fmt: skip
         columns = np.array(cols, dtype=np.float64).reshape(len(cols), 8).T.copy()
         load, slots, cap, tok_s, weight, cold, penalty, own_col = columns
         table = CandidateTable(

@@ -98,6 +98,9 @@ POLICIES = (
 SLOT_AWARE = frozenset({"least_loaded", "power_of_two", "sticky"})
 MAX_ROTATIONS = 4096  # round-robin states kept (one per group and model)
 TIE = 1e-9  # relative jitter: breaks exact ties at random, never reorders distinct scores
+# Scores this close (relative) are alike when a request brings its own tie order (a prompt's
+# rendezvous weights: router.prompt_prefixes), so that every replica picks the same node.
+ALIKE = 0.02
 DEFAULT_SLOTS = DEFAULT_PARAMS.default_slots
 DEFAULT_LOAD_S = DEFAULT_PARAMS.default_load_s
 EVICT_FACTOR = DEFAULT_PARAMS.evict_factor
@@ -176,11 +179,20 @@ class Scheduler:
         )
         return [table.ids[i] for i in rows]
 
-    def best_of(self, rows: list[int], scores: list[float], limit: int) -> list[int]:
+    def best_of(
+        self, rows: list[int], scores: list[float], limit: int,
+        ties: Sequence[float] | None = None,
+    ) -> list[int]:  # fmt: skip
         """The ``limit`` best of ``rows`` by ``scores`` (lower first), exact ties broken at
-        random: :meth:`rank`'s choice among scored rows, with the same random draws."""
+        random: :meth:`rank`'s choice among scored rows, with the same random draws. ``ties``
+        (per row of the roster, in [0, 1)): scores within ``ALIKE`` of each other are ordered
+        by them instead, the same in every replica."""
         jitter = self._np.random(len(scores)).tolist()
-        keyed = [s * (1.0 + TIE * u) for s, u in zip(scores, jitter, strict=True)]
+        if ties is None:
+            keyed = [s * (1.0 + TIE * u) for s, u in zip(scores, jitter, strict=True)]
+        else:
+            keyed = [s * (1.0 + ALIKE * ties[r] + TIE * u)
+                     for r, s, u in zip(rows, scores, jitter, strict=True)]  # fmt: skip
         return [rows[j] for j in sorted(range(len(keyed)), key=keyed.__getitem__)[:limit]]
 
     def rank(
@@ -192,9 +204,12 @@ class Scheduler:
         limit: int = 3,
         affinity: str | None = None,
         waiting: int = 0,
+        ties: FloatArray | None = None,
     ) -> IndexArray:
         """Row numbers of the ``limit`` best open rows of ``t``, best first (see :func:`room`).
-        ``waiting``: requests already queued for this model at this router (admission)."""
+        ``waiting``: requests already queued for this model at this router (admission);
+        ``ties``: per row of ``t``, ``least_loaded``'s order among alike scores (see
+        :meth:`best_of`)."""
         room_ = room(t, policy in SLOT_AWARE)
         ok = np.flatnonzero((t.load < room_) & (t.cold_s < math.inf))
         if ok.size == 0:
@@ -202,7 +217,7 @@ class Scheduler:
         limit = min(limit, ok.size)
         p = self.params
         if policy == "least_loaded":
-            best = self._best(_scores(t, ok, p), ok, limit)
+            best = self._best(_scores(t, ok, p), ok, limit, None if ties is None else ties[ok])
             return self._hold_cold(t, ok, room_, best, waiting)
         if policy == "least_connections":
             return self._best((t.own[ok] + 1.0) * t.penalty[ok] / t.weight[ok], ok, limit)
@@ -234,8 +249,12 @@ class Scheduler:
         home = ok[int(np.argmax(_mix(t.hashes[ok] ^ np.uint64(affinity_hash(affinity)))))]
         return np.concatenate(([home], best[best != home]))[:limit]
 
-    def _best(self, score_: FloatArray, rows: IndexArray, limit: int) -> IndexArray:
+    def _best(
+        self, score_: FloatArray, rows: IndexArray, limit: int, ties: FloatArray | None = None
+    ) -> IndexArray:
         keyed = score_ * (1.0 + TIE * self._np.random(score_.size))
+        if ties is not None:
+            keyed = keyed + score_ * (ALIKE * ties)
         if limit < score_.size:
             top = np.argpartition(keyed, limit - 1)[:limit]
             return rows[top[np.argsort(keyed[top])]]

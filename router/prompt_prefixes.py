@@ -1,0 +1,113 @@
+"""The prefill term: how long each candidate node would spend reading the part of a prompt it
+has not cached.
+
+A node's prompt cache is known from two sources: the summary its agent last reported for the
+model (:class:`node_protocol.wire.PrefixSummary`: from the prompts the agent saw pass, checked
+against the engine's own cached-token counts where it gives them), and the prompts this router
+sent there since that report (:func:`note_routed`; a report replaces them, as it saw them pass).
+The uncached characters over the node's prefill rate (:mod:`router.prefill_rates`) are the
+seconds :func:`router.scoring.score` adds to the node's time to serve.
+
+Router replicas do not share what they routed, so for a prompt every node scores alike on
+(a new conversation on an idle fleet), each would pick its own node at random and the
+conversation's later turns would find its prefix on one node only by luck. :func:`tie_keys`
+gives each node a rendezvous weight from the prompt's leading block instead: scores within
+:data:`router.scheduling.ALIKE` of each other are ordered by it, the same in every replica.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from node_protocol.prompt_prefix import Fingerprint, cached_prefix_chars, recorded_hashes
+from router.candidates import HashArray
+from router.nodes import Node
+from router.prefill_rates import default_rate, learned_rate
+from router.scoring import FloatArray
+
+MAX_ROUTED_HASHES = 8192  # per node and model between two reports: past it, start afresh
+
+
+def chars_per_s(node: Node) -> float:
+    """The node's prefill rate: learned, or its backend kind's default."""
+    if node.prefill_chars_per_s is not None:
+        return node.prefill_chars_per_s
+    return default_rate(None if node.report is None else node.report.backend_kind)
+
+
+def learn(node: Node, uncached_chars: int, seconds: float) -> None:
+    """A request this router sent to ``node`` with a free slot read ``uncached_chars`` of
+    prompt it had not cached and gave its first token ``seconds`` after it was sent."""
+    node.prefill_chars_per_s = learned_rate(node.prefill_chars_per_s, uncached_chars, seconds)
+
+
+def cached_chars(node: Node, name: str, fp: Fingerprint) -> int | None:
+    """How much of the prompt ``node`` likely holds for model ``name``; None when the router
+    knows nothing of that cache (no summary, nothing routed there since)."""
+    summary = node.prefix_caches.get(name)
+    routed = node.routed_prefixes.get(name)
+    if summary is None and routed is None:
+        return None
+    held = 0 if summary is None else summary.prefix_chars(fp)
+    if routed is not None and held < fp.chars:
+        held = max(held, cached_prefix_chars(routed, fp))
+    return held
+
+
+@dataclass(frozen=True, slots=True)
+class PrefixTerms:
+    """One prompt over a roster's nodes: the seconds each would spend on its uncached part, the
+    characters each holds, and each one's rendezvous weight (:func:`tie_keys`)."""
+
+    prefill_s: list[float]
+    held: list[int]
+    ties: FloatArray
+
+
+def prefill_seconds(
+    nodes: Sequence[Node], names: Sequence[str], fp: Fingerprint
+) -> tuple[list[float], list[int]] | None:
+    """Per node, the seconds it would spend on the uncached prompt and the characters it holds;
+    None when no node has a cache signal for the model (every node prefills the whole prompt,
+    so the ranking is as without the term)."""
+    chars = fp.chars
+    if chars == 0:
+        return None
+    seconds: list[float] = []
+    held: list[int] = []
+    known = False
+    for node, name in zip(nodes, names, strict=True):
+        cached = cached_chars(node, name, fp)
+        if cached is None:
+            cached = 0
+        else:
+            known = True
+        held.append(cached)
+        seconds.append((chars - cached) / chars_per_s(node))
+    return (seconds, held) if known else None
+
+
+def note_routed(node: Node, name: str, fp: Fingerprint) -> None:
+    """This router sent the prompt to ``node`` for model ``name``: until the next report, the
+    node holds its prefix (bounded: at the limit the routed set starts afresh)."""
+    if not fp.blocks:
+        return
+    routed = node.routed_prefixes.get(name)
+    if routed is None:
+        routed = node.routed_prefixes[name] = set()
+    elif len(routed) >= MAX_ROUTED_HASHES:
+        routed.clear()
+    routed.update(recorded_hashes(fp))
+
+
+def tie_keys(fp: Fingerprint, hashes: HashArray) -> FloatArray:
+    """Each node's rendezvous weight in [0, 1) for the prompt's leading block (``hashes``: the
+    nodes' :func:`router.candidates.node_hashes`), the same in every router replica."""
+    x = hashes ^ np.uint64(fp.blocks[0] if fp.blocks else 0)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    x = x ^ (x >> np.uint64(31))
+    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
