@@ -146,6 +146,10 @@ class Fleet:
         assert self.turns is not None
         return self.turns.chains[self._conv[rid]], self._blocks[rid]
 
+    def prompt_tokens(self, rid: int) -> float:
+        """The length of ``rid``'s prompt in tokens."""
+        return float(self._prompt[rid])
+
     def prefill_for(self, rid: int, eng: Engine) -> tuple[float, float]:
         """The prefill work (decoded-token equivalents) ``rid`` would have at ``eng`` if it
         started now, and the prompt tokens it would find cached there."""

@@ -10,11 +10,14 @@ and queues with the real :class:`router.admission.FairQueue`. The clairvoyant re
 :mod:`bench.sim.clairvoyant`.
 
 Where requests are conversation turns, a replica also keeps a map of the nodes' prompt caches
-(:class:`bench.sim.prefix.PrefixView`: the agents' reports plus what it routed since), for a
-prefix-aware scheduler to consume. The router's policies do not read prefixes yet; the
-simulator's own ``prefix_affinity`` policy (a comparison baseline, not a router policy) takes,
-among the nodes the roster's ``least_loaded`` would accept, the one that holds the longest
-leading part of the prompt, ties in ``least_loaded``'s order.
+(:class:`bench.sim.prefix.PrefixView`: the agents' reports plus what it routed since), in
+tokens where the router's is in characters (``CHARS_PER_TOKEN`` apart). ``least_loaded`` weighs
+it as the router does: each node's prefill term is its uncached prompt over its prefill rate
+(:func:`router.prompt_prefixes.chars_per_s`), with the prompt's rendezvous order among alike
+scores (:func:`router.prompt_prefixes.tie_keys`). ``least_loaded_blind`` is ``least_loaded``
+without the term (the router before it), and the simulator's own ``prefix_affinity`` (a
+comparison baseline, not a router policy) takes, among the nodes the roster's ``least_loaded``
+would accept, the one that holds the longest leading part of the prompt.
 """
 
 from __future__ import annotations
@@ -28,8 +31,10 @@ from bench.sim.agents import Reader, Snapshot, engine_name, snapshot
 from bench.sim.nodes import Fleet
 from bench.sim.prefix import Change, PrefixView
 from bench.sim.workload import Floats, Requests
+from node_protocol.prompt_prefix import Fingerprint
 from node_protocol.wire import Registration
 from router.admission import AdmissionLimits, FairQueue
+from router.prompt_prefixes import chars_per_s, tie_keys
 from router.registry import Registry, Reservation, node_id_for
 from router.roster import CandidateRules, Roster
 from router.scheduling import Scheduler
@@ -37,10 +42,12 @@ from router.scheduling import Scheduler
 STALE_AFTER_FACTOR = 3.0  # a report older than this many intervals is stale (as the router)
 PICK_TRIES = 3  # the router's max_attempts: busy answers to slot checks before it waits
 PREFIX_AFFINITY = "prefix_affinity"  # the simulator's prefix-aware baseline (not in the router)
+BLIND = "least_loaded_blind"  # least_loaded without the prefill term
+CHARS_PER_TOKEN = 4.0
 GROUP = "g"
 FAILURE_THRESHOLD = 3
 
-__all__ = ["PREFIX_AFFINITY", "Replica", "Snapshot", "snapshot"]
+__all__ = ["BLIND", "PREFIX_AFFINITY", "Replica", "Snapshot", "snapshot"]
 
 
 class View:
@@ -59,12 +66,19 @@ class View:
     def pick(
         self, scheduler: Scheduler, policy: str, key: str, now: float, affinity: str,
         waiting: int, busy: int, cached: Callable[[], Floats] | None = None,
+        prompt: tuple[int, float] | None = None,
     ) -> tuple[int, int] | None:  # fmt: skip
-        """The row to send to and its slot check, or None (queue the request). ``cached``
-        (``prefix_affinity``): the prompt tokens each row holds, asked only when more than one
-        row could take the request."""
+        """The row to send to and its slot check, or None (queue the request). ``cached``: the
+        prompt tokens each row holds (for ``prefix_affinity``, asked only when more than one
+        row could take the request; for ``least_loaded``, its prefill term, with ``prompt``:
+        the leading block and the prompt's tokens)."""
         roster = self.roster
-        if cached is None:
+        if cached is not None and prompt is not None:
+            prefill, ties = self._prefill_terms(cached(), prompt)
+            rows = roster.decide(scheduler, policy, key, now, limit=1, affinity=affinity,
+                                 waiting=waiting, prefill_s=prefill, ties=ties)  # fmt: skip
+        elif cached is None:
+            policy = "least_loaded" if policy == BLIND else policy
             rows = roster.decide(scheduler, policy, key, now, limit=1, affinity=affinity,
                                  waiting=waiting)  # fmt: skip
         else:
@@ -76,6 +90,16 @@ class View:
         if not rows:
             return None
         return rows[0], roster.slot_check(rows[0], now, busy)
+
+    def _prefill_terms(
+        self, held_tokens: Floats, prompt: tuple[int, float]
+    ) -> tuple[list[float], Floats]:
+        """Each row's prefill seconds and rendezvous weight, as the router reckons them."""
+        lead, tokens = prompt
+        uncached = (tokens - held_tokens) * CHARS_PER_TOKEN
+        rates = np.array([chars_per_s(n) for n in self.roster.nodes])
+        fp = Fingerprint((lead,), int(tokens * CHARS_PER_TOKEN))
+        return (uncached / rates).tolist(), tie_keys(fp, self.roster.hashes())
 
     def hold(self, rid: int, row: int) -> None:
         self._held[rid] = Reservation(self.roster.nodes[row], self.model)
@@ -179,12 +203,14 @@ class Replica:
         router does, up to ``PICK_TRIES`` times (the round trip is not modelled)."""
         mi = self._model[rid]
         view = self.views[mi]
-        cached = self._cached(rid, mi) if self.policy == PREFIX_AFFINITY else None
+        prefix_aware = self.prefix and self.policy in (PREFIX_AFFINITY, "least_loaded")
+        cached = self._cached(rid, mi) if prefix_aware else None
+        prompt = self._prompt(rid) if prefix_aware and self.policy == "least_loaded" else None
         for _ in range(PICK_TRIES):
             busy = self.bounced.get(rid, 0)
             picked = view.pick(self.scheduler, self.policy, self._keys[mi], self._now,
                                self._affinity[rid], len(self.queues[mi]), busy,
-                               cached)  # fmt: skip
+                               cached, prompt)  # fmt: skip
             if picked is None:
                 return None
             row, check = picked
@@ -201,6 +227,11 @@ class Replica:
                 self.prefix[mi].route(row, *self.fleet.chain(rid), self._now)
             return eid
         return None
+
+    def _prompt(self, rid: int) -> tuple[int, float]:
+        """The leading block of ``rid``'s prompt and its length in tokens."""
+        chain, n = self.fleet.chain(rid)
+        return (chain[0] if n else 0), self.fleet.prompt_tokens(rid)
 
     def _cached(self, rid: int, mi: int) -> Callable[[], Floats]:
         """The prompt tokens of ``rid`` each of model ``mi``'s engines holds, by this replica's

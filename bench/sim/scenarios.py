@@ -16,7 +16,7 @@ from typing import Any
 from bench.sim.agentic import Agents
 from bench.sim.cluster import NodeSpec, dedicated, engines_for
 from bench.sim.metrics import summarize
-from bench.sim.routers import PREFIX_AFFINITY
+from bench.sim.routers import BLIND, PREFIX_AFFINITY
 from bench.sim.run import CLAIRVOYANT, Outcome, Setup, simulate
 from bench.sim.workload import Stream, mean_work
 from router.admission import AdmissionLimits
@@ -41,7 +41,7 @@ HETERO = (
     ("codellama:34b", "H100-80G", 1),
 )
 BASELINES = (CLAIRVOYANT, "least_loaded", "power_of_two", "round_robin")
-AGENTIC = (*BASELINES, "sticky", PREFIX_AFFINITY)
+AGENTIC = (*BASELINES, BLIND, "sticky", PREFIX_AFFINITY)
 Report = dict[str, Any]
 
 
