@@ -1,0 +1,124 @@
+"""The prefill term: learned prefill rates, each node's uncached prompt, what a router routed
+since a report, and the rendezvous order replicas agree on."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+
+from node_protocol.prompt_prefix import SCHEME, fingerprint_text
+from node_protocol.wire import LoadReport, ModelReport, PrefixSummary, Registration
+from router.candidates import node_hashes
+from router.prefill_rates import (
+    MAX_CHARS_PER_S,
+    MIN_SAMPLE_CHARS,
+    default_rate,
+    learned_rate,
+)
+from router.prompt_prefixes import (
+    cached_chars,
+    chars_per_s,
+    learn,
+    note_routed,
+    prefill_seconds,
+    tie_keys,
+)
+from router.registry import Registry
+from router.roster import CandidateRules, Roster
+from router.scheduling import Scheduler
+
+PROMPT = fingerprint_text("x" * 20_000)
+OTHER = fingerprint_text("y" * 20_000)
+
+
+def _nodes(n: int, kind: str = "vllm") -> tuple[Registry, list]:  # type: ignore[type-arg]
+    registry = Registry("least_loaded", 3)
+    nodes = []
+    for i in range(n):
+        node, _ = registry.register("g", Registration(f"n{i}", "http://x"), 0.0)
+        report = LoadReport(1, 0.0, kind, "ok", 0, models=(ModelReport("m", True, max_parallel=4),))
+        registry.apply_report(node, report, 0.0)
+        nodes.append(node)
+    return registry, nodes
+
+
+def _summary(*held: str) -> PrefixSummary:
+    hashes: set[int] = set()
+    for text in held:
+        hashes.update(fingerprint_text(text).blocks)
+    return PrefixSummary("m", SCHEME, frozenset(hashes), 1 << 20, 1 << 16)
+
+
+def test_rate_starts_at_the_kinds_default_and_moves_toward_samples() -> None:
+    """Until a node taught one, its kind's default stands; each sample moves it part way."""
+    assert default_rate("vllm") > default_rate("llamacpp")
+    assert learned_rate(None, 100, 1.0) is None  # too short a prompt to tell
+    assert learned_rate(None, 10_000, 0.0) is None
+    first = learned_rate(None, 10_000, 1.0)
+    assert first == 10_000.0
+    second = learned_rate(first, 20_000, 1.0)
+    assert second is not None and 10_000.0 < second < 20_000.0
+    assert learned_rate(None, MIN_SAMPLE_CHARS, 1e-12) == MAX_CHARS_PER_S
+
+
+def test_a_node_with_the_prefix_cached_prefills_less() -> None:
+    """The node whose summary holds the prompt has no uncached part; the others all of it."""
+    _, nodes = _nodes(3)
+    nodes[1].prefix_caches = {"m": _summary("x" * 20_000)}
+    found = prefill_seconds(nodes, ["m"] * 3, PROMPT)
+    assert found is not None
+    seconds, held = found
+    assert held == [0, PROMPT.chars, 0]
+    assert seconds[1] == 0.0
+    assert seconds[0] == seconds[2] == PROMPT.chars / chars_per_s(nodes[0])
+
+
+def test_no_cache_signal_means_no_term() -> None:
+    """Without any node's summary or routed prompts the ranking stays as without the term."""
+    _, nodes = _nodes(3)
+    assert prefill_seconds(nodes, ["m"] * 3, PROMPT) is None
+
+
+def test_routed_prompts_count_until_the_next_report() -> None:
+    """What this router sent to a node counts as held there until a report replaces it."""
+    registry, nodes = _nodes(2)
+    note_routed(nodes[0], "m", PROMPT)
+    assert cached_chars(nodes[0], "m", PROMPT) == PROMPT.chars
+    assert cached_chars(nodes[0], "m", OTHER) == 0
+    assert cached_chars(nodes[1], "m", PROMPT) is None
+    report = LoadReport(2, 0.0, "vllm", "ok", 0, models=(ModelReport("m", True, max_parallel=4),),
+                        prefix_caches=(_summary("y" * 20_000),))  # fmt: skip
+    registry.apply_report(nodes[0], report, 1.0)
+    assert cached_chars(nodes[0], "m", PROMPT) == 0
+    assert cached_chars(nodes[0], "m", OTHER) == OTHER.chars
+
+
+def test_learning_replaces_the_default() -> None:
+    """A node that answered teaches its own rate."""
+    _, nodes = _nodes(1)
+    learn(nodes[0], 30_000, 2.0)
+    assert chars_per_s(nodes[0]) == 15_000.0
+
+
+def test_replicas_pick_the_same_node_for_a_new_prompt() -> None:
+    """On an idle fleet, routers with different random draws pick the same node for a prompt
+    (its rendezvous order), and not the same node for every prompt."""
+    _, nodes = _nodes(8)
+    roster = Roster(nodes, ("m",), CandidateRules(3, 3.0, cap_factor=2.0))
+    picks = set()
+    for text in ("a", "b", "c", "d", "e", "f"):
+        fp = fingerprint_text(text * 5_000)
+        nodes[0].routed_prefixes = {"m": set()}  # a cache signal, holding nothing
+        found = prefill_seconds(nodes, ["m"] * 8, fp)
+        assert found is not None
+        ties = tie_keys(fp, node_hashes(roster.ids))
+        chosen = {
+            roster.decide(Scheduler(random.Random(seed)), "least_loaded", "g/m", 1.0, limit=1,
+                          prefill_s=found[0], ties=ties)[0]  # type: ignore[index]
+            for seed in range(6)
+        }  # fmt: skip
+        assert len(chosen) == 1
+        picks |= chosen
+    assert len(picks) > 1
+    assert np.all((ties >= 0.0) & (ties < 1.0))
