@@ -58,7 +58,8 @@ def test_rate_starts_at_the_kinds_default_and_moves_toward_samples() -> None:
     first = learned_rate(None, 10_000, 1.0)
     assert first == 10_000.0
     second = learned_rate(first, 20_000, 1.0)
-    assert second is not None and 10_000.0 < second < 20_000.0
+    assert second is not None
+    assert 10_000.0 < second < 20_000.0
     assert learned_rate(None, MIN_SAMPLE_CHARS, 1e-12) == MAX_CHARS_PER_S
 
 
