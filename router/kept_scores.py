@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from typing import cast
 
 from router.candidates import Standing, cold_now, is_stale, penalty_of
-from router.scheduling import TIE, Scheduler, room_of
-from router.scoring import ScoringParams, fill_speed_list, time_to_serve
+from router.scheduling import TIE, RowTies, Scheduler, room_of
+from router.scoring import FloatArray, ScoringParams, fill_speed_list, time_to_serve
 
 # A report this close to its stale moment is looked at again (the moment is a sum of floats,
 # the test of staleness a difference: they may differ in the last bit).
@@ -99,8 +99,8 @@ class KeptScores:
         now: float,
         stale_after_s: float,
         limit: int,
-        prefill_s: Sequence[float] | None = None,
-        ties: Sequence[float] | None = None,
+        prefill_s: Sequence[float] | FloatArray | None = None,
+        ties: RowTies | None = None,
     ) -> list[int] | None:
         """The ``limit`` best rows, best first, or None where the column path must decide.
         ``read_at[i]``: when row ``i``'s node's load was read; ``own[i]``, ``own_model[i]``:
@@ -162,7 +162,7 @@ class KeptScores:
 
     def _scored(
         self, i: int, load: float, cold_s: float, standings: Sequence[Standing | None],
-        p: ScoringParams, prefill_s: Sequence[float] | None,
+        p: ScoringParams, prefill_s: Sequence[float] | FloatArray | None,
     ) -> float:  # fmt: skip
         """Row ``i``'s score (:func:`router.scoring.score`), kept where it has no prefill."""
         if prefill_s is not None:

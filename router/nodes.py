@@ -20,7 +20,7 @@ what did not change.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import TracebackType
@@ -69,6 +69,21 @@ class NodeWatcher(Protocol):
 
     def counted(self, row: int, key: str, delta: int) -> None:
         """A slot on the node for the model counted under ``key`` was taken (+1) or freed (-1)."""
+
+
+class PromptWatcher(Protocol):
+    """A kept index of some nodes' prompt caches (:class:`router.prompt_index.PromptIndex`),
+    told of what changes in them; ``row`` as for :class:`NodeWatcher`."""
+
+    def changed(self, row: int) -> None:
+        """The node's cache summaries changed, or what was routed there was dropped."""
+
+    def routed(self, row: int, name: str, hashes: Iterable[int]) -> None:
+        """This router sent a prompt there for model ``name``, whose prefix ``hashes`` the node
+        holds from now on."""
+
+    def rate_changed(self, row: int) -> None:
+        """The node's prefill rate was learned anew."""
 
 
 def node_id_for(group: str, name: str) -> str:
@@ -121,6 +136,7 @@ class Node:
     routed_prefixes: dict[str, set[int]] = field(default_factory=dict)
     prefill_chars_per_s: float | None = None  # learned prefill rate (router.prefill_rates)
     watchers: list[tuple[NodeWatcher, int]] = field(default_factory=list)
+    prompt_watchers: list[tuple[PromptWatcher, int]] = field(default_factory=list)
 
     def changed(self) -> None:
         """Tell the views that watch this node that its state, report or breaker changed."""
@@ -131,6 +147,21 @@ class Node:
         """Tell the views that watch this node that it reported again, changing nothing else."""
         for watcher, row in self.watchers:
             watcher.node_heard(row)
+
+    def prompts_changed(self) -> None:
+        """Tell the prompt indexes that this node's cache summaries or routed prompts changed."""
+        for watcher, row in self.prompt_watchers:
+            watcher.changed(row)
+
+    def prompts_routed(self, name: str, hashes: Iterable[int]) -> None:
+        """Tell the prompt indexes that a prompt was routed here (its prefix ``hashes``)."""
+        for watcher, row in self.prompt_watchers:
+            watcher.routed(row, name, hashes)
+
+    def prefill_rate_changed(self) -> None:
+        """Tell the prompt indexes that this node's prefill rate changed."""
+        for watcher, row in self.prompt_watchers:
+            watcher.rate_changed(row)
 
     def seen_state(self) -> tuple[object, ...]:
         """What taking a report changes that views of the node read, but the time and the

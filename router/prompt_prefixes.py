@@ -10,9 +10,10 @@ seconds :func:`router.scoring.score` adds to the node's time to serve.
 
 Router replicas do not share what they routed, so for a prompt every node scores alike on
 (a new conversation on an idle fleet), each would pick its own node at random and the
-conversation's later turns would find its prefix on one node only by luck. :func:`tie_keys`
-gives each node a rendezvous weight from the prompt's leading block instead: scores within
-:data:`router.scheduling.ALIKE` of each other are ordered by it, the same in every replica.
+conversation's later turns would find its prefix on one node only by luck. A
+:class:`Rendezvous` gives each node a weight from the prompt's leading block instead: scores
+within :data:`router.scheduling.ALIKE` of each other are ordered by it, the same in every
+replica. The per-request work over a roster is :class:`router.prompt_index.PromptIndex`'s.
 """
 
 from __future__ import annotations
@@ -41,7 +42,10 @@ def chars_per_s(node: Node) -> float:
 def learn(node: Node, uncached_chars: int, seconds: float) -> None:
     """A request this router sent to ``node`` with a free slot read ``uncached_chars`` of
     prompt it had not cached and gave its first token ``seconds`` after it was sent."""
-    node.prefill_chars_per_s = learned_rate(node.prefill_chars_per_s, uncached_chars, seconds)
+    old = node.prefill_chars_per_s
+    node.prefill_chars_per_s = learned_rate(old, uncached_chars, seconds)
+    if node.prefill_chars_per_s != old:
+        node.prefill_rate_changed()
 
 
 def cached_chars(node: Node, name: str, fp: Fingerprint) -> int | None:
@@ -58,36 +62,51 @@ def cached_chars(node: Node, name: str, fp: Fingerprint) -> int | None:
 
 
 @dataclass(frozen=True, slots=True)
+class Rendezvous:
+    """A prompt's rendezvous order over nodes: each node's weight in [0, 1) from its
+    :func:`router.candidates.node_hashes` hash and the prompt's leading block, the same in
+    every router replica (splitmix64's finaliser of the two xored)."""
+
+    key: int
+
+    def weight(self, node_hash: int) -> float:
+        """One node's weight."""
+        x = node_hash ^ self.key
+        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK
+        return ((x ^ (x >> 31)) >> 11) / _UNIT
+
+    def weights(self, node_hashes: HashArray) -> FloatArray:
+        """The weights of many nodes at once (equal to :meth:`weight`'s)."""
+        x = node_hashes ^ np.uint64(self.key)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+        return (x >> np.uint64(11)).astype(np.float64) / _UNIT
+
+    @classmethod
+    def of(cls, fp: Fingerprint) -> Rendezvous:
+        return cls(fp.blocks[0] if fp.blocks else 0)
+
+
+_MASK = (1 << 64) - 1
+_UNIT = float(1 << 53)
+
+
+@dataclass(frozen=True, slots=True)
 class PrefixTerms:
-    """One prompt over a roster's nodes: the seconds each would spend on its uncached part, the
-    characters each holds, and each one's rendezvous weight (:func:`tie_keys`)."""
+    """One prompt over a roster's rows: the seconds each would spend on its uncached part, the
+    characters every row holds (``base``) and those of the rows that hold more (``more``), and
+    the prompt's rendezvous order among alike scores."""
 
-    prefill_s: list[float]
-    held: list[int]
-    ties: FloatArray
+    prefill_s: Sequence[float] | FloatArray
+    base: int
+    more: dict[int, int]
+    ties: Rendezvous
 
-
-def prefill_seconds(
-    nodes: Sequence[Node], names: Sequence[str], fp: Fingerprint
-) -> tuple[list[float], list[int]] | None:
-    """Per node, the seconds it would spend on the uncached prompt and the characters it holds;
-    None when no node has a cache signal for the model (every node prefills the whole prompt,
-    so the ranking is as without the term)."""
-    chars = fp.chars
-    if chars == 0:
-        return None
-    seconds: list[float] = []
-    held: list[int] = []
-    known = False
-    for node, name in zip(nodes, names, strict=True):
-        cached = cached_chars(node, name, fp)
-        if cached is None:
-            cached = 0
-        else:
-            known = True
-        held.append(cached)
-        seconds.append((chars - cached) / chars_per_s(node))
-    return (seconds, held) if known else None
+    def held(self, row: int) -> int:
+        """The prompt characters the row's node likely holds."""
+        return self.more.get(row, self.base)
 
 
 def note_routed(node: Node, name: str, fp: Fingerprint) -> None:
@@ -95,19 +114,14 @@ def note_routed(node: Node, name: str, fp: Fingerprint) -> None:
     node holds its prefix (bounded: at the limit the routed set starts afresh)."""
     if not fp.blocks:
         return
+    hashes = recorded_hashes(fp)
     routed = node.routed_prefixes.get(name)
     if routed is None:
         routed = node.routed_prefixes[name] = set()
     elif len(routed) >= MAX_ROUTED_HASHES:
         routed.clear()
-    routed.update(recorded_hashes(fp))
-
-
-def tie_keys(fp: Fingerprint, hashes: HashArray) -> FloatArray:
-    """Each node's rendezvous weight in [0, 1) for the prompt's leading block (``hashes``: the
-    nodes' :func:`router.candidates.node_hashes`), the same in every router replica."""
-    x = hashes ^ np.uint64(fp.blocks[0] if fp.blocks else 0)
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    x = x ^ (x >> np.uint64(31))
-    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+        routed.update(hashes)
+        node.prompts_changed()
+        return
+    routed.update(hashes)
+    node.prompts_routed(name, hashes)

@@ -13,7 +13,7 @@ from typing import Any
 
 from node_protocol.prompt_prefix import Fingerprint, fingerprint, is_prompt_path
 from router.nodes import Node
-from router.prompt_prefixes import PrefixTerms, learn, note_routed, prefill_seconds, tie_keys
+from router.prompt_prefixes import PrefixTerms, learn, note_routed
 from router.records import RequestRecord
 from router.roster import Roster
 
@@ -54,10 +54,7 @@ class PromptRoute:
 
     def terms(self, roster: Roster) -> PrefixTerms | None:
         """Each node's prefill term for this prompt; None when no node's cache is known."""
-        found = prefill_seconds(roster.nodes, roster.names, self.fp)
-        if found is None:
-            return None
-        return PrefixTerms(found[0], found[1], tie_keys(self.fp, roster.hashes()))
+        return roster.prompt_terms(self.fp)
 
     def routed(
         self, roster: Roster, row: int, terms: PrefixTerms | None, now: float,
@@ -66,7 +63,7 @@ class PromptRoute:
         """The prompt goes to ``row`` (``terms``: what the pick weighed, if anything)."""
         node = roster.nodes[row]
         note_routed(node, roster.names[row], self.fp)
-        held = 0 if terms is None else terms.held[row]
+        held = 0 if terms is None else terms.held(row)
         uncached = self.fp.chars - held
         self._teacher = (node, uncached) if has_free_slot(roster, row, now) else None
         count(group, node.name, held, uncached)

@@ -189,6 +189,7 @@ class Registry:
         if node is None:
             return None
         node.watchers.clear()
+        node.prompt_watchers.clear()
         group.reindex()
         group_gone = not group.nodes and not group.declared
         if group_gone:
@@ -228,6 +229,7 @@ class Registry:
             node.prefix_caches = report.prefix_caches_by_name()
             for name in node.prefix_caches:  # its agent saw what this router sent before
                 node.routed_prefixes.pop(name, None)
+            node.prompts_changed()
         node.report = report
         node.report_received_at = node.load_read_at = now
         running = report.queue_running or report.in_flight

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from node_protocol.prompt_prefix import Fingerprint
 from router.aliases import node_name_for
 from router.bounded import LruDict
 from router.candidates import (
@@ -36,7 +37,10 @@ from router.candidates import (
 from router.kept_scores import KeptScores
 from router.load_estimates import claimed_loads, slot_check
 from router.nodes import Node
+from router.prompt_index import PromptIndex
+from router.prompt_prefixes import PrefixTerms, Rendezvous
 from router.registry import Group
+from router.roster_columns import RosterColumns
 from router.scheduling import IndexArray, Scheduler
 from router.scoring import DEFAULT_PARAMS, FloatArray, ScoringParams
 
@@ -63,57 +67,6 @@ class CandidateRules:
     params: ScoringParams = DEFAULT_PARAMS
 
 
-class _Columns:
-    """The standings as numpy columns, for a decision over a fleet (NaN: no report)."""
-
-    def __init__(self, n: int, params: ScoringParams) -> None:
-        self.params = params
-        self.routable = np.zeros(n, dtype=bool)
-        self.penalty = np.ones(n)  # for being degraded
-        self.probe_at = np.full(n, -math.inf)  # -inf: breaker closed
-        self.cold_s = np.zeros(n)
-        self.slots = np.zeros(n)
-        self.cap = np.zeros(n)
-        self.tok_s = np.full(n, math.nan)
-        self.weight = np.ones(n)
-        self.reported = np.full(n, math.nan)
-        self.own_at = np.zeros(n)
-        self.read_at = np.full(n, math.nan)
-        self.claim_free = np.zeros(n)
-        self.claim = np.zeros(n)
-        self.own = np.zeros(n)  # this router's requests at the node, as Roster.own
-        self.own_model = np.zeros(n)  # and those for the model
-        self.has_report = np.zeros(n, dtype=bool)
-        self._cold: set[int] = set()  # rows where the model must be loaded first
-        self._closed: set[int] = set(range(n))  # rows not routable, breaker open, or unfit
-
-    @property
-    def some_cold(self) -> bool:
-        return bool(self._cold)
-
-    @property
-    def some_closed(self) -> bool:
-        return bool(self._closed)
-
-    def write(self, i: int, s: Standing | None) -> None:
-        closed = s is None or not s.routable or s.probe_at is not None or s.cold_s == math.inf
-        (self._closed.add if closed else self._closed.discard)(i)
-        (self._cold.add if s is not None and s.cold_s > 0.0 else self._cold.discard)(i)
-        if s is None:
-            self.routable[i] = False
-            return
-        self.routable[i] = s.routable
-        self.penalty[i] = penalty_of(s.degraded, False, self.params)
-        self.probe_at[i] = -math.inf if s.probe_at is None else s.probe_at
-        self.cold_s[i], self.slots[i], self.cap[i] = s.cold_s, s.slots, s.cap
-        self.tok_s[i] = math.nan if s.tok_s is None else s.tok_s
-        self.weight[i] = s.weight
-        self.reported[i] = math.nan if s.reported is None else s.reported
-        self.has_report[i] = s.reported is not None
-        self.own_at[i] = s.own_at_report
-        self.claim_free[i], self.claim[i] = s.claim_free, s.claim
-
-
 class Roster:
     """One model's candidates in one group (see the module doc). Rows follow ``nodes``;
     ``names[i]`` is the name node ``i`` serves the model under (one of ``names``)."""
@@ -133,9 +86,11 @@ class Roster:
         self._renamed: dict[str, Mapping[str, str]] = {}
         n = len(self.nodes)
         self.standings: list[Standing | None] = [None] * n
-        self._columns = _Columns(n, rules.params) if n > MAX_ROWS else None
+        self._columns = RosterColumns(n, rules.params) if n > MAX_ROWS else None
         self._kept = KeptScores(n) if n <= MAX_ROWS else None
         self._hashes: HashArray | None = None
+        self._hash_list: list[int] | None = None
+        self._prompts: PromptIndex | None = None  # made at the first request with a prompt
         self._dirty: set[int] = set()
         self.read_at = [node.load_read_at for node in self.nodes]  # when each load was read
         for i, node in enumerate(self.nodes):
@@ -177,6 +132,9 @@ class Roster:
         """Stop watching the nodes (the roster is no longer used)."""
         for node in self.nodes:
             node.watchers[:] = [(w, row) for w, row in node.watchers if w is not self]
+            if self._prompts is not None:
+                index = self._prompts
+                node.prompt_watchers[:] = [w for w in node.prompt_watchers if w[0] is not index]
 
     def _sync(self, i: int) -> None:
         r = self.rules
@@ -228,6 +186,25 @@ class Roster:
             self._hashes = node_hashes(self.ids)
         return self._hashes
 
+    def hash_list(self) -> list[int]:
+        """:meth:`hashes` as Python ints, made once."""
+        if self._hash_list is None:
+            self._hash_list = self.hashes().tolist()
+        return self._hash_list
+
+    def prompt_terms(self, fp: Fingerprint) -> PrefixTerms | None:
+        """Each row's prefill term for the prompt; None when no node's cache is known."""
+        index = self._prompts
+        if index is None:
+            index = self._prompts = PromptIndex(self.nodes, self.names, self._columns is not None)
+            for i, node in enumerate(self.nodes):
+                node.prompt_watchers.append((index, i))
+        found = index.held(fp)
+        if found is None:
+            return None
+        base, more = found
+        return PrefixTerms(index.prefill_s(fp.chars, base, more), base, more, Rendezvous.of(fp))
+
     def renamed(self, model: str) -> Mapping[str, str]:
         """Node id -> the name the node serves the model under, for the nodes that do not
         serve it under ``model`` (the name a request asked for: one of the roster's names)."""
@@ -250,25 +227,28 @@ class Roster:
         limit: int,
         affinity: str | None = None,
         waiting: int = 0,
-        prefill_s: Sequence[float] | None = None,
-        ties: FloatArray | None = None,
+        prefill_s: Sequence[float] | FloatArray | None = None,
+        ties: Rendezvous | None = None,
     ) -> list[int] | None:
         """The rows to try, best first. ``[]``: every node that may take the request is full
         (queue it); None: no node may take it at all (none routable, breakers open, or the
         model cannot fit). ``key`` names the rotation; ``waiting``: requests for this model
         already queued at this router; ``prefill_s``: per row, the seconds its node would spend
         on the part of this request's prompt it has not cached (None: 0 everywhere); ``ties``:
-        per row, the order among alike scores (:meth:`Scheduler.best_of`)."""
+        the prompt's order among alike scores (:meth:`Scheduler.best_of`)."""
         self._sync_changed()
         if self._kept is not None and policy == "least_loaded":
+            row_ties = None
+            if ties is not None:
+                hashes = self.hash_list()
+                row_ties = lambda row: ties.weight(hashes[row])  # noqa: E731
             rows = self._kept.choose(
                 scheduler, self.standings, self.read_at, self.own, self.own_model, now,
-                self.rules.stale_after_s, limit, prefill_s,
-                None if ties is None else ties.tolist(),
+                self.rules.stale_after_s, limit, prefill_s, row_ties,
             )  # fmt: skip
             if rows is not None:
                 return rows
-        if policy == "sticky":
+        if policy == "sticky" or ties is not None:
             self.hashes()
         open_rows, table = self.table(now) if self._columns is not None else self.rows(now)
         if not open_rows.size:
@@ -276,9 +256,12 @@ class Roster:
         if prefill_s is not None:
             prefill = np.asarray(prefill_s, dtype=np.float64)
             table.prefill_s = prefill if open_rows.size == len(prefill) else prefill[open_rows]
+        column_ties = None
+        if ties is not None and table.hashes is not None:
+            node_hashes = table.hashes
+            column_ties = lambda rows: ties.weights(node_hashes[rows])  # noqa: E731
         ranked = scheduler.rank(policy, key, table, limit=limit, affinity=affinity,
-                                waiting=waiting,
-                                ties=None if ties is None else ties[open_rows])  # fmt: skip
+                                waiting=waiting, ties=column_ties)  # fmt: skip
         picked: list[int] = open_rows[ranked].tolist()
         return picked
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -101,6 +101,10 @@ TIE = 1e-9  # relative jitter: breaks exact ties at random, never reorders disti
 # Scores this close (relative) are alike when a request brings its own tie order (a prompt's
 # rendezvous weights: router.prompt_prefixes), so that every replica picks the same node.
 ALIKE = 0.02
+# A request's tie order: the weight in [0, 1) of a row (of the roster, for best_of; of the
+# table, for rank), asked only of the rows whose scores may be among the best.
+RowTies = Callable[[int], float]
+ColumnTies = Callable[[IndexArray], FloatArray]
 DEFAULT_SLOTS = DEFAULT_PARAMS.default_slots
 DEFAULT_LOAD_S = DEFAULT_PARAMS.default_load_s
 EVICT_FACTOR = DEFAULT_PARAMS.evict_factor
@@ -180,19 +184,20 @@ class Scheduler:
         return [table.ids[i] for i in rows]
 
     def best_of(
-        self, rows: list[int], scores: list[float], limit: int,
-        ties: Sequence[float] | None = None,
-    ) -> list[int]:  # fmt: skip
+        self, rows: list[int], scores: list[float], limit: int, ties: RowTies | None = None
+    ) -> list[int]:
         """The ``limit`` best of ``rows`` by ``scores`` (lower first), exact ties broken at
         random: :meth:`rank`'s choice among scored rows, with the same random draws. ``ties``
-        (per row of the roster, in [0, 1)): scores within ``ALIKE`` of each other are ordered
-        by them instead, the same in every replica."""
+        (a row's weight in [0, 1)): scores within ``ALIKE`` of each other are ordered by them
+        instead, the same in every replica (asked only of the rows that may be among the
+        best)."""
         jitter = self._np.random(len(scores)).tolist()
-        if ties is None:
-            keyed = [s * (1.0 + TIE * u) for s, u in zip(scores, jitter, strict=True)]
-        else:
-            keyed = [s * (1.0 + ALIKE * ties[r] + TIE * u)
-                     for r, s, u in zip(rows, scores, jitter, strict=True)]  # fmt: skip
+        keyed = [s * (1.0 + TIE * u) for s, u in zip(scores, jitter, strict=True)]
+        if ties is not None and len(scores) > 1:
+            bound = _alike_bound(sorted(scores)[min(limit, len(scores)) - 1])
+            for j, s in enumerate(scores):
+                if s <= bound:
+                    keyed[j] += s * (ALIKE * ties(rows[j]))
         return [rows[j] for j in sorted(range(len(keyed)), key=keyed.__getitem__)[:limit]]
 
     def rank(
@@ -204,12 +209,12 @@ class Scheduler:
         limit: int = 3,
         affinity: str | None = None,
         waiting: int = 0,
-        ties: FloatArray | None = None,
+        ties: ColumnTies | None = None,
     ) -> IndexArray:
         """Row numbers of the ``limit`` best open rows of ``t``, best first (see :func:`room`).
         ``waiting``: requests already queued for this model at this router (admission);
-        ``ties``: per row of ``t``, ``least_loaded``'s order among alike scores (see
-        :meth:`best_of`)."""
+        ``ties``: the weights of rows of ``t``, ``least_loaded``'s order among alike scores
+        (see :meth:`best_of`)."""
         room_ = room(t, policy in SLOT_AWARE)
         ok = np.flatnonzero((t.load < room_) & (t.cold_s < math.inf))
         if ok.size == 0:
@@ -217,7 +222,7 @@ class Scheduler:
         limit = min(limit, ok.size)
         p = self.params
         if policy == "least_loaded":
-            best = self._best(_scores(t, ok, p), ok, limit, None if ties is None else ties[ok])
+            best = self._best(_scores(t, ok, p), ok, limit, ties)
             return self._hold_cold(t, ok, room_, best, waiting)
         if policy == "least_connections":
             return self._best((t.own[ok] + 1.0) * t.penalty[ok] / t.weight[ok], ok, limit)
@@ -250,11 +255,14 @@ class Scheduler:
         return np.concatenate(([home], best[best != home]))[:limit]
 
     def _best(
-        self, score_: FloatArray, rows: IndexArray, limit: int, ties: FloatArray | None = None
+        self, score_: FloatArray, rows: IndexArray, limit: int, ties: ColumnTies | None = None
     ) -> IndexArray:
         keyed = score_ * (1.0 + TIE * self._np.random(score_.size))
-        if ties is not None:
-            keyed = keyed + score_ * (ALIKE * ties)
+        if ties is not None and score_.size > 1:
+            k = min(limit, score_.size) - 1
+            near = np.flatnonzero(score_ <= _alike_bound(float(np.partition(score_, k)[k])))
+            if near.size > 1:
+                keyed[near] += score_[near] * (ALIKE * ties(rows[near]))
         if limit < score_.size:
             top = np.argpartition(keyed, limit - 1)[:limit]
             return rows[top[np.argsort(keyed[top])]]
@@ -338,6 +346,13 @@ class Scheduler:
         credit[ranked[0]] -= weight.sum()
         self._credit[key] = (ids, credit)
         return ranked
+
+
+def _alike_bound(kth: float) -> float:
+    """The highest score that may still be among the best when the ``limit``-th best is
+    ``kth``, once alike scores are ordered by their weights: a score past it stays behind all
+    of those, whatever the weights."""
+    return kth * (1.0 + ALIKE + TIE)
 
 
 def _mix(x: HashArray) -> HashArray:

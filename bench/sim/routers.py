@@ -14,7 +14,7 @@ Where requests are conversation turns, a replica also keeps a map of the nodes' 
 tokens where the router's is in characters (``CHARS_PER_TOKEN`` apart). ``least_loaded`` weighs
 it as the router does: each node's prefill term is its uncached prompt over its prefill rate
 (:func:`router.prompt_prefixes.chars_per_s`), with the prompt's rendezvous order among alike
-scores (:func:`router.prompt_prefixes.tie_keys`). ``least_loaded_blind`` is ``least_loaded``
+scores (:class:`router.prompt_prefixes.Rendezvous`). ``least_loaded_blind`` is ``least_loaded``
 without the term (the router before it), and the simulator's own ``prefix_affinity`` (a
 comparison baseline, not a router policy) takes, among the nodes the roster's ``least_loaded``
 would accept, the one that holds the longest leading part of the prompt.
@@ -31,10 +31,9 @@ from bench.sim.agents import Reader, Snapshot, engine_name, snapshot
 from bench.sim.nodes import Fleet
 from bench.sim.prefix import Change, PrefixView
 from bench.sim.workload import Floats, Requests
-from node_protocol.prompt_prefix import Fingerprint
 from node_protocol.wire import Registration
 from router.admission import AdmissionLimits, FairQueue
-from router.prompt_prefixes import chars_per_s, tie_keys
+from router.prompt_prefixes import Rendezvous, chars_per_s
 from router.registry import Registry, Reservation, node_id_for
 from router.roster import CandidateRules, Roster
 from router.scheduling import Scheduler
@@ -93,13 +92,13 @@ class View:
 
     def _prefill_terms(
         self, held_tokens: Floats, prompt: tuple[int, float]
-    ) -> tuple[list[float], Floats]:
-        """Each row's prefill seconds and rendezvous weight, as the router reckons them."""
+    ) -> tuple[list[float], Rendezvous]:
+        """Each row's prefill seconds and the prompt's rendezvous order, as the router reckons
+        them."""
         lead, tokens = prompt
         uncached = (tokens - held_tokens) * CHARS_PER_TOKEN
         rates = np.array([chars_per_s(n) for n in self.roster.nodes])
-        fp = Fingerprint((lead,), int(tokens * CHARS_PER_TOKEN))
-        return (uncached / rates).tolist(), tie_keys(fp, self.roster.hashes())
+        return (uncached / rates).tolist(), Rendezvous(lead)
 
     def hold(self, rid: int, row: int) -> None:
         self._held[rid] = Reservation(self.roster.nodes[row], self.model)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import pytest
 
 from node_protocol.prompt_prefix import SCHEME, fingerprint_text
 from node_protocol.wire import LoadReport, ModelReport, PrefixSummary, Registration
@@ -16,14 +17,7 @@ from router.prefill_rates import (
     default_rate,
     learned_rate,
 )
-from router.prompt_prefixes import (
-    cached_chars,
-    chars_per_s,
-    learn,
-    note_routed,
-    prefill_seconds,
-    tie_keys,
-)
+from router.prompt_prefixes import Rendezvous, cached_chars, chars_per_s, learn, note_routed
 from router.registry import Registry
 from router.roster import CandidateRules, Roster
 from router.scheduling import Scheduler
@@ -63,22 +57,79 @@ def test_rate_starts_at_the_kinds_default_and_moves_toward_samples() -> None:
     assert learned_rate(None, MIN_SAMPLE_CHARS, 1e-12) == MAX_CHARS_PER_S
 
 
+def _roster(nodes: list) -> Roster:  # type: ignore[type-arg]
+    return Roster(nodes, ("m",), CandidateRules(3, 3.0, cap_factor=2.0))
+
+
+def _report(seq: int, *held: str) -> LoadReport:
+    return LoadReport(seq, 0.0, "vllm", "ok", 0, models=(ModelReport("m", True, max_parallel=4),),
+                      prefix_caches=(_summary(*held),))  # fmt: skip
+
+
 def test_a_node_with_the_prefix_cached_prefills_less() -> None:
     """The node whose summary holds the prompt has no uncached part; the others all of it."""
-    _, nodes = _nodes(3)
-    nodes[1].prefix_caches = {"m": _summary("x" * 20_000)}
-    found = prefill_seconds(nodes, ["m"] * 3, PROMPT)
-    assert found is not None
-    seconds, held = found
-    assert held == [0, PROMPT.chars, 0]
-    assert seconds[1] == 0.0
-    assert seconds[0] == seconds[2] == PROMPT.chars / chars_per_s(nodes[0])
+    registry, nodes = _nodes(3)
+    roster = _roster(nodes)
+    registry.apply_report(nodes[1], _report(2, "x" * 20_000), 0.0)
+    terms = roster.prompt_terms(PROMPT)
+    assert terms is not None
+    assert [terms.held(i) for i in range(3)] == [0, PROMPT.chars, 0]
+    assert terms.prefill_s[1] == 0.0
+    assert terms.prefill_s[0] == terms.prefill_s[2] == PROMPT.chars / chars_per_s(nodes[0])
+
+
+def test_a_prefix_every_node_holds_counts_for_every_node() -> None:
+    """A leading part every node's summary holds is cached everywhere; the node holding more
+    of the prompt prefills only the rest."""
+    registry, nodes = _nodes(3)
+    roster = _roster(nodes)
+    shared = "s" * 4_096
+    for i, node in enumerate(nodes):
+        registry.apply_report(node, _report(2, shared + ("x" * 16_000 if i == 2 else str(i))), 0.0)
+    prompt = fingerprint_text(shared + "x" * 16_000 + "next turn")
+    terms = roster.prompt_terms(prompt)
+    assert terms is not None
+    assert terms.held(0) == terms.held(1) == 4_096  # the shared part, no more
+    assert terms.held(2) > 16_000
+    assert [terms.held(i) for i in range(3)] == [cached_chars(node, "m", prompt) for node in nodes]
 
 
 def test_no_cache_signal_means_no_term() -> None:
     """Without any node's summary or routed prompts the ranking stays as without the term."""
     _, nodes = _nodes(3)
-    assert prefill_seconds(nodes, ["m"] * 3, PROMPT) is None
+    assert _roster(nodes).prompt_terms(PROMPT) is None
+
+
+def test_the_index_follows_routed_prompts_reports_and_rates() -> None:
+    """A roster's index, made before, sees a prompt routed since, a report replacing it and a
+    rate learned: each as asking the nodes afresh would."""
+    registry, nodes = _nodes(2)
+    roster = _roster(nodes)
+    assert roster.prompt_terms(PROMPT) is None
+    note_routed(nodes[0], "m", PROMPT)
+    terms = roster.prompt_terms(PROMPT)
+    assert terms is not None
+    assert [terms.held(i) for i in range(2)] == [PROMPT.chars, 0]
+    learn(nodes[1], 30_000, 2.0)
+    terms = roster.prompt_terms(PROMPT)
+    assert terms is not None
+    assert terms.prefill_s[1] == pytest.approx(PROMPT.chars / 15_000.0, rel=1e-12)
+    registry.apply_report(nodes[0], _report(2, "y" * 20_000), 1.0)
+    terms = roster.prompt_terms(PROMPT)
+    assert terms is not None
+    assert [terms.held(i) for i in range(2)] == [0, 0]
+    other = roster.prompt_terms(OTHER)
+    assert other is not None
+    assert other.held(0) == OTHER.chars
+
+
+def test_rendezvous_weights_agree_one_by_one_and_at_once() -> None:
+    """A node's weight is the same from the Python path (a few rows) and the numpy one."""
+    hashes = node_hashes([f"n{i}" for i in range(50)])
+    rendezvous = Rendezvous.of(PROMPT)
+    at_once = rendezvous.weights(hashes)
+    assert at_once.tolist() == [rendezvous.weight(h) for h in hashes.tolist()]
+    assert np.all((at_once >= 0.0) & (at_once < 1.0))
 
 
 def test_routed_prompts_count_until_the_next_report() -> None:
@@ -104,22 +155,21 @@ def test_learning_replaces_the_default() -> None:
 
 def test_replicas_pick_the_same_node_for_a_new_prompt() -> None:
     """On an idle fleet, routers with different random draws pick the same node for a prompt
-    (its rendezvous order), and not the same node for every prompt."""
-    _, nodes = _nodes(8)
-    roster = Roster(nodes, ("m",), CandidateRules(3, 3.0, cap_factor=2.0))
-    picks = set()
-    for text in ("a", "b", "c", "d", "e", "f"):
-        fp = fingerprint_text(text * 5_000)
+    (its rendezvous order), and not the same node for every prompt: over a few nodes (kept
+    scores) and over a fleet (columns)."""
+    for n in (8, 120):
+        _, nodes = _nodes(n)
+        roster = _roster(nodes)
         nodes[0].routed_prefixes = {"m": set()}  # a cache signal, holding nothing
-        found = prefill_seconds(nodes, ["m"] * 8, fp)
-        assert found is not None
-        ties = tie_keys(fp, node_hashes(roster.ids))
-        chosen = {
-            roster.decide(Scheduler(random.Random(seed)), "least_loaded", "g/m", 1.0, limit=1,
-                          prefill_s=found[0], ties=ties)[0]  # type: ignore[index]
-            for seed in range(6)
-        }  # fmt: skip
-        assert len(chosen) == 1
-        picks |= chosen
-    assert len(picks) > 1
-    assert np.all((ties >= 0.0) & (ties < 1.0))
+        picks = set()
+        for text in ("a", "b", "c", "d", "e", "f"):
+            terms = roster.prompt_terms(fingerprint_text(text * 5_000))
+            assert terms is not None
+            chosen = {
+                roster.decide(Scheduler(random.Random(seed)), "least_loaded", "g/m", 1.0,
+                              limit=1, prefill_s=terms.prefill_s, ties=terms.ties)[0]  # type: ignore[index]
+                for seed in range(6)
+            }  # fmt: skip
+            assert len(chosen) == 1
+            picks |= chosen
+        assert len(picks) > 1
