@@ -6,7 +6,9 @@ as ``{"error": "..."}``), Ollama's NDJSON (one object a line, errors as a final
 ``{"error": "..."}`` line), and the named-event SSE of Anthropic Messages and OpenAI Responses
 (errors as their ``error`` events, :mod:`node_protocol.surface_errors`). What the answer says
 (its tokens, counts and end) is read by :class:`node_protocol.events.AnswerReader`, which the
-router uses too.
+router uses too. The error that tells of a cut carries :data:`~node_protocol.wire.STREAM_CUT_CODE`
+(OpenAI ``code``, else ``error_type``), so that a router can tell it from the backend's own errors
+and resume the answer elsewhere.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import orjson
 
 from node_protocol.events import Surface
 from node_protocol.surface_errors import anthropic_error_event, responses_error_event
+from node_protocol.wire import STREAM_CUT_CODE
 
 
 class Framing(enum.Enum):
@@ -63,22 +66,22 @@ def cut_event(framing: Framing, message: str, last: bytes) -> bytes | None:
                 "message": message,
                 "type": "api_error",
                 "param": None,
-                "code": "backend_stream_cut",
+                "code": STREAM_CUT_CODE,
             }
         }
         # End a half-sent event first so the error event parses on its own.
         lead = b"" if not last or last.endswith(b"\n\n") else b"\n\n"
         return lead + b"data: " + orjson.dumps(error) + b"\n\n"
     if framing is Framing.NATIVE_SSE:
-        native = {"error": message, "error_type": "backend_stream_cut"}
+        native = {"error": message, "error_type": STREAM_CUT_CODE}
         lead = b"" if not last or last.endswith(b"\n\n") else b"\n\n"
         return lead + b"data: " + orjson.dumps(native) + b"\n\n"
     if framing is Framing.ANTHROPIC_SSE or framing is Framing.RESPONSES_SSE:
         lead = b"" if not last or last.endswith(b"\n\n") else b"\n\n"
         if framing is Framing.ANTHROPIC_SSE:
             return lead + anthropic_error_event(message, "api_error")
-        return lead + responses_error_event(message, "backend_stream_cut")
+        return lead + responses_error_event(message, STREAM_CUT_CODE)
     if framing is Framing.NDJSON:
         lead = b"" if not last or last.endswith(b"\n") else b"\n"
-        return lead + orjson.dumps({"error": message}) + b"\n"
+        return lead + orjson.dumps({"error": message, "error_type": STREAM_CUT_CODE}) + b"\n"
     return None

@@ -49,6 +49,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from node_protocol.wire import STREAM_CUT_CODE
+
 from .appkeys import BACKEND, PROXY
 from .errors import (
     AgentError,
@@ -244,8 +246,8 @@ async def _streamed(request: web.Request, ask: Ask) -> web.StreamResponse:
             upstream.client_gone()
         except AgentError as exc:  # stalled, dropped or garbled after the stream started
             log.warning("Triton stream for %s cut: %s", ask.model, exc.message)
-            with suppress(ConnectionError):
-                await resp.write(error_event(exc.message, exc.code))
+            with suppress(ConnectionError):  # the cut's code: the router ends or resumes it
+                await resp.write(error_event(exc.message, STREAM_CUT_CODE))
                 await resp.write_eof()
     return resp
 

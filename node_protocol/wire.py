@@ -27,6 +27,10 @@ HEALTH_VALUES = ("ok", "degraded", "unhealthy")
 # queues the request.
 SLOT_CHECK_HEADER = "X-Router-Slot-Check"
 NODE_BUSY_HEADER = "X-Node-Busy"
+# The code (OpenAI ``error.code``, native ``error_type``) of the error an agent ends a stream
+# with when its backend dropped or stalled mid-answer: the router takes it for a cut stream, not
+# for the backend's own error, and may go on with the answer at another node.
+STREAM_CUT_CODE = "backend_stream_cut"
 
 
 class WireError(ValueError):

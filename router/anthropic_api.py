@@ -22,7 +22,6 @@ from typing import Any
 
 from aiohttp import web
 
-from node_protocol.surface_errors import anthropic_error_event
 from router.dispatch import DISPATCHER, Target
 from router.errors import InvalidRequest
 from router.limits import BodyLimits
@@ -39,11 +38,6 @@ BLOCK_TYPES = frozenset(
     {"text", "image", "document", "tool_use", "tool_result", "thinking", "redacted_thinking"}
 )
 TOOL_CHOICES = frozenset({"auto", "any", "tool", "none"})
-
-
-def cut_event(message: str) -> bytes:
-    """The bytes that end a Messages stream cut after its first byte: an ``error`` event."""
-    return anthropic_error_event(message, "api_error")
 
 
 def _where(i: int, j: int | None = None) -> str:

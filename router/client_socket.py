@@ -1,12 +1,16 @@
 """The client's connection: the one module that reaches into aiohttp's private parts.
 
-Two things the router needs are not in aiohttp's public API:
+Three things the router needs are not in aiohttp's public API:
 
+* **Headers sent with the first piece.** A stream's status line and headers wait until its first
+  token is in hand (a node may still fail before it) and then go out with it in one write
+  (:class:`HeldResponse`: aiohttp's buffered-headers path, the one ``web.Response`` takes, chosen
+  by ``_send_headers_immediately``).
 * **Stream pieces written straight to the socket.** A relayed stream's pieces go to the client's
   transport as the node's connection parses them, framed as aiohttp frames them, with no task
   switch in between (:func:`piece_writer`): the relay's cost is per piece, and aiohttp's writer
-  costs a coroutine per piece. This relies on ``StreamResponse`` writing its headers to the
-  socket when prepared (``_send_headers_immediately``) and on the chunked framing it announced.
+  costs a coroutine per piece. This relies on the headers having gone out (with the first
+  write) and on the chunked framing the response announced.
 * **A specialised connection handler.** aiohttp answers requests it cannot parse itself, in
   plain text, before any middleware runs, and has no bound on the time a client may take to send
   its headers. :class:`HookedRunner` makes its server build a subclass of aiohttp's private
@@ -98,15 +102,22 @@ def check_aiohttp(version: str = aiohttp.__version__) -> None:
 check_aiohttp()
 
 
+class HeldResponse(web.StreamResponse):
+    """A stream response whose status line and headers go out with its first write."""
+
+    _send_headers_immediately = False
+
+
 def piece_writer(
     request: web.BaseRequest,
     response: web.StreamResponse,
     prepare: Callable[[bytes], bytes | None],
 ) -> Callable[[bytes], bool]:
-    """For a prepared stream response: a function that writes one piece to the client's socket
-    at once and says whether it did. ``prepare`` turns the piece into the bytes to send, or
-    refuses it (None). A client that has not taken what was sent before gets nothing here
-    either: the caller then writes the piece through ``response`` (which waits for it)."""
+    """For a stream response already written to (its headers are out): a function that writes
+    one piece to the client's socket at once and says whether it did. ``prepare`` turns the
+    piece into the bytes to send, or refuses it (None). A client that has not taken what was
+    sent before gets nothing here either: the caller then writes the piece through
+    ``response`` (which waits for it)."""
     transport = request.transport
     chunked = response.headers.get("Transfer-Encoding") == "chunked"
 

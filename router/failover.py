@@ -9,13 +9,18 @@ outcome                                next     this node   earlier unclear 500s
 =====================================  =======  ==========  ==========================
 Answered (fit to relay)                relay    —           the nodes' fault
 Unreachable, TimedOut, Broken,         retry    breaker     kept
-Garbage, ErrorAnswer NODE
+Garbage, NoFirstToken, ErrorAnswer NODE
 Overloaded (429, 503)                  retry    busy        kept
 ErrorAnswer REQUEST (says bad input)   answer   —           the request's: forgotten
 ErrorAnswer UNCLEAR, same as earlier   answer   —           the request's: forgotten
 ErrorAnswer UNCLEAR, new               retry    unclear     kept
 candidates run out                     error    —           the nodes' fault (AT_END)
 =====================================  =======  ==========  ==========================
+
+Nothing the client can use has been sent before the answer's first token (content or a tool
+call), so the headers wait for it: a node that closes, stalls or sends garbage between its headers
+and its first token (:class:`NoFirstToken`) is a node fault like one that never answered, and an
+error event in place of the first token is read like an error answer's body.
 
 A node fault (no connection, a reset, a timeout, a gateway error, garbage) opens the node's
 breaker. A request fault (a body that says the input is invalid, or the same 500 from two nodes)
@@ -102,6 +107,15 @@ class Garbage:
 
 
 @dataclass(frozen=True, slots=True)
+class NoFirstToken:
+    """The node sent its headers, then closed, stalled or sent garbage before its first token:
+    nothing reached the client. ``why`` is ``closed``, ``timeout`` or ``garbage``."""
+
+    why: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Overloaded:
     """The node said it is full (429, 503): it is busy, not broken."""
 
@@ -133,7 +147,7 @@ class ErrorAnswer:
 
 ANSWERED = Answered()
 
-Failure = Unreachable | TimedOut | Broken | Garbage | Overloaded | ErrorAnswer
+Failure = Unreachable | TimedOut | Broken | Garbage | NoFirstToken | Overloaded | ErrorAnswer
 Outcome = Answered | Failure
 
 
@@ -193,6 +207,26 @@ def decide(outcome: Outcome, unclear: Sequence[ErrorAnswer] = ()) -> Decision:
             return RETRY_UNCLEAR
         case _:
             return RETRY_NODE_FAULT
+
+
+def retry_label(failure: Failure) -> str:
+    """The failure's ``reason`` label on ``router_retries_total`` (a small fixed set)."""
+    match failure:
+        case NoFirstToken(why=why):
+            return f"{why}_before_first_token"
+        case ErrorAnswer():
+            return "server_error"
+        case _:
+            return _LABELS[type(failure)]
+
+
+_LABELS: dict[type, str] = {
+    Unreachable: "unreachable",
+    TimedOut: "timeout",
+    Broken: "broken",
+    Garbage: "garbage",
+    Overloaded: "overloaded",
+}
 
 
 def error_outcome(
@@ -262,6 +296,12 @@ def _said_by(kinds: tuple[object, ...]) -> _Said:
     return _Said.NOTHING
 
 
+def _timed_out(failure: Failure) -> bool:
+    return isinstance(failure, TimedOut) or (
+        isinstance(failure, NoFirstToken) and failure.why == "timeout"
+    )
+
+
 def retry_after_s(value: str | None) -> float | None:
     """A Retry-After header in seconds; None when absent or a date (clocks differ)."""
     if not value:
@@ -289,6 +329,6 @@ def final_error(model: str, failures: Sequence[Failure], retry_after_s: int) -> 
         error = RateLimited if all(f.status == 429 for f in overloads) else NoCapacity
         message = f"every node for '{model}' is overloaded: {reasons}"
         return error(message, code="overloaded", retry_after_s=retry)
-    if all(isinstance(f, TimedOut) for f in failures):
+    if all(_timed_out(f) for f in failures):
         return UpstreamTimeout(f"no node answered in time for '{model}': {reasons}")
     return UpstreamError(f"no node could serve '{model}': {reasons}")

@@ -31,8 +31,36 @@ MAX_MODELS = 500
 
 
 class RouterMetrics:
+    """Every series the router exports, observed from request records and rare events."""
+
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        self._define_request_series()
+        registry.register(
+            RequestSeries(
+                self.requests,
+                self.duration,
+                self.ttft,
+                self.tpot,
+                self.output_tokens,
+                self.overhead,
+                self.tenant_requests,
+                self.tenant_tokens,
+                self.admission_wait,
+                self.in_progress,
+            )
+        )
+        self._define_event_counters(registry)
+        self._tenants = LabelCap(MAX_TENANTS)
+        self._models = LabelCap(MAX_MODELS)
+        self._series = (
+            self.requests, self.duration, self.ttft, self.tpot, self.output_tokens,
+            self.overhead, self.admission_wait,
+        )  # fmt: skip
+        self._by_node = (self.busy_answers, self.cut_streams, self.resumed_streams)
+
+    def _define_request_series(self) -> None:
+        """The series every request touches: plain numbers, exported at scrape time."""
         self.requests = CounterSeries(
             "router_requests",
             "Requests answered, by group, model, serving node and HTTP status.",
@@ -88,25 +116,14 @@ class RouterMetrics:
             "Requests being handled now.",
             ("group",),
         )
-        registry.register(
-            RequestSeries(
-                self.requests,
-                self.duration,
-                self.ttft,
-                self.tpot,
-                self.output_tokens,
-                self.overhead,
-                self.tenant_requests,
-                self.tenant_tokens,
-                self.admission_wait,
-                self.in_progress,
-            )
-        )
-        # Rare events (a retry, a cut stream, a refusal) stay plain prometheus-client counters.
+
+    def _define_event_counters(self, registry: CollectorRegistry) -> None:
+        """Rare events (a retry, a cut stream, a refusal) stay plain prometheus-client
+        counters."""
         self.retries = Counter(
             "router_retries_total",
-            "Attempts that failed before the first byte and moved to another node.",
-            ["group", "node"],
+            "Attempts that failed before the first token and moved to another node, by reason.",
+            ["group", "node", "reason"],
             registry=registry,
         )
         self.task_restarts = Counter(
@@ -123,7 +140,14 @@ class RouterMetrics:
         )
         self.cut_streams = Counter(
             "router_streams_cut_total",
-            "Streams cut after the first byte (the client got an error event).",
+            "Streams cut after the first token that no node went on with (the client got an "
+            "error event).",
+            ["group", "node"],
+            registry=registry,
+        )
+        self.resumed_streams = Counter(
+            "router_streams_resumed_total",
+            "Streams cut after the first token that another node went on with, by the cut node.",
             ["group", "node"],
             registry=registry,
         )
@@ -133,13 +157,6 @@ class RouterMetrics:
             ["group", "reason"],
             registry=registry,
         )
-        self._tenants = LabelCap(MAX_TENANTS)
-        self._models = LabelCap(MAX_MODELS)
-        self._series = (
-            self.requests, self.duration, self.ttft, self.tpot, self.output_tokens,
-            self.overhead, self.admission_wait,
-        )  # fmt: skip
-        self._by_node = (self.retries, self.busy_answers, self.cut_streams)
 
     def tenant_label(self, tenant: str | None) -> str:
         return self._tenants(tenant) if tenant else "none"
@@ -151,6 +168,7 @@ class RouterMetrics:
             series.forget(match)
         for counter in self._by_node:
             counter.remove(group, node)
+        _remove_matching(self.retries, match)
 
     def forget_group(self, group: str) -> None:
         """Drop the series of a group that was removed (its nodes' went with them). A count of
@@ -160,7 +178,7 @@ class RouterMetrics:
             series.forget(match)
         if not self.in_progress.series.get((group,)):
             self.in_progress.forget(match)
-        for counter in (*self._by_node, self.rejections):
+        for counter in (*self._by_node, self.retries, self.rejections):
             _remove_matching(counter, match)
 
     def observe(self, record: RequestRecord) -> None:

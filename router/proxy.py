@@ -1,97 +1,57 @@
 """Forwarding one request to the nodes the scheduler chose.
 
 The body goes upstream as it was read (no re-encoding). Each attempt at a node ends in a typed
-outcome, and :func:`router.failover.decide` says what it means: before the first byte a node
-fault (no connection, a timeout, a reset, a gateway error, garbage) opens the node's breaker and
-moves on to the next candidate, an overloaded node (429, 503) is noted busy and passed over, and
-an error that is the request's own (its body says so, or two nodes gave the same 500) is
-answered to the client at once (bounded by ``max_attempts`` in all). After the first byte the
-stream relay (:mod:`router.stream_relay`) owns the answer. A client that leaves cancels the
-handler (``handler_cancellation``), which closes the upstream connection so the backend stops
-generating. The node's slot is reserved before the upstream call and released exactly once when
-the attempt ends, whatever way it ends.
+outcome, and :func:`router.failover.decide` says what it means: until the answer's first token
+(a whole answer: until its end) nothing has reached the client, so a node fault (no connection,
+a timeout, a reset, a gateway error, garbage, a stream that ends or stalls before its first
+token) opens the node's breaker and moves on to the next candidate, an overloaded node (429,
+503) is noted busy and passed over, and an error that is the request's own (its body says so,
+or two nodes gave the same 500) is answered to the client at once (bounded by ``max_attempts``
+in all). From the first token the stream relay (:mod:`router.stream_relay`) owns the answer; a
+stream cut after it is resumed on another node serving the model where the group allows it and
+a node can continue it (:mod:`router.resume`), else it ends with an SSE error event. A client
+that leaves cancels the handler (``handler_cancellation``), which closes the upstream connection
+so the backend stops generating. A node's slot is reserved before each call and released
+exactly once when that call ends, whatever way it ends.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Sequence
-from types import TracebackType
 
 import orjson
 from aiohttp import web
 
-from node_protocol.upstream import CallLimits, UpstreamBroken, UpstreamPool, UpstreamResponse
-from node_protocol.wire import NODE_BUSY_HEADER, SLOT_CHECK_HEADER
+from node_protocol.events import AnswerReader
+from node_protocol.upstream import UpstreamPool, UpstreamResponse
 from router.aliases import apply_renaming
+from router.continuation import CONTINUING_KINDS, Transcript
 from router.errors import UpstreamError, envelope
 from router.failover import (
     ANSWERED,
     AT_END,
-    Broken,
     ErrorAnswer,
     Failure,
-    Garbage,
     Mark,
     Next,
     Settle,
-    TimedOut,
-    Unreachable,
     decide,
-    error_outcome,
     final_error,
 )
+from router.first_token import first_token
 from router.metrics import RouterMetrics
+from router.node_calls import STREAM_TYPES, NodeBusy, NodeCalls, Slot
 from router.outbound import Outbound, response_headers
 from router.records import RequestRecord
 from router.registry import Group, Node, Registry, Reservation
-from router.scheduling import DEFAULT_SLOTS
+from router.resume import Resumer
 from router.settings import RouterSettings
-from router.stream_relay import StreamRelay, stream_error_event
+from router.stream_relay import Cut, Leg, StreamRelay, stream_error_event
 
 __all__ = ["FORWARDER", "Forwarder", "NodeBusy", "Outbound", "stream_error_event"]
 
-log = logging.getLogger("router.proxy")
-
-STREAM_TYPES = ("text/event-stream", "application/x-ndjson")
-MAX_ERROR_BODY = 64 * 1024
-
-
-class NodeBusy(Exception):
-    """The node's agent answered a slot check busy: every slot was taken (by another router
-    replica) since its last report. Nothing was sent to the backend; the request can be picked
-    again. ``in_flight`` is the agent's count."""
-
-    def __init__(self, node: Node, in_flight: int) -> None:
-        super().__init__(f"{node.name} is busy ({in_flight} in flight)")
-        self.in_flight = in_flight
-
-
-class _Slot:
-    """One attempt's reservation, released exactly once: early (before the node's load is
-    noted) or when the attempt ends, whichever comes first."""
-
-    __slots__ = ("_on_release", "_reservation")
-
-    def __init__(self, reservation: Reservation, on_release: Callable[[], None] | None) -> None:
-        self._reservation: Reservation | None = reservation
-        self._on_release = on_release
-
-    def free(self) -> None:
-        reservation, self._reservation = self._reservation, None
-        if reservation is not None:
-            reservation.release()
-            if self._on_release is not None:
-                self._on_release()
-
-    def __enter__(self) -> _Slot:
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.free()
+Answer = web.StreamResponse | Cut
 
 
 def _has_envelope(body: bytes) -> bool:
@@ -102,13 +62,8 @@ def _has_envelope(body: bytes) -> bool:
     return isinstance(parsed, dict) and isinstance(parsed.get("error"), dict)
 
 
-def _full_load(node: Node, model: str) -> int:
-    """A count of requests at a node that said it is full: its slots for ``model`` (or the
-    scheduler's default), and at least one more than this router has there."""
-    slots = next(
-        (m.max_parallel for m in node.models() if m.id == model or model in m.aliases), None
-    )
-    return max(slots or DEFAULT_SLOTS, node.in_flight + 1)
+def _streamed(resp: UpstreamResponse) -> bool:
+    return resp.status < 400 and resp.headers.get("content-type", "").startswith(STREAM_TYPES)
 
 
 class Forwarder:
@@ -121,12 +76,15 @@ class Forwarder:
         settings: RouterSettings,
         metrics: RouterMetrics,
     ) -> None:
-        self._pool = pool
+        self._calls = NodeCalls(pool, registry, settings, metrics)
         self._registry = registry
         self._settings = settings
         self._metrics = metrics
-        self._timeouts: dict[str, tuple[CallLimits, float]] = {}
+        self._resume_in: dict[str, bool] = {}
         self._streams = StreamRelay(registry, metrics, settings.slow_client_timeout_s)
+        self._resumer = Resumer(
+            self._calls, registry, self._streams, metrics, settings.max_attempts
+        )
 
     async def drain(self, grace_s: float) -> int:
         """Let streams in flight finish for up to ``grace_s``, then cut the rest (their clients
@@ -152,6 +110,8 @@ class Forwarder:
         the slot is released and the node's load noted."""
         failures: list[Failure] = []
         unclear: list[tuple[Node, ErrorAnswer]] = []  # 500s another node's outcome decides
+        tried: set[str] = set()
+        cut: Cut | None = None
         try:
             for node_id in order:
                 if record.attempts >= self._settings.max_attempts:
@@ -161,24 +121,32 @@ class Forwarder:
                     continue
                 record.attempts += 1
                 record.node = node.name
+                tried.add(node_id)
                 check = 0
                 if first is not None and first.node is node:
                     reservation, first, check = first, None, slot_check
                 else:
                     reservation = Reservation(node, out.model)
-                with _Slot(reservation, on_release) as slot:
+                with Slot(reservation, on_release) as slot:
                     answer = await self._attempt(
                         request, group, node, out, record, slot, check, unclear
                     )
+                    if isinstance(answer, Cut):
+                        cut = answer
+                        break
                     if isinstance(answer, web.StreamResponse):
                         return answer
-                    if self._judge(group, node, out, answer, slot, unclear) is Next.ANSWER:
+                    if self._judge(node, out, answer, slot, unclear) is Next.ANSWER:
                         assert isinstance(answer, ErrorAnswer)
                         return self._answer_error(node, out, record, answer)
                     failures.append(answer)
         finally:
             if first is not None:  # its node was gone before it was tried
-                _Slot(first, on_release).free()
+                Slot(first, on_release).free()
+        if cut is not None:  # the cut node's slot is free: go on elsewhere
+            return await self._resumer.resume(
+                request, group, order, out, record, cut, tried, on_release
+            )
         self._settle(unclear, AT_END)
         record.node = None
         raise final_error(out.model, failures, self._settings.retry_after_s)
@@ -190,14 +158,14 @@ class Forwarder:
         node: Node,
         out: Outbound,
         record: RequestRecord,
-        slot: _Slot,
+        slot: Slot,
         check: int,
         unclear: list[tuple[Node, ErrorAnswer]],
-    ) -> web.StreamResponse | Failure:
+    ) -> Answer | Failure:
         """One node: its answer relayed to the client, or why it could not be."""
         record.t_upstream_sent = time.perf_counter()
         try:
-            opened = await self._open(node, out, check)
+            opened = await self._calls.open(node, out, check)
         except NodeBusy as busy:
             record.attempts -= 1  # not a failure: the request was never sent on
             slot.free()
@@ -206,40 +174,40 @@ class Forwarder:
             raise
         if not isinstance(opened, UpstreamResponse):
             return opened
-        record.t_upstream_headers = time.perf_counter()
-        self._registry.connection_ok(node)
-        if unclear:  # an answer here tells what the earlier 500s were
-            self._settle(unclear, decide(ANSWERED).earlier)
         try:
-            return await self._relay(request, opened, node, out, record)
+            held = b""
+            if _streamed(opened):
+                answer = record.answer
+                got = await first_token(opened, answer, record.watch, node.name)
+                if not isinstance(got, bytes):
+                    record.answer = AnswerReader(answer.surface)  # nothing of it was relayed
+                    record.tail = b""
+                    return got
+                held = got
+            record.t_upstream_headers = time.perf_counter()  # the answer's start is in hand
+            self._registry.connection_ok(node)
+            if unclear:  # an answer here tells what the earlier 500s were
+                self._settle(unclear, decide(ANSWERED).earlier)
+            return await self._relay(request, group, opened, node, out, record, held)
         finally:
             opened.close()
 
     def _judge(
         self,
-        group: Group,
         node: Node,
         out: Outbound,
         failure: Failure,
-        slot: _Slot,
+        slot: Slot,
         unclear: list[tuple[Node, ErrorAnswer]],
     ) -> Next:
         """Apply the policy's decision on a failed attempt to the node (and to earlier ones)."""
         decision = decide(failure, [answer for _, answer in unclear])
         slot.free()  # before the node's load is noted
-        if decision.next is Next.RETRY:
-            log.warning("node %s failed before first byte: %s", node.name, failure.reason)
-            self._metrics.retries.labels(group.name, node.name).inc()
-        now = time.monotonic()
-        if decision.node is Mark.BREAKER:
-            self._registry.connection_failed(node, now)
-        elif decision.node is Mark.BUSY:
-            model = out.node_models.get(node.node_id, out.model)
-            self._registry.note_busy(node, _full_load(node, model), now)
-        elif decision.node is Mark.UNCLEAR:
+        self._calls.note(node, out, failure, decision.next, decision.node)
+        if decision.node is Mark.UNCLEAR:
             assert isinstance(failure, ErrorAnswer)
             unclear.append((node, failure))
-        else:
+        elif decision.node is Mark.NONE:
             self._registry.connection_ok(node)  # it answered, and sensibly
         self._settle(unclear, decision.earlier)
         return decision.next
@@ -255,90 +223,32 @@ class Forwarder:
                 self._registry.connection_failed(node, now)
         unclear.clear()
 
-    def _limits_for(self, group: str) -> tuple[CallLimits, float]:
-        """(call limits, idle bound for the body) for a group, built once. The headers are
-        awaited within the first-byte bound, or the idle bound where that is shorter."""
-        cached = self._timeouts.get(group)
-        if cached is None:
-            t = self._settings.timeouts_for(group)
-            headers_s = min(t.first_byte_s, t.idle_s)
-            limits = CallLimits(connect_s=t.connect_s, idle_s=headers_s, total_s=t.total_s)
-            cached = self._timeouts[group] = (limits, t.idle_s)
-        return cached
-
-    async def _open(self, node: Node, out: Outbound, slot_check: int) -> UpstreamResponse | Failure:
-        """Send the request; the node's answer once its headers are in and it is fit to relay,
-        or the failure it is."""
-        path, body, _ = out.for_node(node)
-        limits, idle_s = self._limits_for(node.group)
-        headers = out.headers_for(node)
-        if slot_check:
-            headers[SLOT_CHECK_HEADER] = str(slot_check)
-        try:
-            resp = await self._pool.post(node.base_url, path, body, headers, limits)
-        except TimeoutError:  # no connection, or no headers, in time
-            return TimedOut(f"timeout waiting for {node.name}")
-        except (UpstreamBroken, ConnectionResetError) as exc:
-            return Broken(f"{node.name}: {exc.__class__.__name__}")
-        except (OSError, ValueError) as exc:  # refused, unreachable, not a usable URL
-            return Unreachable(f"{node.name}: {exc.__class__.__name__}")
-        resp.pace(idle_s)
-        status = resp.status
-        if status < 300:
-            return resp if out.stream is None else await self._check_answer(node, out, resp)
-        if status < 500 and status != 429:
-            return resp  # the client's error, for the client to read
-        if status == 503 and slot_check:
-            busy = resp.headers.get(NODE_BUSY_HEADER.lower(), "")
-            if busy.isdigit():
-                resp.close()
-                raise NodeBusy(node, int(busy))
-        try:
-            detail = await resp.read_some(MAX_ERROR_BODY)
-        except (OSError, TimeoutError):
-            detail = b""
-        resp.close()
-        return error_outcome(status, resp.headers, detail, node.name)
-
-    @staticmethod
-    async def _check_answer(
-        node: Node, out: Outbound, resp: UpstreamResponse
-    ) -> UpstreamResponse | Garbage:
-        """Refuse garbage while nothing has reached the client, so it can go elsewhere: a
-        stream answered with something that is not a stream, or a whole answer that is not
-        (complete) JSON."""
-        ctype = resp.headers.get("content-type", "")
-        if out.stream:
-            if ctype.startswith(STREAM_TYPES):
-                return resp
-            resp.close()
-            return Garbage(f"{node.name} answered a stream as {ctype!r}")
-        try:
-            body = await resp.read()  # kept: the relay reads it again for free
-        except (OSError, TimeoutError) as exc:
-            resp.close()
-            return Garbage(f"{node.name} broke off its answer: {exc!r}")
-        text = body.strip()
-        if "json" not in ctype or not text or text[:1] not in b"{[" or text[-1:] not in b"}]":
-            resp.close()
-            return Garbage(f"{node.name} answered something that is not JSON")
-        return resp
+    def _resumes(self, group: str) -> bool:
+        on = self._resume_in.get(group)
+        if on is None:
+            on = self._resume_in[group] = self._settings.resume_for(group)
+        return on
 
     async def _relay(
         self,
         request: web.Request,
+        group: Group,
         upstream: UpstreamResponse,
         node: Node,
         out: Outbound,
         record: RequestRecord,
-    ) -> web.StreamResponse:
+        held: bytes,
+    ) -> Answer:
         record.status = upstream.status
         rename = out.renaming_for(node)
         ctype = upstream.headers.get("content-type", "application/json")
-        if upstream.status < 400 and ctype.startswith(STREAM_TYPES):
+        if _streamed(upstream):
             headers = response_headers(ctype, node, out, record)
-            return await self._streams.relay(
-                request, upstream, node, headers, record, rename, out.done_marker
+            leg = Leg(upstream, node, rename, held, seen=True)
+            resumable = out.stream and record.answer.surface in CONTINUING_KINDS
+            transcript = Transcript() if resumable and self._resumes(group.name) else None
+            return await self._streams.start(
+                request, leg, headers, record, out.done_marker, transcript
             )
         try:
             body = await upstream.read()

@@ -29,6 +29,7 @@ class RequestRecord:
     error: str | None = None
     attempts: int = 0
     failovers: int = 0
+    resumed: int = 0  # times a cut stream went on at another node
     t_upstream_sent: float | None = None
     t_upstream_headers: float | None = None
     t_headers_out: float | None = None
@@ -126,4 +127,5 @@ class RequestRecord:
             "duration_ms": round((end - self.t_start) * 1000, 2),
             "tokens": self.output_tokens,
             "error": self.error,
+            "resumed": self.resumed,
         }

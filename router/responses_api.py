@@ -24,7 +24,6 @@ from typing import Any
 
 from aiohttp import web
 
-from node_protocol.surface_errors import responses_error_event
 from router.dispatch import DISPATCHER, Target
 from router.errors import InvalidRequest
 from router.limits import BodyLimits
@@ -43,11 +42,6 @@ STATEFUL = {
     "previous_response_id": "a previous response",
     "conversation": "a conversation",
 }
-
-
-def cut_event(message: str) -> bytes:
-    """The bytes that end a Responses stream cut after its first byte: an ``error`` event."""
-    return responses_error_event(message, "stream_interrupted")
 
 
 def _check_stateless(parsed: dict[str, Any]) -> None:

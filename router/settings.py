@@ -121,12 +121,14 @@ class StaticNode(Schema):
 
 
 class GroupSettings(Schema):
-    """A server group: its scheduling policy, static nodes and, optionally, its own timeouts."""
+    """A server group: its scheduling policy, static nodes and, optionally, its own timeouts and
+    whether its cut streams are resumed."""
 
     name: GroupName = Field(description="the group's name, as in /{group}/v1/...")
     policy: Policy = Field("least_loaded", description=f"one of {', '.join(POLICIES)}")
     nodes: tuple[StaticNode, ...] = Field((), description="backends with no agent")
     timeouts: GroupTimeouts | None = Field(None, description="overrides of [timeouts]")
+    resume: bool | None = Field(None, description="as resume_streams, for this group")
 
 
 class RouterSettings(Schema):
@@ -141,7 +143,10 @@ class RouterSettings(Schema):
     groups: tuple[GroupSettings, ...] = Field((), description="[[groups]] with their settings")
     timeouts: Timeouts = Field(Timeouts(), description="bounds on node calls")
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="largest request body")
-    max_attempts: AtLeastOne = Field(3, description="nodes tried before the first byte")
+    max_attempts: AtLeastOne = Field(3, description="nodes tried before the first token")
+    resume_streams: bool = Field(
+        True, description="a stream cut after its first token goes on at another node"
+    )
     report_interval_s: Seconds = Field(
         1.0, description="how often agents report; two missed reports count as a failed check"
     )
@@ -235,6 +240,13 @@ class RouterSettings(Schema):
             return self.timeouts
         own = settings.timeouts.model_dump(exclude_none=True)
         return self.timeouts.model_copy(update=own)
+
+    def resume_for(self, group: str) -> bool:
+        """Whether a cut stream of ``group`` goes on at another node (its own setting, else
+        the router-wide one)."""
+        settings = self.group(group)
+        own = None if settings is None else settings.resume
+        return self.resume_streams if own is None else own
 
     def group(self, name: str) -> GroupSettings | None:
         for g in self.groups:

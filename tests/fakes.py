@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,7 +101,7 @@ class FakeNode:
                         {
                             "index": 0,
                             "delta": {"content": f"t{i} " + "x" * self.pad},
-                            "finish_reason": None,
+                            "finish_reason": "stop" if i == self.chunks - 1 else None,
                         }
                     ],
                 }
@@ -129,6 +129,49 @@ async def run_app(app: web.Application) -> AsyncIterator[str]:
         await runner.cleanup()
 
 
+Answer = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@contextlib.asynccontextmanager
+async def scripted(name: str, answer: Answer) -> AsyncIterator[FakeNode]:
+    """A node whose chat and completions answer what ``answer`` gives; each request's body is
+    kept in ``seen``."""
+    node = FakeNode(name)
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        node.seen.append({"body": await request.json()})
+        return await answer(request)
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handle)
+    app.router.add_post("/v1/completions", handle)
+    async with run_app(app) as url:
+        node.url = url
+        yield node
+
+
+def script(*steps: bytes | float | None) -> Answer:
+    """A stream answer: each bytes step is written, a number sleeps that long, and None drops
+    the connection there (a node that died); the body ends after the last step."""
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for step in steps:
+            if step is None:
+                assert request.transport is not None
+                request.transport.abort()
+                return resp
+            if isinstance(step, float):
+                await asyncio.sleep(step)
+            else:
+                await resp.write(step)
+        await resp.write_eof()
+        return resp
+
+    return answer
+
+
 @contextlib.asynccontextmanager
 async def running(node: FakeNode) -> AsyncIterator[FakeNode]:
     async with run_app(node.app()) as url:
@@ -137,12 +180,18 @@ async def running(node: FakeNode) -> AsyncIterator[FakeNode]:
 
 
 def report(
-    models: tuple[str, ...], *, seq: int = 1, in_flight: int = 0, health: str = "ok", slots: int = 4
+    models: tuple[str, ...],
+    *,
+    seq: int = 1,
+    in_flight: int = 0,
+    health: str = "ok",
+    slots: int = 4,
+    kind: str = "vllm",
 ) -> dict[str, Any]:
     return {
         "seq": seq,
         "sentAt": time.time(),
-        "backendKind": "vllm",
+        "backendKind": kind,
         "backendHealth": health,
         "inFlight": in_flight,
         "models": [{"id": m, "loaded": True, "maxParallel": slots} for m in models],

@@ -65,9 +65,11 @@ class Engine:
         prompt_tokens: int,
         max_tokens: int | None,
         keep_alive_s: float | None = None,
+        continues: int = 0,
     ) -> Job:
         """Register a request; raises :class:`EngineBusy` when the backend's queue bound is hit
-        (a request that can start at once never waits, so it is never refused for waiting)."""
+        (a request that can start at once never waits, so it is never refused for waiting).
+        ``continues``: the model's words the answer goes on from (:mod:`.continuation`)."""
         st = self.models[model]
         limit = self.policy.queue_limit
         if limit is not None:
@@ -79,7 +81,7 @@ class Engine:
                 busy = waiting >= limit and not (st.loaded and st.gate.can_enter_now())
             if busy:
                 raise EngineBusy(model)
-        return Job(self, st, prompt_tokens, max_tokens, keep_alive_s)
+        return Job(self, st, prompt_tokens, max_tokens, keep_alive_s, continues)
 
     async def load(self, model: str, keep_alive_s: float | None = None) -> float:
         """Load ``model`` through an API (Triton's, LM Studio's) without running anything;

@@ -27,6 +27,8 @@ class Job:
     job holds a slot; it may raise to refuse the job there): only the uncached part of the
     prompt costs prefill time. ``on_first_token`` is called as the first token comes out.
     ``decode_steps`` adds up this job's share of each decode step (1 / streams in the batch).
+    ``first``: the model's words it goes on from (:mod:`.continuation`); with no cap the
+    answer stops where an uncontinued one would have.
     """
 
     def __init__(
@@ -36,11 +38,14 @@ class Job:
         prompt_tokens: int,
         max_tokens: int | None,
         keep_alive_s: float | None,
+        first: int = 0,
     ) -> None:
         self.engine = engine
         self.model = st
         self.prompt_tokens = prompt_tokens
-        self.output_tokens = DEFAULT_OUTPUT_TOKENS if max_tokens is None else max(0, max_tokens)
+        self.first = first
+        natural = max(0, DEFAULT_OUTPUT_TOKENS - first)
+        self.output_tokens = natural if max_tokens is None else max(0, max_tokens)
         self.finish_reason = "stop" if max_tokens is None else "length"
         self.generated = 0
         self.admitted_at = time.monotonic()
@@ -109,7 +114,7 @@ class Job:
                 self.decode_steps += 1.0 / max(1, self.model.gate.busy)
                 self.model.kv_tokens += 1
                 self.engine.generation_tokens_total += 1
-                yield token_text(i)
+                yield token_text(self.first + i)
                 due += self.engine.fault.delay_factor / self.model.rate()
             if self.output_tokens == 0:
                 await _sleep_until(due)

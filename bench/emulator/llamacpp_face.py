@@ -131,7 +131,8 @@ class LlamaBox:
             if job.first_token_at is None and job.done:  # a prompt-only job (embeddings)
                 self.stats.prompt_read(job, self.slots.busy)
             self.stats.finished(job)
-            self.slots.release(slot, tokens_after(slot.tokens, slot.text, job.generated))
+            held = tokens_after(slot.tokens, slot.text, job.generated, job.first)
+            self.slots.release(slot, held)
 
     def slot_json(self, slot: Slot) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -9,12 +9,15 @@ with ``data: [DONE]``; the native stream does not. An error once streaming has b
 ``data: {"error": ...}`` event that ends the stream. Every answer names the loaded model
 whatever the request asked for; ids are ``chatcmpl-`` and 32 letters or digits, completions
 included. A streamed answer ends its connection (no ``Connection: close`` header says so); a
-whole answer keeps it open.
+whole answer keeps it open. A chat whose last message is the assistant's continues it
+(llama-server's assistant prefill, or ``continue_final_message``); a completions prompt is
+continued (:mod:`.continuation`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import secrets
 import string
 import time
@@ -24,16 +27,18 @@ from typing import Any
 
 from aiohttp import web
 
+from .continuation import chat_continues, prompt_continues
 from .errors import FaceError
 from .job import Job
 from .llamacpp_face import ERROR_TYPES, JSON_TYPE, LLAMA, Binding, LlamaBox, read_body, reply
 from .llamacpp_metrics import generation_us, prompt_us
 from .llamacpp_prompt import (
     Tokens,
-    chat_prompt,
     completion_prompts,
+    continues_final,
     detokenize,
     invalid,
+    prompt_tokens,
     render_chat,
     token_id,
 )
@@ -54,6 +59,7 @@ class Ask:
     stream: bool
     usage: bool
     reuse: bool
+    continues: int = 0  # the model's words the answer goes on from
 
 
 def _flag(body: dict[str, Any], key: str, default: bool) -> bool:
@@ -92,9 +98,14 @@ def _ask(body: dict[str, Any], prompt: Tokens, text: str | None, keys: tuple[str
 
 
 def parse_chat(body: dict[str, Any]) -> Ask:
-    prompt = chat_prompt(body)
+    if "messages" not in body:
+        raise invalid("'messages' is required")
+    messages = body["messages"]
     keys = ("max_completion_tokens", "max_tokens", "n_predict")
-    return _ask(body, prompt, render_chat(body["messages"]), keys)
+    going_on = continues_final(body)
+    text = render_chat(messages, going_on)
+    ask = _ask(body, prompt_tokens(text), text, keys)
+    return dataclasses.replace(ask, continues=chat_continues(messages, going_on))
 
 
 def parse_completion(body: dict[str, Any], keys: tuple[str, ...]) -> Ask:
@@ -105,7 +116,8 @@ def parse_completion(body: dict[str, Any], keys: tuple[str, ...]) -> Ask:
     raw = body["prompt"]
     if isinstance(raw, list) and len(raw) == 1 and isinstance(raw[0], str):
         raw = raw[0]
-    return _ask(body, prompts[0], raw if isinstance(raw, str) else None, keys)
+    ask = _ask(body, prompts[0], raw if isinstance(raw, str) else None, keys)
+    return dataclasses.replace(ask, continues=prompt_continues(raw))
 
 
 def _usage(job: Job) -> dict[str, Any]:
@@ -293,7 +305,7 @@ async def _run(
     full: Callable[[Job, Binding, str], Any],
 ) -> web.StreamResponse:
     box: LlamaBox = request.app[LLAMA]
-    job = box.engine.admit(box.model.name, len(ask.prompt), ask.max_tokens)
+    job = box.engine.admit(box.model.name, len(ask.prompt), ask.max_tokens, continues=ask.continues)
     async with job:
         binding = box.bind(job, ask.prompt, ask.text, ask.reuse, ask.stream)
         fmt = fmt_for(job, binding) if ask.stream else None

@@ -73,8 +73,10 @@ def _content_text(message: dict[str, Any]) -> str:
     return ""
 
 
-def render_chat(messages: Any) -> str:
-    """The chat as the template renders it, ending with the assistant's turn."""
+def render_chat(messages: Any, continue_final: bool = False) -> str:
+    """The chat as the template renders it, ending with the assistant's turn: a new one, or
+    (``continue_final``) its final assistant message left open, as llama-server renders a chat
+    it continues."""
     if not isinstance(messages, list):
         raise invalid("Expected 'messages' to be an array")
     parts = []
@@ -82,13 +84,30 @@ def render_chat(messages: Any) -> str:
         if not isinstance(message, dict):
             raise invalid("Expected 'messages' to be an array of objects")
         parts.append(f"<|{message.get('role', 'user')}|>\n{_content_text(message)}\n")
+    if continue_final:
+        return "".join(parts)[:-1]  # the final message's end is left off
     return "".join(parts) + "<|assistant|>\n"
 
 
-def chat_prompt(body: dict[str, Any]) -> Tokens:
-    if "messages" not in body:
-        raise invalid("'messages' is required")
-    return prompt_tokens(render_chat(body["messages"]))
+def continues_final(body: dict[str, Any]) -> bool:
+    """Whether llama-server continues the chat's final assistant message: when asked
+    (``continue_final_message``, which then needs ``add_generation_prompt: false``) or by itself
+    (its assistant prefill, on by default)."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return False
+    roles = [m.get("role") if isinstance(m, dict) else None for m in messages[-2:]]
+    if body.get("continue_final_message") is True:
+        if body.get("add_generation_prompt", True) is not False:
+            raise invalid(
+                "Cannot set both add_generation_prompt and continue_final_message to true."
+            )
+        return roles[-1] == "assistant"
+    if roles[-1] != "assistant":
+        return False
+    if roles == ["assistant", "assistant"]:
+        raise invalid("Cannot have 2 or more assistant messages at the end of the list.")
+    return True
 
 
 def _one_prompt(value: Any) -> Tokens:
@@ -120,13 +139,13 @@ def detokenize(tokens: Sequence[str]) -> str:
     return "".join(f"{t} " if t == BOS else t for t in tokens)
 
 
-def tokens_after(prompt: Tokens, text: str | None, generated: int) -> Tokens:
-    """What a slot holds once its task is over: the prompt and the output but its last token
-    (not yet fed back). With the prompt's text known, the output continues that text, so a
-    follow-up turn that repeats it finds it cached."""
+def tokens_after(prompt: Tokens, text: str | None, generated: int, first: int = 0) -> Tokens:
+    """What a slot holds once its task is over: the prompt and the output (the model's words
+    from ``first``) but its last token (not yet fed back). With the prompt's text known, the
+    output continues that text, so a follow-up turn that repeats it finds it cached."""
     if generated == 0:
         return prompt
     if text is None:
         return prompt + ("\x00",) * (generated - 1)
-    output = "".join(token_text(i) for i in range(generated))
+    output = "".join(token_text(first + i) for i in range(generated))
     return prompt_tokens(text + output)[:-1]

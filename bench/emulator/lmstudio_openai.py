@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from .appkeys import ENGINE
+from .continuation import prompt_continues
 from .errors import FaceError
 from .lmstudio_face import load_error, read_body, resolve
 from .openai_fields import (
@@ -69,7 +70,8 @@ async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
         fingerprint=name,
         logprobs=True,
     )
-    async with request.app[ENGINE].admit(name, ask.prompt_tokens, max_tokens, ttl) as job:
+    first = 0 if chat else prompt_continues(body.get("prompt"))  # a new turn; a prompt goes on
+    async with request.app[ENGINE].admit(name, ask.prompt_tokens, max_tokens, ttl, first) as job:
 
         def full(text: str) -> web.Response:
             return json_response({**reply.body(job, text), "stats": {}})

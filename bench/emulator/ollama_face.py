@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from .appkeys import CONFIG, ENGINE
+from .continuation import chat_continues, prompt_continues
 from .engine import EngineBusy
 from .errors import FaceError
 from .gotime import keep_alive_seconds, rfc3339
@@ -54,10 +55,15 @@ def served_model(request: web.Request, body: dict[str, Any]) -> str:
 
 
 def admit(
-    request: web.Request, name: str, prompt: int, max_tokens: int | None, keep_alive: float | None
+    request: web.Request,
+    name: str,
+    prompt: int,
+    max_tokens: int | None,
+    keep_alive: float | None,
+    continues: int = 0,
 ) -> Job:
     try:
-        return request.app[ENGINE].admit(name, prompt, max_tokens, keep_alive)
+        return request.app[ENGINE].admit(name, prompt, max_tokens, keep_alive, continues)
     except EngineBusy as exc:
         raise OllamaError(503, BUSY_MESSAGE) from exc
 
@@ -143,15 +149,19 @@ async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
             prompt = message_prompt_tokens(body["messages"])
         except FieldError as exc:
             raise OllamaError(400, str(exc)) from exc
+        # A final assistant message is left open by the templates: the model continues it.
+        first = chat_continues(body["messages"], True)
     else:
         prompt = prompt_tokens([str(body["prompt"])])
+        first = prompt_continues(body["prompt"]) if body.get("raw") is True else 0
 
-    async with admit(request, name, prompt, _num_predict(body), keep_alive) as job:
+    async with admit(request, name, prompt, _num_predict(body), keep_alive, first) as job:
 
         def final(text: str) -> dict[str, Any]:
             extra: dict[str, Any] = {"done": True, "done_reason": job.finish_reason}
             if not chat:
-                ids = list(range(1, prompt + 1)) + [token_id(i) for i in range(job.generated)]
+                output = [token_id(job.first + i) for i in range(job.generated)]
+                ids = list(range(1, prompt + 1)) + output
                 extra["context"] = ids
             return reply(text, **extra, **timings(job))
 

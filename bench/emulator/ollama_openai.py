@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from .appkeys import CONFIG, ENGINE
+from .continuation import chat_continues
 from .ollama_catalog import openai_model, resolve
 from .ollama_errors import OllamaError, openai_error
 from .ollama_face import admit, read_body, run_embedding, served_model
@@ -56,7 +57,10 @@ async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
         logprobs=False,
         created_on_first_token=True,
     )
-    async with admit(request, name, ask.prompt_tokens, ask.max_tokens, None) as job:
+    # Its chat route becomes /api/chat, which continues a final assistant message; its
+    # completions route templates the prompt (a new turn).
+    first = chat_continues(body.get("messages"), chat)
+    async with admit(request, name, ask.prompt_tokens, ask.max_tokens, None, first) as job:
 
         def full(text: str) -> web.Response:
             return json_response(reply.body(job, text), newline=True)  # Go's encoder adds "\n"

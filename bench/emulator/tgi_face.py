@@ -17,6 +17,7 @@ from aiohttp import web
 
 from .appkeys import CONFIG, ENGINE
 from .config import EmulatorConfig
+from .continuation import continued_tokens
 from .engine import EngineBusy
 from .errors import FaceError, face_middleware
 from .job import Job
@@ -133,9 +134,11 @@ async def generation(
     max_new: int | None,
     fmt: StreamFormat | None,
     full: Callable[[Job, str], web.StreamResponse],
+    continues: int = 0,
 ) -> web.StreamResponse:
     """Validate, admit and run one generation; on a streamed route an error before the first
-    token is an event on a 200 answer, as TGI sends it."""
+    token is an event on a 200 answer, as TGI sends it. ``continues``: the model's words the
+    answer goes on from (:mod:`.continuation`)."""
     engine, stats = request.app[ENGINE], request.app[TGI_METRICS]
     stats.arrive()
     if (faulted := await injected_fault(engine)) is not None:
@@ -143,7 +146,7 @@ async def generation(
     try:
         _validate(engine.config, prompt, max_new)
         try:
-            job = engine.admit(engine.config.models[0], prompt, max_new)
+            job = engine.admit(engine.config.models[0], prompt, max_new, continues=continues)
         except EngineBusy as exc:
             raise FaceError(429, "Model is overloaded", "overloaded") from exc
     except FaceError as exc:
@@ -215,25 +218,27 @@ async def _native(request: web.Request, stream: bool | None) -> web.StreamRespon
                 "generated_tokens": job.generated,
                 "seed": None,
                 "prefill": [],
-                "tokens": [_token(i) for i in range(job.generated)],
+                "tokens": [_token(job.first + i) for i in range(job.generated)],
             }
         resp = json_response([answer] if compat else answer)
         resp.headers.update(_timing_headers(job, inputs))
         return resp
 
-    fmt = _stream_format(inputs, prefix, prompt, max_new, details) if streamed else None
-    return await generation(request, prompt, max_new, fmt, full)
+    first = continued_tokens(inputs)  # /generate takes the prompt as it is: it is continued
+    fmt = _stream_format(inputs, prefix, prompt, max_new, details, first) if streamed else None
+    return await generation(request, prompt, max_new, fmt, full, first)
 
 
 def _stream_format(
-    inputs: str, prefix: str, prompt: int, max_new: int | None, details: bool
+    inputs: str, prefix: str, prompt: int, max_new: int | None, details: bool, first: int
 ) -> StreamFormat:
     def token(index: int, text: str, last: bool) -> bytes:
-        event: dict[str, Any] = {"index": index + 1, "token": _token(index)}
+        event: dict[str, Any] = {"index": index + 1, "token": _token(first + index)}
         event["generated_text"] = None
         event["details"] = None
         if last:
-            event["generated_text"] = prefix + "".join(token_text(i) for i in range(index + 1))
+            words = (token_text(first + i) for i in range(index + 1))
+            event["generated_text"] = prefix + "".join(words)
             if details:
                 event["details"] = {
                     "finish_reason": native_finish(max_new),

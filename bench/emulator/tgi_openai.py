@@ -7,7 +7,8 @@ with ``choices: []`` follows when asked, then ``data:[DONE]`` — all written ``
 space. An error once streaming has begun is ``{"error":{"message","http_status_code":422}}``.
 ``/v1/completions`` keeps TGI's own shape: ``finish_reason: ""`` until the last chunk, which
 carries the native reason and the usage; ``suffix`` and more prompts than the client batch
-size are refused; ``max_tokens`` defaults to 100.
+size are refused; ``max_tokens`` defaults to 100. A chat with ``continue_final_message``
+continues its final assistant message; a completions prompt is continued.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from .appkeys import CONFIG
+from .continuation import chat_continues, prompt_continues
 from .errors import FaceError
 from .job import Job
 from .openai_fields import FieldError, message_prompt_tokens, usage_for, usage_of, wants_usage
@@ -104,7 +106,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return json_response({**answer, "object": "chat.completion"})
 
     fmt = _stream(token, tail) if body.get("stream") is True else None
-    return await generation(request, prompt, max_new, fmt, full)
+    first = chat_continues(body["messages"], body.get("continue_final_message") is True)
+    return await generation(request, prompt, max_new, fmt, full, first)
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
@@ -142,7 +145,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
         return json_response(shape.body([choice(text, job.finish_reason)], usage=usage_of(job)))
 
     fmt = _stream(token, lambda: [SSE_DONE_TIGHT]) if body.get("stream") is True else None
-    return await generation(request, prompt, max_new, fmt, full)
+    return await generation(request, prompt, max_new, fmt, full, prompt_continues(prompts))
 
 
 def add_routes(app: web.Application) -> None:

@@ -17,6 +17,7 @@ import orjson
 from aiohttp import web
 
 from .appkeys import CONFIG, ENGINE
+from .continuation import continued_tokens
 from .control import note
 from .engine import EngineBusy
 from .errors import FaceError, face_middleware
@@ -159,7 +160,11 @@ def _check_inputs(names: list[str], model: str, rid: str) -> None:
 
 def _admit(request: web.Request, st: ModelState, text: str, max_tokens: int | None) -> Job:
     try:
-        return request.app[ENGINE].admit(st.name, prompt_tokens([text]), max_tokens)
+        # A text_input is a plain prompt: the model continues it (:mod:`.continuation`).
+        engine = request.app[ENGINE]
+        return engine.admit(
+            st.name, prompt_tokens([text]), max_tokens, continues=continued_tokens(text)
+        )
     except EngineBusy as exc:
         request.app[TRITON_METRICS].reject(st.name)
         raise FaceError(503, "Exceeds maximum queue size") from exc

@@ -4,7 +4,9 @@ Messages and Responses routes are :mod:`bench.emulator.vllm_surfaces`.
 Errors use vLLM's envelope with an integer ``code``; a streamed answer sends its headers at once,
 its role chunk with the first token, ``finish_reason`` on the last token and, when asked, a
 usage chunk with ``choices: []`` before ``data: [DONE]``. ``/v1/embeddings`` answers as vLLM does
-for a generative model: 400 ``The model does not support Embeddings API``.
+for a generative model: 400 ``The model does not support Embeddings API``. A chat with
+``continue_final_message`` (and ``add_generation_prompt: false``) continues its final assistant
+message; a completions prompt is continued (:mod:`.continuation`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
 from .appkeys import CONFIG, ENGINE, METRICS
+from .continuation import chat_continues, prompt_continues
 from .engine import Engine, EngineBusy
 from .errors import FaceError, face_middleware
 from .job import Job
@@ -82,6 +85,7 @@ class _Ask:
     max_tokens: int | None
     stream: bool
     usage: bool
+    continues: int  # the model's words the answer goes on from
 
 
 async def _read_body(request: web.Request) -> dict[str, Any]:
@@ -120,13 +124,31 @@ def _parse(request: web.Request, body: dict[str, Any], prompt_field: str) -> _As
             "BadRequestError",
         )
     served = model if isinstance(model, str) else config.names[0]
-    return _Ask(served, prompt, max_tokens, ask.stream, ask.usage)
+    return _Ask(served, prompt, max_tokens, ask.stream, ask.usage, _continues(body, prompt_field))
+
+
+def _continues(body: dict[str, Any], prompt_field: str) -> int:
+    """A completions prompt is continued; a chat's final assistant message only with
+    ``continue_final_message``, which needs ``add_generation_prompt: false``."""
+    if prompt_field != "messages":
+        return prompt_continues(body.get("prompt"))
+    if body.get("continue_final_message") is not True:
+        return 0
+    if body.get("add_generation_prompt", True) is not False:
+        raise VllmError(
+            400,
+            "Cannot set both `continue_final_message` and `add_generation_prompt` to True.",
+            "BadRequestError",
+        )
+    return chat_continues(body.get("messages"), True)
 
 
 def _admit(request: web.Request, ask: _Ask) -> Job:
     engine = request.app[ENGINE]
     try:
-        return engine.admit(engine.config.models[0], ask.prompt_tokens, ask.max_tokens)
+        return engine.admit(
+            engine.config.models[0], ask.prompt_tokens, ask.max_tokens, continues=ask.continues
+        )
     except EngineBusy as exc:
         limit = engine.config.queue_limit
         raise VllmError(

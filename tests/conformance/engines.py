@@ -26,6 +26,7 @@ EMBEDDINGS = "embeddings"
 SLOTS = "slots endpoint"
 STREAM_USAGE = "usage in streams"
 CONTEXT_LIMIT = "context limit"
+CONTINUES = "continues a cut answer"
 
 EngineFactory = Callable[[int, Path], EngineProcess]
 
@@ -102,12 +103,14 @@ EMULATOR_LACKS: dict[str, dict[str, str]] = {
     },
     "triton": {
         SLOTS: NO_SLOTS,
+        CONTINUES: "Triton's chat template cannot be told to continue an assistant message",
         EMBEDDINGS: "Triton's generate extension has no embeddings",
         CONTEXT_LIMIT: "the Triton emulator models no prompt limit (its model backend's is "
         "not known to the project)",
     },
     "lmstudio": {
         SLOTS: NO_SLOTS,
+        CONTINUES: "LM Studio's chat template cannot be told to continue an assistant message",
         CONTEXT_LIMIT: "the LM Studio emulator models no prompt limit (LM Studio's answer to "
         "an over-long prompt is not known to the project)",
     },
@@ -153,6 +156,11 @@ def engines(needs: str | None = None) -> list[object]:
         marks = [pytest.mark.skip(reason=f"{name}: {reason}")] if reason else []
         params.append(pytest.param(name, id=name, marks=marks))
     return params
+
+
+def engines_lacking(behaviour: str) -> list[object]:
+    """Parameters for ``fleet`` (indirect): the engines that lack ``behaviour``."""
+    return [pytest.param(n, id=n) for n, spec in ENGINES.items() if behaviour in spec.lacks]
 
 
 def real_engines(*names: str) -> list[object]:

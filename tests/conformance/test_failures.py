@@ -15,8 +15,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from .client import CORRELATION, NODE, StreamReader, chat, new_id, stream
-from .engines import CONTEXT_LIMIT, SLOTS, engines
+from .client import CORRELATION, NODE, Stream, StreamReader, chat, new_id, stream
+from .engines import CONTEXT_LIMIT, CONTINUES, SLOTS, engines, engines_lacking
 from .fleet import Fleet, until
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -95,26 +95,50 @@ async def test_engine_killed_before_the_first_byte_is_served_by_the_other(
         assert max(line["attempts"] for line in lines) >= 2  # at least one went to the victim
 
 
-@pytest.mark.parametrize("fleet", engines(), indirect=True)
+async def _kill_mid_stream(fleet: Fleet, http: aiohttp.ClientSession) -> tuple[Stream, int]:
+    """Stream a long answer, kill its engine after the first token: the client's stream as read
+    to its end, and the number of times the router says it resumed it."""
+    body = chat(fleet.model, LONG, stream=True)
+    cid = new_id()
+    async with (
+        engine_restored(fleet, http),
+        http.post(
+            f"{fleet.base_url}/chat/completions", json=body, headers={CORRELATION: cid}
+        ) as resp,
+    ):
+        reader = StreamReader(resp)
+        first = await reader.first_content()
+        assert first.pieces, first.events
+        await fleet.engines[str(resp.headers[NODE])].kill()
+        answer = await reader.to_end()
+    return answer, int((await fleet.record(cid))["resumed"])
+
+
+@pytest.mark.parametrize("fleet", engines(CONTINUES), indirect=True)
+async def test_engine_killed_mid_stream_goes_on_at_the_other_engine(
+    fleet: Fleet, http: aiohttp.ClientSession
+) -> None:
+    """An engine that dies while streaming, with another engine that can continue the answer:
+    the client's stream goes on there and ends whole (a finish reason, one ``[DONE]``, no
+    error), and the router's record says it was resumed."""
+    answer, resumed = await _kill_mid_stream(fleet, http)
+    assert not answer.errors, answer.events[-3:]
+    assert answer.finish_reasons
+    assert answer.done
+    assert resumed == 1
+
+
+@pytest.mark.parametrize("fleet", engines_lacking(CONTINUES), indirect=True)
 async def test_engine_killed_mid_stream_ends_the_stream_with_an_error_event_and_done(
     fleet: Fleet, http: aiohttp.ClientSession
 ) -> None:
-    """An engine that dies while streaming: the client's stream ends with an SSE error event
-    and ``[DONE]``, not silently."""
-    body = chat(fleet.model, LONG, stream=True)
-    async with engine_restored(fleet, http):
-        headers = {CORRELATION: new_id()}
-        async with http.post(
-            f"{fleet.base_url}/chat/completions", json=body, headers=headers
-        ) as resp:
-            reader = StreamReader(resp)
-            first = await reader.first_content()
-            assert first.pieces, first.events
-            await fleet.engines[str(resp.headers[NODE])].kill()
-            answer = await reader.to_end()
-        assert answer.errors, answer.events[-3:]
-        assert answer.done
-        assert not answer.finish_reasons
+    """An engine that dies while streaming, where no engine can continue the answer: the
+    client's stream ends with an SSE error event and ``[DONE]``, not silently."""
+    answer, resumed = await _kill_mid_stream(fleet, http)
+    assert answer.errors, answer.events[-3:]
+    assert answer.done
+    assert not answer.finish_reasons
+    assert resumed == 0
 
 
 @pytest.mark.parametrize("fleet", engines(), indirect=True)

@@ -11,6 +11,7 @@ from node_agent.app import serve
 from node_agent.errors import BackendBadAnswer, BackendRefused, BadRequest
 from node_agent.triton_ask import Ask, Tally, chat_prompt
 from node_agent.triton_openai import refusal
+from node_protocol.wire import STREAM_CUT_CODE
 
 from .conftest import FakeBackend, TritonServers, agent_settings, wait_until
 
@@ -303,7 +304,9 @@ class TestTritonChatCompletions:
             assert r.status == 500
             assert (await r.json())["error"]["message"] == "CUDA out of memory"
 
-    async def test_dropped_stream_ends_with_an_error_event(self, triton: TritonServers) -> None:
+    async def test_dropped_stream_ends_with_the_cut_event(self, triton: TritonServers) -> None:
+        """A Triton stream dropped midway ends with the error event that tells the router of a
+        cut (its code), so the router ends it properly or resumes it."""
         triton.fake.ctl.drop_mid_stream = True
         async with serve(agent_settings(triton.url)) as agent, aiohttp.ClientSession() as client:
             async with client.post(
@@ -312,10 +315,10 @@ class TestTritonChatCompletions:
                 sent = events(await r.read())
             await wait_until(lambda: agent.stats.in_flight == 0)
         assert sent[1]["choices"][0]["delta"] == {"content": "Hel"}
-        assert sent[-1]["error"]["code"] == "backend_unreachable"
+        assert sent[-1]["error"]["code"] == STREAM_CUT_CODE
         assert "[DONE]" not in sent
 
-    async def test_stalled_stream_ends_with_a_timeout_event(self, triton: TritonServers) -> None:
+    async def test_stalled_stream_ends_with_the_cut_event(self, triton: TritonServers) -> None:
         triton.fake.ctl.gate = asyncio.Event()  # never set: Triton stalls after its first piece
         settings = agent_settings(triton.url, idle_timeout_s=0.3)
         async with serve(settings) as agent, aiohttp.ClientSession() as client:
@@ -326,7 +329,7 @@ class TestTritonChatCompletions:
             await wait_until(lambda: agent.stats.in_flight == 0)
             async with asyncio.timeout(5):
                 await triton.fake.ctl.cancelled.wait()  # the stalled generation was stopped
-        assert sent[-1]["error"]["code"] == "backend_timeout"
+        assert sent[-1]["error"]["code"] == STREAM_CUT_CODE
 
     async def test_bad_request_never_reaches_triton(self, triton: TritonServers) -> None:
         async with serve(agent_settings(triton.url)) as agent, aiohttp.ClientSession() as client:

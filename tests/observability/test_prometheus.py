@@ -5,7 +5,9 @@ Prometheus runs as a process with a config written for the cluster's real ports 
 interval. The load goes in two rounds with a scrape between them, so counters and histograms have
 grown between two samples and rates and quantiles come out as numbers, not NaN. Each round has
 streamed requests from three tenants and one for an unknown model (404); the first also has a node
-answering 500 before the first byte (a retry, then 502) and one dying mid-stream (a cut stream).
+answering 500 before the first byte (a retry, then 502), one dying mid-stream with no other node
+for its model (a cut stream) and one dying mid-stream beside a node that goes on with it (a
+resumed stream).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ MODELS = ("llama3.1:8b", "llama2:13b", "llama3.1:70b")
 TENANTS = ("acme", "globex", "initech")
 STREAMS_PER_ROUND = 12
 CUT_MODEL = "m-cut"
+RESUME_MODEL = "m-resume"
 FAIL_MODEL = "m-fail"
 
 
@@ -179,19 +182,26 @@ async def load_round(session: aiohttp.ClientSession, cluster: LocalCluster) -> N
 
 
 async def faults(session: aiohttp.ClientSession, cluster: LocalCluster) -> None:
-    """A node that answers 500 before the first byte (a retry, then 502) and one that dies
-    mid-stream (a cut stream). Fake nodes, so the breaker never opens on an emulated box."""
+    """A node that answers 500 before the first byte (a retry, then 502), one that dies
+    mid-stream alone (a cut stream) and one that dies beside a node that goes on with its
+    stream (a resumed stream). Fake nodes, so the breaker never opens on an emulated box."""
     async with (
         running(FakeNode("failer", models=(FAIL_MODEL,), mode="error_500")) as failer,
         running(FakeNode("cutter", models=(CUT_MODEL,), mode="die_mid_stream")) as cutter,
+        running(FakeNode("dier", models=(RESUME_MODEL,), mode="die_mid_stream")) as dier,
+        running(FakeNode("goer", models=(RESUME_MODEL,))) as goer,
     ):
-        await register(session, cluster.router.url, failer)
-        await register(session, cluster.router.url, cutter)
+        for node in (failer, cutter, dier):
+            await register(session, cluster.router.url, node)
+        await register(session, cluster.router.url, goer, in_flight=1)  # "dier" goes first
         status, _ = await _chat(session, cluster, FAIL_MODEL, "globex")
         assert status == 502
         status, body = await _chat(session, cluster, CUT_MODEL, None)
         assert status == 200
         assert b'"error"' in body  # the router's SSE error event after the cut
+        status, body = await _chat(session, cluster, RESUME_MODEL, None)
+        assert status == 200
+        assert b'"error"' not in body  # the stream went on at "goer"
 
 
 class TestDashboardsAgainstPrometheus:

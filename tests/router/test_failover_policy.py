@@ -6,6 +6,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from node_protocol.events import AnswerReader, Surface
 from router.errors import NoCapacity, RateLimited, UpstreamError, UpstreamTimeout
 from router.failover import (
     ANSWERED,
@@ -18,6 +19,7 @@ from router.failover import (
     Garbage,
     Mark,
     Next,
+    NoFirstToken,
     Outcome,
     Overloaded,
     Settle,
@@ -27,6 +29,7 @@ from router.failover import (
     error_outcome,
     final_error,
     retry_after_s,
+    retry_label,
 )
 from router.stream_relay import improper_end
 
@@ -49,6 +52,8 @@ POLICY = [
     (TimedOut("slow"), (), RETRY_BREAKER),
     (Broken("reset"), (), RETRY_BREAKER),
     (Garbage("not json"), (), RETRY_BREAKER),
+    (NoFirstToken("closed", "ended before its first token"), (), RETRY_BREAKER),
+    (NoFirstToken("timeout", "no token in time"), (UNCLEAR,), RETRY_BREAKER),
     (Unreachable("refused"), (UNCLEAR,), RETRY_BREAKER),
     (_error(502, Blame.NODE), (), RETRY_BREAKER),
     (_error(504, Blame.NODE), (UNCLEAR,), RETRY_BREAKER),
@@ -158,6 +163,8 @@ FINAL: list[tuple[list[Failure], type, int | None]] = [
     ([FULL_BARE], NoCapacity, 5),
     ([FULL_429, Unreachable("d: refused")], UpstreamError, None),
     ([TimedOut("a"), TimedOut("b")], UpstreamTimeout, None),
+    ([TimedOut("a"), NoFirstToken("timeout", "b sent no token")], UpstreamTimeout, None),
+    ([NoFirstToken("closed", "a ended its stream")], UpstreamError, None),
     ([TimedOut("a"), Broken("b")], UpstreamError, None),
     ([UNCLEAR], UpstreamError, None),
 ]
@@ -176,19 +183,47 @@ def test_final_error(failures: list[Failure], error: type, retry_after: int | No
 
 
 ENDINGS = [
-    # (OpenAI stream, last bytes, showed content or a finish reason, fault)
-    (True, b'{"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n', True, None),
-    (True, b"data:[DONE]\n\n", True, None),
-    (True, b"data: [DONE]\n\n", False, "ended with no content and no finish reason"),
-    (True, b'"content":"hi"}}]}\n\n', True, "ended without [DONE]"),
-    (True, b"", False, "ended without sending anything"),
-    (False, b'{"done":true}\n', False, None),
-    (False, b"", False, "ended without sending anything"),
+    # (surface, the whole stream, fault)
+    (Surface.CHAT, b'data: {"choices":[{"delta":{"content":"hi"},"finish_reason":"stop"}]}\n\n'
+     b"data: [DONE]\n\n", None),
+    (Surface.CHAT, b'data:{"choices":[{"delta":{},"finish_reason":"tool_calls"}]}\n\n'
+     b"data:[DONE]\n\n", None),
+    (Surface.CHAT, b'data: {"choices":[{"delta":{"content":"hi"}}]}\n\ndata: [DONE]\n\n',
+     "ended before its end"),
+    (Surface.CHAT, b'data: {"choices":[{"delta":{"content":"hi"},"finish_reason":"stop"}]}\n\n',
+     "ended before its end"),
+    (Surface.CHAT, b'data: {"error":{"message":"out of memory"}}\n\n', None),
+    (Surface.CHAT, b"", "ended without sending anything"),
+    (Surface.OLLAMA_CHAT, b'{"message":{"content":"hi"},"done":false}\n{"done":true}\n', None),
+    (Surface.OLLAMA_CHAT, b'{"message":{"content":"hi"},"done":false}\n', "ended before its end"),
+    (Surface.TRITON, b'data: {"text_output":"hi"}\n\n', None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("surface", "stream", "fault"), ENDINGS)
+def test_stream_endings(surface: Surface, stream: bytes, fault: str | None) -> None:
+    """A stream is properly ended where its answer reader saw its surface's end (an OpenAI
+    stream's finish reason then [DONE], Ollama's done) or an error the node sent in it."""
+    answer = AnswerReader(surface)
+    answer.feed(stream, 0.0)
+    answer.end(0.0)
+    assert improper_end(answer) == fault
+
+
+RETRY_LABELS = [
+    (Unreachable("refused"), "unreachable"),
+    (TimedOut("slow"), "timeout"),
+    (Broken("reset"), "broken"),
+    (Garbage("html"), "garbage"),
+    (Overloaded(429, None, "full"), "overloaded"),
+    (_error(502, Blame.NODE), "server_error"),
+    (NoFirstToken("closed", "gone"), "closed_before_first_token"),
+    (NoFirstToken("timeout", "slow"), "timeout_before_first_token"),
+    (NoFirstToken("garbage", "noise"), "garbage_before_first_token"),
 ]
 
 
-@pytest.mark.parametrize(("done_marker", "tail", "answered", "fault"), ENDINGS)
-def test_stream_endings(done_marker: bool, tail: bytes, answered: bool, fault: str | None) -> None:
-    """A stream is properly ended only with something in it, and an OpenAI stream only with
-    [DONE] after content or a finish reason."""
-    assert improper_end(done_marker, tail, answered) == fault
+@pytest.mark.parametrize(("failure", "label"), RETRY_LABELS)
+def test_retry_reasons(failure: Failure, label: str) -> None:
+    """Each failure counts in router_retries_total under a reason from a small fixed set."""
+    assert retry_label(failure) == label

@@ -114,7 +114,7 @@ class TestUnknownKeys:
             (
                 '[[groups]]\nname = "g"\npolcy = "random"\n',
                 r"groups\[0\]\.polcy",
-                "allowed: name, nodes, policy, timeouts",
+                "allowed: name, nodes, policy, resume, timeouts",
             ),
             (
                 '[[groups]]\nname = "g"\n[groups.timeouts]\nconect_s = 1\n',
@@ -236,9 +236,21 @@ def test_help_lists_each_setting_with_its_description(capsys: pytest.CaptureFixt
     text = " ".join(capsys.readouterr().out.split())
     for expected in (
         "--config str TOML settings file (also ROUTER_CONFIG)",
-        "--max-attempts int nodes tried before the first byte (default: 3)",
+        "--max-attempts int nodes tried before the first token (default: 3)",
         "--timeouts.first-byte-s float bound on a node's first byte (default: 120.0)",
         "--node-expiry-s float a node that has not reported for this long is removed",
         "ROUTER_REGISTRATION_TOKEN",
     ):
         assert expected in text
+
+
+def test_resume_is_on_by_default_and_a_group_may_turn_it_off(tmp_path: Path) -> None:
+    """Cut streams are resumed unless the router or a group says not to; a group's own setting
+    wins over the router-wide one."""
+    config = tmp_path / "router.toml"
+    config.write_text('[[groups]]\nname = "strict"\nresume = false\n[[groups]]\nname = "plain"\n')
+    settings = load_settings(["--config", str(config)], {})
+    assert (settings.resume_for("strict"), settings.resume_for("plain")) == (False, True)
+    assert settings.resume_for("made-by-a-registration")
+    off = load_settings(["--config", str(config)], {"ROUTER_RESUME_STREAMS": "false"})
+    assert (off.resume_for("plain"), off.resume_for("strict")) == (False, False)

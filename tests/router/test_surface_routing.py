@@ -149,12 +149,6 @@ class TestAnthropicKeys:
 
 
 class TestCutStreams:
-    @pytest.mark.xfail(
-        strict=True,
-        reason="the router's stream relay (router/proxy.py) still ends every cut SSE stream in "
-        "the OpenAI shape: it must end a Messages stream with router.anthropic_api.cut_event and "
-        "a Responses stream with router.responses_api.cut_event",
-    )
     @pytest.mark.parametrize(
         ("path", "body", "name"),
         [(MESSAGES, messages(True), b"error"), (RESPONSES, responses(True), b"error")],
