@@ -5,9 +5,11 @@
     python -m bench ci [--plant-delay-ms MS] [--plant-burn-ms MS]
     python -m bench policies [--duration S] [--policies A,B,...] [--json] [--out DIR]
     python -m bench replicas [--workers N] [--max-parallel N] [--seconds S]
+    python -m bench prefix [--policies A,B,...] [--conversations N] [--turns N] [--quick]
 
 ``run`` exits 1 when a target is missed, ``ci`` when the gate fails (after one rerun),
-``policies`` when the real router orders routing policies unlike the simulator.
+``policies`` when the real router orders routing policies unlike the simulator, ``prefix``
+when a request through real llama-servers failed.
 Reports go to ``results/bench/<name>/`` unless ``--out`` says otherwise.
 """
 
@@ -24,6 +26,8 @@ from bench.ci import ci
 from bench.overhead.suite import OverheadSettings, run_overhead
 from bench.policy_check import add_parser as add_policies_parser
 from bench.policy_check import run_cli as run_policies
+from bench.prefix import add_parser as add_prefix_parser
+from bench.prefix import run_cli as run_prefix
 from bench.replica_check import add_parser as add_replicas_parser
 from bench.replica_check import run_cli as run_replicas
 from bench.report import write_overhead_reports, write_reports
@@ -74,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.choices["ci"].add_argument("--workers", type=int, default=0)
     add_policies_parser(sub)
     add_replicas_parser(sub)
+    add_prefix_parser(sub)
     return p
 
 
@@ -130,6 +135,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             code = uvloop.run(run_policies(args))
         elif args.command == "replicas":
             code = uvloop.run(run_replicas(args))
+        elif args.command == "prefix":
+            code = uvloop.run(run_prefix(args))
         else:
             out = args.out or RESULTS / "ci"
             code = uvloop.run(ci(args.scenario, out, _wrapper(args), args.workers))

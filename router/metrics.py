@@ -31,8 +31,36 @@ MAX_MODELS = 500
 
 
 class RouterMetrics:
+    """Every series the router exports, observed from request records and rare events."""
+
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        self._define_request_series()
+        registry.register(
+            RequestSeries(
+                self.requests,
+                self.duration,
+                self.ttft,
+                self.tpot,
+                self.output_tokens,
+                self.overhead,
+                self.tenant_requests,
+                self.tenant_tokens,
+                self.admission_wait,
+                self.in_progress,
+            )
+        )
+        self._define_event_counters(registry)
+        self._tenants = LabelCap(MAX_TENANTS)
+        self._models = LabelCap(MAX_MODELS)
+        self._series = (
+            self.requests, self.duration, self.ttft, self.tpot, self.output_tokens,
+            self.overhead, self.admission_wait,
+        )  # fmt: skip
+        self._by_node = (self.busy_answers, self.cut_streams, self.resumed_streams)
+
+    def _define_request_series(self) -> None:
+        """The series every request touches: plain numbers, exported at scrape time."""
         self.requests = CounterSeries(
             "router_requests",
             "Requests answered, by group, model, serving node and HTTP status.",
@@ -88,21 +116,10 @@ class RouterMetrics:
             "Requests being handled now.",
             ("group",),
         )
-        registry.register(
-            RequestSeries(
-                self.requests,
-                self.duration,
-                self.ttft,
-                self.tpot,
-                self.output_tokens,
-                self.overhead,
-                self.tenant_requests,
-                self.tenant_tokens,
-                self.admission_wait,
-                self.in_progress,
-            )
-        )
-        # Rare events (a retry, a cut stream, a refusal) stay plain prometheus-client counters.
+
+    def _define_event_counters(self, registry: CollectorRegistry) -> None:
+        """Rare events (a retry, a cut stream, a refusal) stay plain prometheus-client
+        counters."""
         self.retries = Counter(
             "router_retries_total",
             "Attempts that failed before the first token and moved to another node, by reason.",
@@ -147,13 +164,6 @@ class RouterMetrics:
             ["group", "node", "cached"],
             registry=registry,
         )
-        self._tenants = LabelCap(MAX_TENANTS)
-        self._models = LabelCap(MAX_MODELS)
-        self._series = (
-            self.requests, self.duration, self.ttft, self.tpot, self.output_tokens,
-            self.overhead, self.admission_wait,
-        )  # fmt: skip
-        self._by_node = (self.busy_answers, self.cut_streams, self.resumed_streams)
 
     def tenant_label(self, tenant: str | None) -> str:
         return self._tenants(tenant) if tenant else "none"

@@ -19,9 +19,7 @@ from .app import serve
 from .config import KINDS, EmulatorConfig
 
 
-def parse_args(argv: Sequence[str] | None = None) -> tuple[EmulatorConfig, str, int, int]:
-    """The emulator's settings, the host, port and metrics port to bind; exits with usage on a
-    bad flag."""
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.emulator", description=__doc__)
     p.add_argument("--kind", choices=KINDS, required=True)
     p.add_argument("--model", action="append", required=True, help="repeat for several models")
@@ -60,6 +58,13 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[EmulatorConfig, str, 
         "--metrics-port", type=int, default=0, help="triton's metrics server (0: a free port)"
     )
     p.add_argument("--log-level", default="WARNING")
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[EmulatorConfig, str, int, int]:
+    """The emulator's settings, the host, port and metrics port to bind; exits with usage on a
+    bad flag."""
+    p = _parser()
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr)
     try:

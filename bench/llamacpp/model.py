@@ -10,8 +10,8 @@ token, so a request yields exactly ``max_tokens`` ASCII tokens. Residual channel
 constant that no layer writes to (every output projection's row 0 is zero), and the output
 projection gives that channel a large negative weight for the special and byte tokens only.
 
-``python -m bench.llamacpp.model [DIR]`` writes the model (cached by its parameters) and prints
-its path.
+``python -m bench.llamacpp.model [DIR] [--layers N --width N --heads N --ffn N --context N]``
+writes the model (cached by its parameters) and prints its path.
 """
 
 from __future__ import annotations
@@ -155,7 +155,12 @@ def ensure(spec: TinyModel | None = None, directory: Path | None = None) -> Path
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.llamacpp.model")
     parser.add_argument("directory", nargs="?", type=Path)
-    print(ensure(directory=parser.parse_args().directory))
+    default = TinyModel()
+    for name in ("layers", "width", "heads", "ffn", "context", "seed"):
+        parser.add_argument(f"--{name}", type=int, default=getattr(default, name))
+    args = parser.parse_args()
+    spec = TinyModel(args.layers, args.width, args.heads, args.ffn, args.context, args.seed)
+    print(ensure(spec, args.directory))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """Start and stop llama.cpp's real servers: ``llama-server`` and llama-cpp-python's server.
 
-Each runs as a child process on a port of its own, ready once it answers its health path
-(``/health`` on llama-server, ``/v1/models`` on the Python server, which has no health route).
-The port stays the same across :meth:`EngineProcess.restart`, so an agent beside it finds it
-again. Output goes to a log file whose tail is quoted when a start fails.
+Each runs as a child process on a port of its own (:func:`free_port` picks one), ready once it
+answers its health path (``/health`` on llama-server, ``/v1/models`` on the Python server, which
+has no health route). The port stays the same across :meth:`EngineProcess.restart`, so an agent
+beside it finds it again. Output goes to a log file whose tail is quoted when a start fails.
+:mod:`bench.llamacpp.fleet` puts such engines behind the router with an agent each.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import aiohttp
@@ -33,6 +34,23 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+async def wait_ready(
+    url: str, health_path: str = "/health", alive: Callable[[], bool] = lambda: True
+) -> None:
+    """Until ``url + health_path`` answers 200 (llama-server answers 503 while it loads);
+    :class:`RuntimeError` as soon as ``alive()`` says the process is gone. Unbounded: callers
+    wrap it in a timeout."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2.0)) as session:
+        while True:
+            if not alive():
+                raise RuntimeError(f"{url} exited while starting")
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with session.get(url + health_path) as resp:
+                    if resp.status == 200:
+                        return
+            await asyncio.sleep(POLL_S)
 
 
 class EngineProcess:
@@ -75,22 +93,14 @@ class EngineProcess:
                 env=self.env,
             )
         try:
-            await asyncio.wait_for(self._until_healthy(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await wait_ready(self.url, self.health_path, lambda: self.running)
+        except RuntimeError as exc:
+            await self.stop()
+            raise RuntimeError(f"{self.label} exited while starting:\n{self.log_tail()}") from exc
         except BaseException:
             await self.stop()
             raise
-
-    async def _until_healthy(self) -> None:
-        timeout = aiohttp.ClientTimeout(total=2.0)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            while True:
-                if not self.running:
-                    raise RuntimeError(f"{self.label} exited while starting:\n{self.log_tail()}")
-                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                    async with session.get(self.url + self.health_path) as resp:
-                        if resp.status == 200:
-                            return
-                await asyncio.sleep(POLL_S)
 
     def log_tail(self, lines: int = 20) -> str:
         with contextlib.suppress(OSError):
@@ -135,20 +145,24 @@ def llama_server(
     port: int | None = None,
     parallel: int = 2,
     context: int = 8192,
+    threads: int = 1,
     embeddings: bool = False,
+    extra: Sequence[str] = (),
     log_path: Path | None = None,
 ) -> EngineProcess:
-    """``llama-server -m MODEL --alias tiny --parallel N --metrics -c CTX -t 1``.
+    """``llama-server -m MODEL --alias tiny --parallel N --metrics -c CTX -t THREADS``.
 
     ``context`` is the whole KV cache: each slot gets ``context / parallel``. ``embeddings``
-    adds ``--embeddings`` (completions are still served).
+    adds ``--embeddings`` (completions are still served); ``extra`` any other flags. Raises
+    :class:`~bench.llamacpp.paths.NotBuiltError` when the binary is not built.
     """
     port = port or free_port()
     argv = [str(server_binary()), "-m", str(model), "--alias", ALIAS, "--host", "127.0.0.1"]
     argv += ["--port", str(port), "--parallel", str(parallel), "--metrics"]
-    argv += ["-c", str(context), "-t", "1"]
+    argv += ["-c", str(context), "-t", str(threads)]
     if embeddings:
         argv += ["--embeddings"]
+    argv += extra
     return EngineProcess("llama-server", argv, port, "/health", log_path=log_path)
 
 

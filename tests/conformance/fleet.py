@@ -1,4 +1,5 @@
-"""A fleet as a user runs it: ``python -m router``, engines, ``python -m node_agent`` beside each.
+"""A fleet as a user runs it: ``python -m router``, engines, ``python -m node_agent`` beside each
+(:func:`bench.llamacpp.fleet.launch_fleet`).
 
 Every part is a process of its own on real sockets; the router logs JSON to a file the tests
 read its per-request lines from. Node ``<engine>-1`` and ``<engine>-2`` are the two instances.
@@ -16,7 +17,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-from bench.cluster import Process, wait_until_healthy
+from bench.cluster import Process
+from bench.llamacpp.fleet import launch_fleet
 from bench.llamacpp.servers import EngineProcess, free_port
 
 from .engines import EngineSpec
@@ -97,39 +99,26 @@ class Fleet:
         await self.wait_state(http, node, "healthy")
 
 
-async def _start_agent(
-    spec: EngineSpec, node: str, engine: EngineProcess, router: Process, group: str, log: Path
-) -> Process:
-    args = ["--backend-url", engine.url, "--router-url", router.url, "--group", group]
-    args += ["--name", node, "--host", "127.0.0.1", "--port", "0"]
-    # The emulators emulate GPUs too; the real engines here run on the CPU.
-    args += ["--gpu-source", "none" if spec.real else "emulated"]
-    args += ["--report-interval", REPORT_INTERVAL_S]
-    return await Process.start(f"agent {node}", "node_agent", args, log_path=log)
-
-
 @contextlib.asynccontextmanager
 async def launch(spec: EngineSpec, folder: Path) -> AsyncIterator[Fleet]:
     """Router, the engine instances and their agents; everything stopped after the block."""
     group = spec.name.replace("_", "-")
-    async with contextlib.AsyncExitStack() as stack:
-        router_log = folder / "router.log"
-        router_args = ["--host", "127.0.0.1", "--port", "0", "--default-group", group]
-        router_args += ["--log-format", "json", "--health-interval-s", "1"]
-        router_args += ["--report-interval-s", REPORT_INTERVAL_S]
-        router = await Process.start("router", "router", router_args, log_path=router_log)
-        stack.push_async_callback(router.stop)
-        names = [f"{spec.name}-{i}" for i in range(1, spec.instances + 1)]
-        engines = {n: spec.factory(free_port(), folder / f"{n}.engine.log") for n in names}
-        await asyncio.gather(*(e.start() for e in engines.values()))
-        for engine in engines.values():
-            stack.push_async_callback(engine.stop)
-        agent_logs = {n: folder / f"{n}.agent.log" for n in names}
-        agents: dict[str, Process] = {}
-        for name in names:
-            agents[name] = await _start_agent(
-                spec, name, engines[name], router, group, agent_logs[name]
-            )
-            stack.push_async_callback(agents[name].stop)  # agents stop first: they deregister
-        await wait_until_healthy(router.url, group, set(names))
-        yield Fleet(spec, group, router, router_log, engines, agents, agent_logs)
+    names = [f"{spec.name}-{i}" for i in range(1, spec.instances + 1)]
+    engines = {n: spec.factory(free_port(), folder / f"{n}.engine.log") for n in names}
+    router_args = ["--log-format", "json", "--health-interval-s", "1"]
+    router_args += ["--report-interval-s", REPORT_INTERVAL_S]
+    # The emulators emulate GPUs too; the real engines here run on the CPU.
+    agent_args = ["--gpu-source", "none" if spec.real else "emulated"]
+    agent_args += ["--report-interval", REPORT_INTERVAL_S]
+    async with launch_fleet(
+        engines, folder, group, router_args=router_args, agent_args=agent_args
+    ) as running:
+        yield Fleet(
+            spec,
+            group,
+            running.router,
+            running.router_log,
+            running.engines,
+            running.agents,
+            running.agent_logs,
+        )

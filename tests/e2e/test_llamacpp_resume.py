@@ -22,8 +22,9 @@ import openai
 import orjson
 import pytest
 
-from bench.llamacpp.fleet import ServerSpec, launch_fleet, server_binary
-from bench.llamacpp.tiny_gguf import write_tiny_model
+from bench.llamacpp.fleet import AGENT_ARGS, launch_fleet, llama_fleet_engines
+from bench.llamacpp.model import ensure as ensure_model
+from bench.llamacpp.paths import server_binary
 from node_protocol.events import Surface
 from router.continuation import continuation
 
@@ -31,6 +32,7 @@ IN_CI = os.environ.get("CI", "") not in ("", "0", "false")
 CLIENTS = 8
 REQUESTS = 16
 MAX_TOKENS = 300
+PARALLEL = 4
 KILL_AFTER_CHUNKS = 10  # a stream on the doomed server has shown this many chunks
 
 
@@ -82,10 +84,10 @@ async def test_killing_one_of_two_llama_servers_loses_no_conversation(tmp_path: 
         if IN_CI:
             pytest.fail(f"{reason}; CI is set, so this must not be skipped", pytrace=False)
         pytest.skip(reason)
-    model = write_tiny_model(tmp_path / "tiny.gguf")
-    spec = ServerSpec(model, parallel=4)
+    engines = llama_fleet_engines(ensure_model(), 2, tmp_path / "logs", parallel=PARALLEL)
+    agent_args = (*AGENT_ARGS, "--backend-kind", "llamacpp", "--max-parallel", str(PARALLEL))
     async with (
-        launch_fleet(spec, 2, tmp_path / "logs") as fleet,
+        launch_fleet(engines, tmp_path / "logs", "llamacpp", agent_args=agent_args) as fleet,
         openai.AsyncOpenAI(
             base_url=fleet.base_url, api_key="-", max_retries=0, timeout=60
         ) as client,
@@ -101,11 +103,11 @@ async def test_killing_one_of_two_llama_servers_loses_no_conversation(tmp_path: 
         load = asyncio.gather(*(worker() for _ in range(CLIENTS)))
         await asyncio.wait_for(streaming_there.wait(), 30)
         killed_at = time.monotonic()
-        fleet.servers[0].proc.send_signal(signal.SIGKILL)
+        fleet.engines["llama-1"].proc.send_signal(signal.SIGKILL)
         await asyncio.wait_for(load, 120)
         cut = [a for a in answers if a.node == "llama-1" and a.started < killed_at < a.ended]
         again = [await _ask(client, a.prompt) for a in answers]
-        matched, tried = await _continued_as_uninterrupted(fleet.servers[1].url)
+        matched, tried = await _continued_as_uninterrupted(fleet.engines["llama-2"].url)
     problems = [a for a in answers if a.error or not a.text or a.finish is None or len(a.ids) != 1]
     assert problems == []
     assert len(answers) == REQUESTS

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.emulator.app import serve as serve_emulator
 from bench.emulator.config import EmulatorConfig
 from bench.emulator.tokens import token_text
-from bench.llamacpp.fleet import wait_ready
+from bench.llamacpp.servers import wait_ready
 from node_agent.app import serve as serve_agent
 from router.app import serve as serve_router
 from tests.conftest import router_settings

@@ -15,7 +15,7 @@ from openai import AsyncOpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.emulator import EmulatorConfig
-from bench.llamacpp.tiny_gguf import write_tiny_model
+from bench.llamacpp.model import ensure as ensure_model
 
 from .llamacpp_servers import CAPACITY, Llama, emulated_server, real_server
 
@@ -115,9 +115,9 @@ async def client() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny random-weight GGUF the real llama-server serves."""
-    return write_tiny_model(tmp_path_factory.mktemp("llama") / "tiny.gguf")
+def tiny_model() -> Path:
+    """The tiny random-weight GGUF the real llama-server serves (written once, then cached)."""
+    return ensure_model()
 
 
 @pytest.fixture(params=["real", "emulated"])

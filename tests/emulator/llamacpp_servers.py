@@ -20,7 +20,8 @@ import orjson
 import pytest
 
 from bench.emulator import EmulatorConfig, serve
-from bench.llamacpp.fleet import ServerSpec, llama_server, server_binary, wait_ready
+from bench.llamacpp.paths import NotBuiltError, server_binary
+from bench.llamacpp.servers import llama_server, wait_ready
 
 IN_CI = os.environ.get("CI", "") not in ("", "0", "false")
 SLOT_CTX = 4096
@@ -65,14 +66,18 @@ class Llama:
 
 @contextlib.asynccontextmanager
 async def real_server(model: Path, log: Path) -> AsyncIterator[Llama]:
-    if not server_binary().is_file():
-        reason = f"{server_binary()} is missing (bench/llamacpp/build.sh builds it)"
+    try:
+        server_binary()
+    except NotBuiltError as exc:
         if IN_CI:
-            pytest.fail(f"{reason}; CI is set, so this must not be skipped", pytrace=False)
-        pytest.skip(reason)
-    spec = ServerSpec(model, extra=("--embeddings", "--pooling", "mean"))
-    async with llama_server(spec, log) as server:
-        yield Llama("real", server.url)
+            pytest.fail(f"{exc}; CI is set, so this must not be skipped", pytrace=False)
+        pytest.skip(str(exc))
+    engine = llama_server(model, parallel=2, context=2 * SLOT_CTX, embeddings=True, log_path=log)
+    await engine.start()
+    try:
+        yield Llama("real", engine.url)
+    finally:
+        await engine.stop()
 
 
 @contextlib.asynccontextmanager

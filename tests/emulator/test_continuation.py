@@ -18,7 +18,7 @@ from bench.emulator import EmulatorConfig, serve
 from bench.emulator.app import RunningEmulator
 from bench.emulator.continuation import continued_tokens
 from bench.emulator.tokens import token_text
-from bench.llamacpp.fleet import wait_ready
+from bench.llamacpp.servers import wait_ready
 
 from .conftest import fast_config, post_raw
 from .llamacpp_servers import Llama, chat

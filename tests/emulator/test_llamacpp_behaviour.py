@@ -13,7 +13,7 @@ import aiohttp
 import orjson
 
 from bench.emulator import EmulatorConfig, serve
-from bench.llamacpp.fleet import wait_ready
+from bench.llamacpp.servers import wait_ready
 
 from .conftest import post_raw
 from .llamacpp_servers import CAPACITY, LONG_TEXT, Llama, chat, get_json, scrape

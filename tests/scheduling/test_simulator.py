@@ -95,11 +95,6 @@ class TestReplicas:
         assert res["least_loaded/1-router"]["busy_answers"] == 0
 
     @pytest.mark.slow
-    @pytest.mark.xfail(
-        strict=False,
-        reason="failed once on a fresh clone with both cores burned after the simulator's "
-        "prompt-cache merge; not yet re-measured",
-    )
     def test_four_replicas_within_a_quarter_of_one_router(self) -> None:
         """The issue's target, on the scenario as ``python -m bench.sim replicas-4`` runs it
         (full size, seed 1): 4 replicas within 1.25x of a single router's p99 TTFT."""
