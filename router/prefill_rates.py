@@ -43,3 +43,35 @@ def learned_rate(old: float | None, chars: int, seconds: float) -> float | None:
         return old
     sample = min(max(chars / seconds, MIN_CHARS_PER_S), MAX_CHARS_PER_S)
     return sample if old is None else old + ALPHA * (sample - old)
+
+
+class PeerRates:
+    """The rates the nodes of each backend kind have taught, on average: the rate a node that
+    has taught none yet stands in with (the kind's default while no peer taught one either).
+
+    Measured against its peers' static default, the first node of a fleet to teach its rate
+    would look faster or slower than all the others by however wrong the default is: were it
+    faster, every new prompt on an idle fleet would go to it (its prefill term alone sets it
+    apart by more than alike scores differ), and the rendezvous order that spreads new
+    prompts over alike nodes would never come into play.
+    """
+
+    __slots__ = ("_count", "_sum")
+
+    def __init__(self) -> None:
+        self._sum: dict[str | None, float] = {}
+        self._count: dict[str | None, int] = {}
+
+    def add(self, kind: str | None, rate: float) -> None:
+        self._sum[kind] = self._sum.get(kind, 0.0) + rate
+        self._count[kind] = self._count.get(kind, 0) + 1
+
+    def remove(self, kind: str | None, rate: float) -> None:
+        left = self._count[kind] - 1
+        self._count[kind] = left
+        self._sum[kind] = self._sum[kind] - rate if left else 0.0
+
+    def stand_in(self, kind: str | None) -> float:
+        """The rate of a node of ``kind`` that has taught none."""
+        count = self._count.get(kind, 0)
+        return self._sum[kind] / count if count else default_rate(kind)

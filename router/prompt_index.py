@@ -12,7 +12,10 @@ holds the prompt up to the deepest of these points it holds (a block hash stands
 prefix); a point every row holds is a part every node has cached, counted once for all.
 
 Rows that hold none of it prefill the whole prompt: one constant per request over each row's
-prefill rate, kept here as its inverse and updated when a rate is learned.
+prefill rate, kept here as its inverse and updated when a rate is learned. A row whose node has
+taught no rate yet stands in with what its peers of the same backend kind taught
+(:class:`router.prefill_rates.PeerRates`), so that on a fleet of alike nodes a node's first
+lesson does not set it apart from the rest.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import numpy as np
 
 from node_protocol.prompt_prefix import BLOCK_CHARS, SCHEME, Fingerprint, ladder
 from router.nodes import Node
+from router.prefill_rates import PeerRates
 from router.prompt_prefixes import chars_per_s
 from router.scoring import FloatArray
 
@@ -34,7 +38,7 @@ class PromptIndex:
     ``names[i]``: the name row ``i``'s node serves the model under."""
 
     __slots__ = ("_dirty", "_held", "_inverse", "_inverse_col", "_known", "_names", "_nodes",
-                 "_rows")  # fmt: skip
+                 "_peers", "_rows", "_taught", "_untaught")  # fmt: skip
 
     def __init__(self, nodes: Sequence[Node], names: Sequence[str], columns: bool) -> None:
         self._nodes, self._names = nodes, names
@@ -44,6 +48,9 @@ class PromptIndex:
         self._known: set[int] = set()  # rows with a cache signal (a summary, routed prompts)
         self._inverse = [1.0 / chars_per_s(node) for node in nodes]  # seconds per character
         self._inverse_col = np.array(self._inverse) if columns else None
+        self._peers = PeerRates()
+        self._taught: list[tuple[str | None, float] | None] = [None] * n  # (kind, rate) counted
+        self._untaught: set[int] = set(range(n))  # rows whose node taught no rate
         self._dirty = set(range(n))  # rows to index again
 
     def changed(self, row: int) -> None:
@@ -66,7 +73,35 @@ class PromptIndex:
 
     def rate_changed(self, row: int) -> None:
         """The row's node learned a new prefill rate."""
-        inverse = self._inverse[row] = 1.0 / chars_per_s(self._nodes[row])
+        self._recount(row)
+        self._stand_in()
+
+    def _recount(self, row: int) -> None:
+        """Count the row's node's taught rate (if any) among its kind's, and use it."""
+        node = self._nodes[row]
+        old = self._taught[row]
+        if old is not None:
+            self._peers.remove(*old)
+        rate = node.prefill_chars_per_s
+        if rate is None:
+            self._taught[row] = None
+            self._untaught.add(row)
+            return
+        kind = None if node.report is None else node.report.backend_kind
+        self._peers.add(kind, rate)
+        self._taught[row] = (kind, rate)
+        self._untaught.discard(row)
+        self._set_inverse(row, 1.0 / rate)
+
+    def _stand_in(self) -> None:
+        """The rows whose node taught no rate take their peers' (:class:`PeerRates`)."""
+        for row in self._untaught:
+            report = self._nodes[row].report
+            rate = self._peers.stand_in(None if report is None else report.backend_kind)
+            self._set_inverse(row, 1.0 / rate)
+
+    def _set_inverse(self, row: int, inverse: float) -> None:
+        self._inverse[row] = inverse
         if self._inverse_col is not None:
             self._inverse_col[row] = inverse
 
@@ -150,7 +185,8 @@ class PromptIndex:
                 for h in new - old:
                     self._add(h, row)
             self._held[row] = new
-            self.rate_changed(row)
+            self._recount(row)
+        self._stand_in()
         self._dirty.clear()
 
     def _add(self, h: int, row: int) -> None:

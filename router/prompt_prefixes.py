@@ -22,12 +22,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from node_protocol.prompt_prefix import Fingerprint, cached_prefix_chars, recorded_hashes
 from router.candidates import HashArray
 from router.nodes import Node
 from router.prefill_rates import default_rate, learned_rate
 from router.scoring import FloatArray
+
+IndexArray = npt.NDArray[np.intp]
 
 MAX_ROUTED_HASHES = 8192  # per node and model between two reports: past it, start afresh
 
@@ -63,30 +66,53 @@ def cached_chars(node: Node, name: str, fp: Fingerprint) -> int | None:
 
 @dataclass(frozen=True, slots=True)
 class Rendezvous:
-    """A prompt's rendezvous order over nodes: each node's weight in [0, 1) from its
+    """A prompt's order among alike scores: each node's weight in [0, 1) from its
     :func:`router.candidates.node_hashes` hash and the prompt's leading block, the same in
-    every router replica (splitmix64's finaliser of the two xored)."""
+    every router replica (splitmix64's finaliser of the two xored).
+
+    Rows known to hold more of the prompt than others (``ahead``: row -> rank, 0 holding the
+    most, of ``ranks`` in all, the last for the rows holding the least) come first among alike
+    scores: each rank takes its own slice of [0, 1), the rendezvous weight orders the rows
+    within one. Otherwise a saving of prefill smaller than the alike margin would lose to the
+    rendezvous order, and a conversation would leave the node this router sent it to."""
 
     key: int
+    ahead: dict[int, int] | None = None
+    ranks: int = 1
 
-    def weight(self, node_hash: int) -> float:
-        """One node's weight."""
+    def weight(self, node_hash: int, row: int = -1) -> float:
+        """One node's weight (``row``: its row, for its rank)."""
         x = node_hash ^ self.key
         x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
         x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK
-        return ((x ^ (x >> 31)) >> 11) / _UNIT
+        w = ((x ^ (x >> 31)) >> 11) / _UNIT
+        if self.ahead is None:
+            return w
+        return (self.ahead.get(row, self.ranks - 1) + w) / self.ranks
 
-    def weights(self, node_hashes: HashArray) -> FloatArray:
+    def weights(self, node_hashes: HashArray, rows: IndexArray | None = None) -> FloatArray:
         """The weights of many nodes at once (equal to :meth:`weight`'s)."""
         x = node_hashes ^ np.uint64(self.key)
         x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         x = x ^ (x >> np.uint64(31))
-        return (x >> np.uint64(11)).astype(np.float64) / _UNIT
+        w = (x >> np.uint64(11)).astype(np.float64) / _UNIT
+        if self.ahead is None or rows is None:
+            return w
+        get, last = self.ahead.get, self.ranks - 1
+        rank = np.array([get(row, last) for row in rows.tolist()], dtype=np.float64)
+        return (rank + w) / self.ranks
 
     @classmethod
-    def of(cls, fp: Fingerprint) -> Rendezvous:
-        return cls(fp.blocks[0] if fp.blocks else 0)
+    def of(cls, fp: Fingerprint, more: dict[int, int] | None = None) -> Rendezvous:
+        """The prompt's order; ``more``: the rows holding more of it than the rest, with how
+        many characters."""
+        key = fp.blocks[0] if fp.blocks else 0
+        if not more:
+            return cls(key)
+        depths = sorted(set(more.values()), reverse=True)
+        rank = {chars: i for i, chars in enumerate(depths)}
+        return cls(key, {row: rank[chars] for row, chars in more.items()}, len(depths) + 1)
 
 
 _MASK = (1 << 64) - 1

@@ -203,7 +203,8 @@ class Roster:
         if found is None:
             return None
         base, more = found
-        return PrefixTerms(index.prefill_s(fp.chars, base, more), base, more, Rendezvous.of(fp))
+        ties = Rendezvous.of(fp, more)
+        return PrefixTerms(index.prefill_s(fp.chars, base, more), base, more, ties)
 
     def renamed(self, model: str) -> Mapping[str, str]:
         """Node id -> the name the node serves the model under, for the nodes that do not
@@ -241,7 +242,7 @@ class Roster:
             row_ties = None
             if ties is not None:
                 hashes = self.hash_list()
-                row_ties = lambda row: ties.weight(hashes[row])  # noqa: E731
+                row_ties = lambda row: ties.weight(hashes[row], row)  # noqa: E731
             rows = self._kept.choose(
                 scheduler, self.standings, self.read_at, self.own, self.own_model, now,
                 self.rules.stale_after_s, limit, prefill_s, row_ties,
@@ -259,7 +260,7 @@ class Roster:
         column_ties = None
         if ties is not None and table.hashes is not None:
             node_hashes = table.hashes
-            column_ties = lambda rows: ties.weights(node_hashes[rows])  # noqa: E731
+            column_ties = lambda rows: ties.weights(node_hashes[rows], open_rows[rows])  # noqa: E731
         ranked = scheduler.rank(policy, key, table, limit=limit, affinity=affinity,
                                 waiting=waiting, ties=column_ties)  # fmt: skip
         picked: list[int] = open_rows[ranked].tolist()

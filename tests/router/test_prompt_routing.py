@@ -8,9 +8,12 @@ from typing import Any
 
 import aiohttp
 
+from node_protocol.prompt_prefix import SCHEME, fingerprint, recorded_hashes
+from node_protocol.wire import PrefixSummary
 from router.app import serve
+from router.settings import GroupSettings
 from tests.conftest import router_settings
-from tests.fakes import FakeNode, register, running
+from tests.fakes import FakeNode, register, report, running
 
 CHAT = "/inference-cluster/v1/chat/completions"
 MODEL = "m-small"
@@ -51,3 +54,75 @@ async def test_later_turns_go_where_this_router_sent_the_conversation(
                     for turns in (1, 2, 3)
                 ]
                 assert len(set(served)) == 1, (conversation, served)
+
+
+def _summary_report(node: FakeNode, held: int) -> dict[str, Any]:
+    """A report whose prefix summary holds conversation ``held``'s first turn."""
+    fp = fingerprint(_turns(held, 1))
+    summary = PrefixSummary(MODEL, SCHEME, frozenset(recorded_hashes(fp)), 1 << 24, fp.chars)
+    body = report(node.models)
+    body["prefixCaches"] = [summary.to_json()]
+    return body
+
+
+async def _fleet_with_summaries(
+    session: aiohttp.ClientSession, urls: list[str], nodes: list[FakeNode]
+) -> None:
+    """Register the nodes with every router and report a summary from each: node ``i``
+    holds conversation ``1000 + i``."""
+    for url in urls:
+        for i, node in enumerate(nodes):
+            node_id = await register(session, url, node)
+            put = f"{url}/api/server-groups/inference-cluster/nodes/{node_id}/report"
+            async with session.put(put, json=_summary_report(node, 1000 + i)) as resp:
+                assert resp.status in (200, 204), await resp.text()
+
+
+async def test_replicas_send_each_new_prefix_to_one_node_and_spread_new_prefixes(
+    session: aiohttp.ClientSession,
+) -> None:
+    """Two router replicas with the same reports send each new conversation to the same node,
+    and new conversations on an idle fleet spread over its nodes by their leading block."""
+    settings = router_settings(report_interval_s=30.0)
+    async with serve(settings) as first, serve(settings) as second:
+        nodes = [FakeNode(f"n{i}", models=(MODEL,)) for i in range(4)]
+        async with running(nodes[0]), running(nodes[1]), running(nodes[2]), running(nodes[3]):
+            await _fleet_with_summaries(session, [first.url, second.url], nodes)
+            picks = []
+            for conversation in range(8):
+                body = _turns(conversation, 1)
+                one = await _served_by(session, first.url, body)
+                other = await _served_by(session, second.url, body)
+                assert one == other, (conversation, one, other)
+                picks.append(one)
+            assert len(set(picks)) > 1, picks
+
+
+async def _prompt_chars_lines(session: aiohttp.ClientSession, url: str) -> list[str]:
+    async with session.get(f"{url}/metrics") as resp:
+        text = await resp.text()
+    return [line for line in text.splitlines() if line.startswith("router_prompt_chars_total{")]
+
+
+async def test_a_group_with_prefix_routing_off_routes_blind(
+    session: aiohttp.ClientSession,
+) -> None:
+    """With ``prefix_routing = false`` for its group, the router neither weighs nor notes
+    prompts: no prompt characters are counted, and a conversation's turns go wherever the
+    blind policy's random tie-breaks send them (six conversations of three turns on four idle
+    nodes all staying put by chance: about one in 10^7)."""
+    groups = (GroupSettings(name="inference-cluster", prefix_routing=False),)
+    async with serve(router_settings(report_interval_s=30.0, groups=groups)) as router:
+        nodes = [FakeNode(f"n{i}", models=(MODEL,)) for i in range(4)]
+        async with running(nodes[0]), running(nodes[1]), running(nodes[2]), running(nodes[3]):
+            for node in nodes:
+                await register(session, router.url, node)
+            stayed = 0
+            for conversation in range(6):
+                served = {
+                    await _served_by(session, router.url, _turns(conversation, turns))
+                    for turns in (1, 2, 3)
+                }
+                stayed += len(served) == 1
+            assert stayed < 6
+            assert await _prompt_chars_lines(session, router.url) == []

@@ -173,3 +173,55 @@ def test_replicas_pick_the_same_node_for_a_new_prompt() -> None:
             assert len(chosen) == 1
             picks |= chosen
         assert len(picks) > 1
+
+
+def test_a_node_that_taught_no_rate_stands_in_with_its_peers_rate() -> None:
+    """A node that has taught no prefill rate yet is taken to read as fast as its peers of the
+    same kind taught, not at the kind's default: one lesson does not set a node apart."""
+    _, nodes = _nodes(3)
+    roster = _roster(nodes)
+    note_routed(nodes[2], "m", OTHER)  # a cache signal
+    learn(nodes[0], 30_000, 2.0)
+    learn(nodes[1], 50_000, 2.0)
+    terms = roster.prompt_terms(PROMPT)
+    assert terms is not None
+    assert terms.prefill_s[2] == pytest.approx(PROMPT.chars / 20_000.0, rel=1e-12)
+    _, fresh = _nodes(1)
+    assert chars_per_s(fresh[0]) == default_rate("vllm")
+
+
+def test_a_node_holding_more_of_the_prompt_comes_first_among_alike_scores() -> None:
+    """Where holding the prompt saves less than the alike margin, the node holding it still
+    comes first, over a few nodes (kept scores) and over a fleet (columns)."""
+    for n in (8, 120):
+        _, nodes = _nodes(n)
+        roster = _roster(nodes)
+        for node in nodes:
+            learn(node, 2 * PROMPT.chars, 1e-6)  # so fast a prefill that it saves next to nothing
+        weights = Rendezvous.of(PROMPT).weights(roster.hashes())
+        holder = int(np.argmax(weights))  # last in the prompt's rendezvous order
+        note_routed(nodes[holder], "m", PROMPT)
+        terms = roster.prompt_terms(PROMPT)
+        assert terms is not None
+        for seed in range(4):
+            picked = roster.decide(Scheduler(random.Random(seed)), "least_loaded", "g/m", 1.0,
+                                   limit=1, prefill_s=terms.prefill_s, ties=terms.ties)  # fmt: skip
+            assert picked == [holder]
+
+
+def test_with_no_cache_signal_picks_equal_the_blind_policys() -> None:
+    """No node reported a summary and nothing was routed: a request with a prompt is ranked
+    exactly as one without, draws included, over a few nodes and over a fleet."""
+    for n in (8, 120):
+        _, nodes = _nodes(n)
+        roster = _roster(nodes)
+        for i in range(0, n, 3):
+            roster.counted(i, "m", 1)  # some load, so that not every score is alike
+        for seed, text in enumerate("abcdef"):
+            terms = roster.prompt_terms(fingerprint_text(text * 5_000))
+            assert terms is None
+            blind = roster.decide(Scheduler(random.Random(seed)), "least_loaded", "g/m", 1.0,
+                                  limit=3)  # fmt: skip
+            weighed = roster.decide(Scheduler(random.Random(seed)), "least_loaded", "g/m", 1.0,
+                                    limit=3, prefill_s=None, ties=None)  # fmt: skip
+            assert weighed == blind
