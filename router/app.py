@@ -66,6 +66,7 @@ def _registry_from(settings: RouterSettings) -> Registry:
     for group in settings.groups:
         declared = registry.ensure_group(group.name, group.policy)
         declared.policy, declared.declared = group.policy, True
+        declared.prefix_routing = group.prefix_routing
         for static in group.nodes:
             reg = Registration(
                 name=static.name,

@@ -238,7 +238,11 @@ class Dispatch:
         self._slot_check = 0
         self._kept: Roster | None = None
         # the prompt, where the policy routes on the nodes' prompt caches
-        self._prompt = PromptRoute.of(target.parsed, target.node_path, group.policy)
+        self._prompt = (
+            PromptRoute.of(target.parsed, target.node_path, group.policy)
+            if group.prefix_routing
+            else None
+        )
 
     def _roster(self) -> Roster:
         """The model's roster in the group as it stands (made again after the group changed)."""

@@ -61,6 +61,7 @@ class Group:
     name: str
     policy: str
     declared: bool = False  # in config (or the default group): stays when it has no nodes
+    prefix_routing: bool = True  # least_loaded weighs the nodes' prompt caches
     nodes: dict[str, Node] = field(default_factory=dict)
     # model id or alias -> ids of nodes that list it (loaded or not)
     model_index: dict[str, set[str]] = field(default_factory=dict)

@@ -129,6 +129,9 @@ class GroupSettings(Schema):
     nodes: tuple[StaticNode, ...] = Field((), description="backends with no agent")
     timeouts: GroupTimeouts | None = Field(None, description="overrides of [timeouts]")
     resume: bool | None = Field(None, description="as resume_streams, for this group")
+    prefix_routing: bool = Field(
+        True, description="least_loaded weighs what each node's prompt cache holds of a prompt"
+    )
 
 
 class RouterSettings(Schema):
