@@ -23,6 +23,10 @@ FAMILIES = (
     ("router_gpu_memory_total_bytes", "GPU memory."),
     ("router_gpu_memory_used_bytes", "GPU memory in use."),
     ("router_node_model_loaded", "1 if the model is loaded on the node, else 0."),
+    (
+        "router_node_engine_cached_ratio",
+        "Share of prompt tokens the engine said it took from its prompt cache, lately.",
+    ),
 )
 
 
@@ -51,7 +55,7 @@ class FleetMetrics:
         reported, queue = out["router_node_reported_in_flight"], out["router_node_queue_waiting"]
         age, breaker = out["router_node_report_age_seconds"], out["router_node_breaker_open"]
         total, used = out["router_gpu_memory_total_bytes"], out["router_gpu_memory_used_bytes"]
-        loaded = out["router_node_model_loaded"]
+        loaded, cached = out["router_node_model_loaded"], out["router_node_engine_cached_ratio"]
         threshold = self._registry.threshold
         now = self._clock()
         for group in self._registry.groups.values():
@@ -84,6 +88,11 @@ class FleetMetrics:
                 for m in report.models:
                     loaded.append(f'router_node_model_loaded{{{ids},model="{escape(m.id)}"}} '
                                   f"{1 if m.loaded else 0}\n")  # fmt: skip
+                for summary in report.prefix_caches:  # only engines that count cached tokens
+                    if summary.engine_cached_ratio is not None:
+                        cached.append(f"router_node_engine_cached_ratio{{{ids},"
+                                      f'model="{escape(summary.model)}"}} '
+                                      f"{summary.engine_cached_ratio}\n")  # fmt: skip
         parts = []
         for name, help_text in FAMILIES:
             parts.append(f"# HELP {name} {help_text}\n# TYPE {name} gauge\n")

@@ -7,9 +7,11 @@ import asyncio
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from node_protocol.prompt_prefix import SCHEME
+from node_protocol.wire import PrefixSummary
 from router.app import RunningRouter, serve
 from tests.conftest import router_settings
-from tests.fakes import FakeNode, register, running
+from tests.fakes import FakeNode, register, report, running
 
 CHAT = "/inference-cluster/v1/chat/completions"
 
@@ -85,6 +87,26 @@ class TestFleetMetrics:
         assert states == {"healthy": 1.0, "degraded": 0.0, "unhealthy": 0.0, "draining": 0.0}
         assert ({"group": "inference-cluster", "node": "n1"}, 2.0) in samples[
             "router_node_reported_in_flight"
+        ]
+
+    async def test_engine_cached_ratio_gauge(
+        self, router: RunningRouter, session: aiohttp.ClientSession
+    ) -> None:
+        """The cached-token share a node's engine reported for a model shows per node and
+        model; a model whose engine does not say shows none."""
+        async with running(FakeNode("n1", models=("m-small", "m-big"))) as node:
+            node_id = await register(session, router.url, node)
+            body = report(node.models, seq=2)
+            body["prefixCaches"] = [
+                PrefixSummary("m-small", SCHEME, frozenset({1, 2}), 1 << 20, 1024, 0.75).to_json(),
+                PrefixSummary("m-big", SCHEME, frozenset(), 1 << 20, 0).to_json(),
+            ]
+            put = f"{router.url}/api/server-groups/inference-cluster/nodes/{node_id}/report"
+            async with session.put(put, json=body) as resp:
+                assert resp.status in (200, 204), await resp.text()
+            samples = await _samples(session, router.url)
+        assert samples["router_node_engine_cached_ratio"] == [
+            ({"group": "inference-cluster", "node": "n1", "model": "m-small"}, 0.75)
         ]
 
 
