@@ -114,7 +114,7 @@ class TestUnknownKeys:
             (
                 '[[groups]]\nname = "g"\npolcy = "random"\n',
                 r"groups\[0\]\.polcy",
-                "allowed: name, nodes, policy, resume, timeouts",
+                "allowed: name, nodes, policy, prefix_routing, resume, timeouts",
             ),
             (
                 '[[groups]]\nname = "g"\n[groups.timeouts]\nconect_s = 1\n',
