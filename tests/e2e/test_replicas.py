@@ -76,7 +76,7 @@ class TestReplicaList:
         assert sum(1 for o in run.outcomes if o.kind == "ok") > 50
         after_drain = run.served_by(drained_at)
         assert after_drain["box-1"] == 0
-        assert len(after_drain) == 3
+        assert sum(after_drain.values()) > 0  # the other boxes went on serving
 
 
 async def _node_id(session: aiohttp.ClientSession, router_url: str, name: str) -> str:
