@@ -11,7 +11,6 @@ its ``--alias``.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,9 +101,12 @@ class LlamaCppBackend(Backend):
     health_path = "/health"
 
     async def collect(self) -> BackendFacts:
-        props, models, metrics_text = await asyncio.gather(
-            self.get_json("/props"), self.get_json("/v1/models"), self.get_text(self.metrics_url)
-        )
+        # One after another, over one kept connection: llama-server serves each connection on
+        # one of its few HTTP threads (parallel + 2 on a small machine), held while it idles,
+        # so reads side by side would take threads the clients' requests need.
+        props = await self.get_json("/props")
+        models = await self.get_json("/v1/models")
+        metrics_text = await self.get_text(self.metrics_url)
         if metrics_text is not None:
             stats = ServerStats.from_scrape(metrics_text)
         else:

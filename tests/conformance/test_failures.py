@@ -22,6 +22,10 @@ from .fleet import Fleet, until
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 LONG = 4000  # output tokens: a stream that lasts seconds on every engine here
+# Output tokens of a stream killed to be resumed: still seconds on every engine, and short
+# enough that the rest, generated again on the other engine, ends within the client's timeout
+# on a busy machine.
+RESUMED = 600
 CONTEXT = 4096  # one slot's context on every engine of the suite
 SLOT_FREED_S = 1.0
 
@@ -95,10 +99,12 @@ async def test_engine_killed_before_the_first_byte_is_served_by_the_other(
         assert max(line["attempts"] for line in lines) >= 2  # at least one went to the victim
 
 
-async def _kill_mid_stream(fleet: Fleet, http: aiohttp.ClientSession) -> tuple[Stream, int]:
-    """Stream a long answer, kill its engine after the first token: the client's stream as read
-    to its end, and the number of times the router says it resumed it."""
-    body = chat(fleet.model, LONG, stream=True)
+async def _kill_mid_stream(
+    fleet: Fleet, http: aiohttp.ClientSession, tokens: int
+) -> tuple[Stream, int]:
+    """Stream an answer of ``tokens``, kill its engine after the first token: the client's
+    stream as read to its end, and the number of times the router says it resumed it."""
+    body = chat(fleet.model, tokens, stream=True)
     cid = new_id()
     async with (
         engine_restored(fleet, http),
@@ -121,7 +127,7 @@ async def test_engine_killed_mid_stream_goes_on_at_the_other_engine(
     """An engine that dies while streaming, with another engine that can continue the answer:
     the client's stream goes on there and ends whole (a finish reason, one ``[DONE]``, no
     error), and the router's record says it was resumed."""
-    answer, resumed = await _kill_mid_stream(fleet, http)
+    answer, resumed = await _kill_mid_stream(fleet, http, RESUMED)
     assert not answer.errors, answer.events[-3:]
     assert answer.finish_reasons
     assert answer.done
@@ -134,7 +140,7 @@ async def test_engine_killed_mid_stream_ends_the_stream_with_an_error_event_and_
 ) -> None:
     """An engine that dies while streaming, where no engine can continue the answer: the
     client's stream ends with an SSE error event and ``[DONE]``, not silently."""
-    answer, resumed = await _kill_mid_stream(fleet, http)
+    answer, resumed = await _kill_mid_stream(fleet, http, LONG)
     assert answer.errors, answer.events[-3:]
     assert answer.done
     assert not answer.finish_reasons

@@ -47,6 +47,7 @@ class LlamaCppControls:
 class FakeLlamaCpp:
     def __init__(self) -> None:
         self.ctl = LlamaCppControls()
+        self.peers: set[object] = set()  # the client ends of every connection that asked
         self.app = web.Application(middlewares=[self._server_header])
         r = self.app.router
         r.add_get("/health", self.health)
@@ -58,6 +59,8 @@ class FakeLlamaCpp:
     @web.middleware
     async def _server_header(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         header = {"Server": "llama.cpp"} if self.ctl.server_header else {}
+        if request.transport is not None:
+            self.peers.add(request.transport.get_extra_info("peername"))
         try:
             resp = await handler(request)
         except web.HTTPException as exc:  # unknown paths too answer with the header

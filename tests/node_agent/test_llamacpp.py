@@ -77,6 +77,18 @@ class TestFacts:
         assert facts.queue_waiting is None
         assert facts.prompt_tokens is None
 
+    async def test_facts_are_read_over_one_connection(
+        self, llamacpp: Served, session: aiohttp.ClientSession
+    ) -> None:
+        """Each keep-alive connection holds one of llama-server's few HTTP threads (parallel + 2
+        on a small machine) while it idles: the agent's reads go one after another over one
+        connection, so they never crowd out the clients' requests."""
+        fake, url = llamacpp
+        backend = LlamaCppBackend(session, url)
+        for _ in range(3):
+            await backend.collect()
+        assert len(fake.peers) == 1
+
     async def test_loading_model_is_not_healthy(
         self, llamacpp: Served, session: aiohttp.ClientSession
     ) -> None:
