@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import tomllib
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 import orjson
 
 from bench.gate import Attempt, GateCheck, GateResult, GateSpec, gate_markdown, run_gate
+from bench.micro import SLACK_ENV
 from bench.overhead.suite import OverheadSettings
 from bench.report import write_reports
 from bench.runner import RunOptions, run_scenario, say
@@ -19,6 +21,7 @@ from bench.scenario import load_scenario, scenario_path
 from bench.topology import RouterWrapper
 
 MICRO_TIMEOUT_S = 240.0
+MICRO_SLACK = "1.5"  # the budgets' slack in the gate (see bench/micro/__init__.py)
 MICRO_FLAGS = ("--benchmark-warmup=on", "--benchmark-disable-gc", "--benchmark-min-rounds=20")
 REPO = Path(__file__).resolve().parent.parent
 
@@ -48,8 +51,9 @@ async def micro_checks(out: Path) -> tuple[dict[str, float], list[GateCheck]]:
     else:
         return {}, [GateCheck("micro-benchmarks", True, "none in bench/micro yet (hook idle)")]
     say("micro-benchmarks: python " + " ".join(argv))
+    env = os.environ | {SLACK_ENV: MICRO_SLACK}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, *argv, cwd=REPO, stdout=asyncio.subprocess.DEVNULL
+        sys.executable, *argv, cwd=REPO, stdout=asyncio.subprocess.DEVNULL, env=env
     )
     try:
         code = await asyncio.wait_for(proc.wait(), MICRO_TIMEOUT_S)
