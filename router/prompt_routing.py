@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from node_protocol.prompt_prefix import Fingerprint, fingerprint, is_prompt_path
+from node_protocol.prompt_prefix import BLOCK_CHARS, Fingerprint, fingerprint, is_prompt_path
 from router.nodes import Node
 from router.prompt_prefixes import PrefixTerms, learn, note_routed
 from router.records import RequestRecord
@@ -50,7 +50,9 @@ class PromptRoute:
         if parsed is None or policy not in PREFIX_POLICIES or not is_prompt_path(path):
             return None
         fp = fingerprint(parsed)
-        return cls(fp) if fp.chars else None
+        # A prompt shorter than one block matches no cached block anywhere: every node would
+        # get the same prefill, so the pick goes as without the term, at no cost.
+        return cls(fp) if fp.chars >= BLOCK_CHARS else None
 
     def terms(self, roster: Roster) -> PrefixTerms | None:
         """Each node's prefill term for this prompt; None when no node's cache is known."""
