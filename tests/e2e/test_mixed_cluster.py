@@ -166,19 +166,24 @@ class TestGarbage:
             async with session.post(faults, json={"mode": "garbage"}) as resp:
                 assert resp.status == 200
             url = f"{mixed.group_url}/v1/chat/completions"
-            served = []
-            for stream in (False, True) * 4:
+
+            async def ask(stream: bool) -> str:
                 body = {"model": "llama3.1:8b", "messages": HELLO, "max_tokens": 4,
                         "stream": stream}  # fmt: skip
                 async with session.post(url, json=body) as resp:
                     assert resp.status == 200
                     raw = await resp.read()
-                    served.append(resp.headers["X-Inference-Node"])
+                    node = resp.headers["X-Inference-Node"]
                 if stream:
                     assert raw.endswith(b"data: [DONE]\n\n")
                     assert b'"error"' not in raw
                 else:
                     assert orjson.loads(raw)["choices"][0]["message"]["content"]
+                return node
+
+            # At once, so that the router's own counts spread them over both nodes whatever
+            # it learned of either (one after another, a node that answered well is preferred).
+            served = await asyncio.gather(*(ask(stream) for stream in (False, True) * 4))
             async with session.get(f"{mixed.router.url}/api/server-groups/{GROUP}/nodes") as r:
                 states = {n["name"]: n for n in (await r.json())["nodes"]}
         assert set(served) == {"good"}
