@@ -59,10 +59,10 @@ class Pair:
 
 @contextlib.asynccontextmanager
 async def pair(kind: str) -> AsyncIterator[Pair]:
-    # Slow enough (0.6 s an answer) that the clients' streams overlap however busy the machine
+    # Slow enough (2.4 s an answer) that the clients' streams overlap however busy the machine
     # is, so the scheduler spreads them over both nodes rather than sending one after another
-    # to whichever idle node it ranks first.
-    config = EmulatorConfig(kind=kind, models=(MODEL,), tok_s=20.0, ttft_s=0.01, slots=8)
+    # to the node that has answered well so far.
+    config = EmulatorConfig(kind=kind, models=(MODEL,), tok_s=5.0, ttft_s=0.01, slots=8)
     async with contextlib.AsyncExitStack() as stack, aiohttp.ClientSession() as session:
         router = await stack.enter_async_context(serve_router(router_settings()))
         urls = {}
