@@ -26,10 +26,9 @@ from router.dispatch import DISPATCHER, Target
 from router.errors import InvalidRequest
 from router.limits import BodyLimits
 from router.openai_api import (
-    AGENT_SURFACE_KINDS,
-    NATIVE_SURFACE_KINDS,
     check_model,
     load_object,
+    surface_target,
 )
 
 MESSAGES_PATH = "/v1/messages"
@@ -158,18 +157,6 @@ def parse_messages(body: bytes, limits: BodyLimits) -> dict[str, Any]:
     return parsed
 
 
-def messages_target(parsed: dict[str, Any], body: bytes) -> Target:
-    return Target(
-        MESSAGES_PATH,
-        check_model(parsed),
-        body,
-        kinds=AGENT_SURFACE_KINDS,
-        agentless_kinds=NATIVE_SURFACE_KINDS,
-        stream=parsed.get("stream") is True,
-        parsed=parsed,
-    )
-
-
 class AnthropicApi:
     def __init__(self, limits: BodyLimits) -> None:
         self._limits = limits
@@ -179,6 +166,6 @@ class AnthropicApi:
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
         def build(body: bytes) -> Target:
-            return messages_target(parse_messages(body, self._limits), body)
+            return surface_target(MESSAGES_PATH, parse_messages(body, self._limits), body)
 
         return await request.app[DISPATCHER].dispatch(request, MESSAGES_PATH, build)

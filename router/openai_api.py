@@ -66,6 +66,20 @@ def check_model(parsed: dict[str, Any]) -> str:
     return model
 
 
+def surface_target(path: str, parsed: dict[str, Any], body: bytes) -> Target:
+    """The target of a Messages or Responses body (``parsed``, already checked, its model
+    included): agents translate these surfaces, and some engines speak them natively."""
+    return Target(
+        path,
+        str(parsed["model"]),
+        body,
+        kinds=AGENT_SURFACE_KINDS,
+        agentless_kinds=NATIVE_SURFACE_KINDS,
+        stream=parsed.get("stream") is True,
+        parsed=parsed,
+    )
+
+
 def parse_body(body: bytes, endpoint: Endpoint, limits: BodyLimits) -> dict[str, Any]:
     """Check the parts of an OpenAI body the router relies on; raise InvalidRequest if bad."""
     parsed = load_object(body)

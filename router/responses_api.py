@@ -28,10 +28,9 @@ from router.dispatch import DISPATCHER, Target
 from router.errors import InvalidRequest
 from router.limits import BodyLimits
 from router.openai_api import (
-    AGENT_SURFACE_KINDS,
-    NATIVE_SURFACE_KINDS,
     check_model,
     load_object,
+    surface_target,
 )
 
 RESPONSES_PATH = "/v1/responses"
@@ -166,18 +165,6 @@ def parse_responses(body: bytes, limits: BodyLimits) -> dict[str, Any]:
     return parsed
 
 
-def responses_target(parsed: dict[str, Any], body: bytes) -> Target:
-    return Target(
-        RESPONSES_PATH,
-        check_model(parsed),
-        body,
-        kinds=AGENT_SURFACE_KINDS,
-        agentless_kinds=NATIVE_SURFACE_KINDS,
-        stream=parsed.get("stream") is True,
-        parsed=parsed,
-    )
-
-
 class ResponsesApi:
     def __init__(self, limits: BodyLimits) -> None:
         self._limits = limits
@@ -190,6 +177,6 @@ class ResponsesApi:
 
     async def responses(self, request: web.Request) -> web.StreamResponse:
         def build(body: bytes) -> Target:
-            return responses_target(parse_responses(body, self._limits), body)
+            return surface_target(RESPONSES_PATH, parse_responses(body, self._limits), body)
 
         return await request.app[DISPATCHER].dispatch(request, RESPONSES_PATH, build)

@@ -10,9 +10,9 @@ import time
 import aiohttp
 
 from bench.policy_check.fleet import MODEL, PROMPT_TOKENS
-from bench.records import CONNECTION, TIMEOUT, ClientRecord, status_error
+from bench.records import ClientRecord
 from bench.sim.workload import Requests
-from bench.sse import SseDecoder, StreamTally
+from bench.stream_client import stream_into
 
 REQUEST_TIMEOUT_S = 300.0
 
@@ -27,20 +27,7 @@ async def _one(session: aiohttp.ClientSession, url: str, tokens: int, lag: float
     }
     rec = ClientRecord(MODEL, url, tokens, time.time(), time.perf_counter())
     rec.dispatch_lag_s = lag
-    tally, decoder = StreamTally(rec), SseDecoder()
-    try:
-        async with session.post(url, json=body) as resp:
-            rec.t_headers, rec.status = time.perf_counter(), resp.status
-            rec.node = resp.headers.get("X-Inference-Node")
-            rec.error = status_error(resp.status)
-            async for line in resp.content:
-                data = decoder.feed_line(line)
-                if data is not None:
-                    tally.event(data, time.perf_counter())
-            tally.finish(time.perf_counter())
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        rec.error = TIMEOUT if isinstance(exc, TimeoutError) else CONNECTION
-        rec.detail = repr(exc)[:200]
+    await stream_into(session, url, body, rec)
     return rec
 
 

@@ -15,8 +15,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-from bench.records import CONNECTION, TIMEOUT, ClientRecord, status_error
-from bench.sse import SseDecoder, StreamTally
+from bench.records import ClientRecord
+from bench.stream_client import stream_into
 
 from .workload import Conversation, Settings
 
@@ -82,21 +82,7 @@ async def stream_turn(
         "stream": True,
         "stream_options": {"include_usage": True},
     }
-    tally, decoder = StreamTally(rec), SseDecoder()
-    try:
-        async with session.post(url, json=body) as resp:
-            rec.t_headers, rec.status = time.perf_counter(), resp.status
-            rec.node = resp.headers.get("X-Inference-Node")
-            rec.error = status_error(resp.status)
-            async for line in resp.content:
-                data = decoder.feed_line(line)
-                if data is not None:
-                    tally.event(data, time.perf_counter())
-                    _read_event(turn, data)
-            tally.finish(time.perf_counter())
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        rec.error = TIMEOUT if isinstance(exc, TimeoutError) else CONNECTION
-        rec.detail = repr(exc)[:200]
+    await stream_into(session, url, body, rec, lambda data: _read_event(turn, data))
 
 
 async def converse(
