@@ -35,7 +35,7 @@ from typing import Any
 import orjson
 
 from .chat_answer import ChatDelta, Usage
-from .errors import BadRequest
+from .errors import BadRequest, json_object
 from .triton_ask import estimate_tokens
 
 STOP_REASONS = {
@@ -178,12 +178,7 @@ def _tools(body: dict[str, Any], chat: dict[str, Any]) -> None:
 
 
 def _body(raw: bytes) -> dict[str, Any]:
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"the body is not JSON: {exc}") from exc
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object")
+    body = json_object(raw)
     if not isinstance(body.get("model"), str) or not body["model"]:
         raise BadRequest("model: must be a non-empty string")
     if not isinstance(body.get("messages"), list) or not body["messages"]:

@@ -33,7 +33,7 @@ from typing import Any
 import orjson
 
 from .chat_answer import ChatDelta, ToolCall, Usage
-from .errors import BadRequest
+from .errors import BadRequest, json_object
 
 ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
 INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
@@ -157,12 +157,7 @@ def _format(body: dict[str, Any], chat: dict[str, Any]) -> None:
 
 
 def _body(raw: bytes) -> dict[str, Any]:
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"the body is not JSON: {exc}") from exc
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object")
+    body = json_object(raw)
     if not isinstance(body.get("model"), str) or not body["model"]:
         raise BadRequest("model: must be a non-empty string")
     for key in ("previous_response_id", "conversation"):

@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 import orjson
 
-from .errors import BackendBadAnswer, BadRequest
+from .errors import BackendBadAnswer, BadRequest, json_object
 
 FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
 
@@ -86,12 +86,7 @@ class Ask:
 
     @classmethod
     def from_body(cls, raw: bytes, *, chat: bool) -> Ask:
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise BadRequest(f"the body is not JSON: {exc}") from exc
-        if not isinstance(body, dict):
-            raise BadRequest("the body must be a JSON object")
+        body = json_object(raw)
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise BadRequest("'model' must be a non-empty string")
