@@ -1,7 +1,7 @@
 """``python -m bench``: capacity validation, router overhead and the CI gate.
 
     python -m bench run [--scenario default] [--target-url URL] [--workers N] [--overhead]
-    python -m bench overhead [--quick] [--plant-delay-ms MS] [--plant-burn-ms MS]
+    python -m bench overhead [--quick] [--baseline REV] [--plant-delay-ms MS] [--plant-burn-ms MS]
     python -m bench ci [--plant-delay-ms MS] [--plant-burn-ms MS]
     python -m bench policies [--duration S] [--policies A,B,...] [--json] [--out DIR]
     python -m bench replicas [--workers N] [--max-parallel N] [--seconds S]
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import uvloop
 
+from bench.baseline import BaselineError, baseline_tree
 from bench.ci import ci
 from bench.overhead.suite import OverheadSettings, run_overhead
 from bench.policy_check import add_parser as add_policies_parser
@@ -74,6 +75,11 @@ def _parser() -> argparse.ArgumentParser:
             help="run a router that spins the CPU this long per request",
         )
     sub.choices["overhead"].add_argument("--quick", action="store_true", help="fewer rounds")
+    sub.choices["overhead"].add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also run the router of this git revision, side by side (ratios 'router/baseline')",
+    )
     sub.choices["ci"].add_argument("--scenario", default="ci")
     sub.choices["ci"].add_argument("--workers", type=int, default=0)
     add_policies_parser(sub)
@@ -114,7 +120,8 @@ async def _overhead(args: argparse.Namespace) -> int:
     if args.quick:
         settings = OverheadSettings(latency_rounds=150, warmup_rounds=20, rounds=3, slice_s=1.0)
     out = args.out or RESULTS / "overhead"
-    result = await run_overhead(settings, out / "logs", _wrapper(args))
+    with baseline_tree(args.baseline) as baseline:
+        result = await run_overhead(settings, out / "logs", _wrapper(args), baseline)
     paths = write_overhead_reports(result, out)
     for target in result.targets:
         state = {True: "MET", False: "MISSED", None: "n/a"}[target.met]
@@ -140,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         else:
             out = args.out or RESULTS / "ci"
             code = uvloop.run(ci(args.scenario, out, _wrapper(args), args.workers))
-    except ScenarioError as exc:
+    except (ScenarioError, BaselineError) as exc:
         print(f"bench: {exc}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 import tomllib
@@ -102,14 +103,26 @@ class Process:
 
     @classmethod
     async def start(
-        cls, label: str, module: str, args: list[str], *, log_path: Path | None = None
+        cls,
+        label: str,
+        module: str,
+        args: list[str],
+        *,
+        log_path: Path | None = None,
+        source: Path | None = None,
     ) -> Process:
-        """Start ``python -m module args``; its stderr (its log) goes to ``log_path`` if given."""
+        """Start ``python -m module args``; its stderr (its log) goes to ``log_path`` if given.
+        ``source``: the folder the module is imported from (another revision's tree), instead
+        of this checkout."""
+        env = None
+        if source is not None:
+            env = {**os.environ, "PYTHONPATH": str(source)}
         with contextlib.ExitStack() as files:
             log = None if log_path is None else files.enter_context(log_path.open("ab"))
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", module, *args, stdout=asyncio.subprocess.PIPE, stderr=log
-            )
+                sys.executable, "-m", module, *args, stdout=asyncio.subprocess.PIPE, stderr=log,
+                cwd=source, env=env,
+            )  # fmt: skip
         child = cls(label, proc)
         try:
             child.url = await asyncio.wait_for(child._ready_line(), READY_TIMEOUT_S)

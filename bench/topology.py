@@ -198,6 +198,13 @@ async def _agent(backend_url: str, router_url: str) -> Process:
     return await Process.start("agent", "node_agent", args)
 
 
+async def _router(config: Path, wrapper: RouterWrapper, source: Path | None = None) -> Process:
+    module, pre = wrapper.module_and_args()
+    args = [*pre, "--config", str(config), "--host", "127.0.0.1", "--port", "0",
+            "--default-group", STATIC_GROUP, "--log-format", "json"]  # fmt: skip
+    return await Process.start("baseline" if source else "router", module, args, source=source)
+
+
 @contextlib.asynccontextmanager
 async def node_paths(
     node: NodeSettings,
@@ -206,8 +213,11 @@ async def node_paths(
     agent: bool = True,
     references: bool = True,
     wrapper: RouterWrapper | None = None,
+    baseline: Path | None = None,
 ) -> AsyncIterator[Topology]:
-    """Start the node and every path to it; stop them all when the block exits."""
+    """Start the node and every path to it; stop them all when the block exits. ``baseline``:
+    another revision's tree (:mod:`bench.baseline`), whose router is started beside this one
+    with the same settings (paths ``baseline`` and ``baseline 16 nodes``)."""
     started: list[Process] = []
     topo = Topology()
     async with contextlib.AsyncExitStack() as stack:
@@ -215,28 +225,19 @@ async def node_paths(
             with stderr_to(logs / "children.log"):
                 emu = await Process.start("emulator", "bench.emulator", node.args())
                 started.append(emu)
-                module, pre = (wrapper or RouterWrapper()).module_and_args()
-                router = await Process.start(
-                    "router",
-                    module,
-                    [
-                        *pre,
-                        "--config",
-                        str(_router_config(emu.url, logs)),
-                        "--host",
-                        "127.0.0.1",
-                        "--port",
-                        "0",
-                        "--default-group",
-                        STATIC_GROUP,
-                        "--log-format",
-                        "json",
-                    ],
-                )
+                config = _router_config(emu.url, logs)
+                router = await _router(config, wrapper or RouterWrapper())
                 started.append(router)
                 topo.bases["direct"] = f"{emu.url}/v1"
                 topo.bases["router"] = f"{router.url}/{STATIC_GROUP}/v1"
                 topo.bases["router 16 nodes"] = f"{router.url}/{FLEET_GROUP}/v1"
+                routers = [router]
+                if baseline is not None:
+                    other = await _router(config, RouterWrapper(), baseline)
+                    started.append(other)
+                    routers.append(other)
+                    topo.bases["baseline"] = f"{other.url}/{STATIC_GROUP}/v1"
+                    topo.bases["baseline 16 nodes"] = f"{other.url}/{FLEET_GROUP}/v1"
                 if agent:
                     started.append(await _agent(emu.url, router.url))
                     topo.bases["router+agent"] = f"{router.url}/{AGENT_GROUP}/v1"
@@ -251,8 +252,9 @@ async def node_paths(
                         topo.notes.append("nginx not installed: the nginx reference was skipped")
                     else:
                         topo.bases["nginx"] = f"{ngx}/v1"
-            await wait_until_healthy(router.url, STATIC_GROUP, {NODE_NAME})
-            await wait_until_healthy(router.url, FLEET_GROUP, set(FLEET_NODES))
+            for one in routers:
+                await wait_until_healthy(one.url, STATIC_GROUP, {NODE_NAME})
+                await wait_until_healthy(one.url, FLEET_GROUP, set(FLEET_NODES))
             if agent:
                 await wait_until_healthy(router.url, AGENT_GROUP, {f"{NODE_NAME}-agent"})
             yield topo

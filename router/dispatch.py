@@ -239,7 +239,7 @@ class Dispatch:
         self._kept: Roster | None = None
         # the prompt, where the policy routes on the nodes' prompt caches
         self._prompt = (
-            PromptRoute.of(target.parsed, target.node_path, group.policy)
+            PromptRoute.of(target.parsed, target.node_path, group.policy, len(target.body))
             if group.prefix_routing
             else None
         )

@@ -118,12 +118,17 @@ class KeptScores:
             self._fill(ok, p)
         kept = self._score if prefill_s is None else self._base
         scores = [kept[i] for i in ok]
-        if None in scores:
-            chosen = [self._scored(i, load, cold_s, standings, p, prefill_s)
-                      for i, load, cold_s in zip(ok, ok_loads, ok_cold, strict=True)]  # fmt: skip
-        elif prefill_s is None:
-            chosen = cast(list[float], scores)  # every score kept: the common case
-        else:  # every time to serve kept: add this request's prefill
+        if None in scores:  # most often one row, whose slot was taken or freed since
+            for j, score in enumerate(scores):
+                if score is None:
+                    i = ok[j]
+                    if prefill_s is None:
+                        scores[j] = self._scored(i, ok_loads[j], ok_cold[j], standings, p)
+                    else:
+                        scores[j] = self._time_to_serve(i, ok_loads[j], ok_cold[j], standings, p)
+        if prefill_s is None:
+            chosen = cast(list[float], scores)
+        else:  # times to serve: add this request's prefill
             penalty, weight = self._penalty, self._weight
             chosen = [(base + prefill_s[i]) * penalty[i] / weight[i]
                       for i, base in zip(ok, cast(list[float], scores), strict=True)]  # fmt: skip
@@ -162,12 +167,9 @@ class KeptScores:
 
     def _scored(
         self, i: int, load: float, cold_s: float, standings: Sequence[Standing | None],
-        p: ScoringParams, prefill_s: Sequence[float] | FloatArray | None,
+        p: ScoringParams,
     ) -> float:  # fmt: skip
-        """Row ``i``'s score (:func:`router.scoring.score`), kept where it has no prefill."""
-        if prefill_s is not None:
-            base = self._time_to_serve(i, load, cold_s, standings, p) + prefill_s[i]
-            return base * self._penalty[i] / self._weight[i]
+        """Row ``i``'s score (:func:`router.scoring.score`) without prefill, kept."""
         kept = self._score[i]
         if kept is None:
             kept = self._time_to_serve(i, load, cold_s, standings, p) * self._penalty[i]

@@ -45,9 +45,15 @@ class PromptRoute:
         self._teacher: tuple[Node, int] | None = None
 
     @classmethod
-    def of(cls, parsed: dict[str, Any] | None, path: str, policy: str) -> PromptRoute | None:
-        """The route of a request's prompt, where ``policy`` weighs it and the path has one."""
-        if parsed is None or policy not in PREFIX_POLICIES or not is_prompt_path(path):
+    def of(
+        cls, parsed: dict[str, Any] | None, path: str, policy: str, body_size: int
+    ) -> PromptRoute | None:
+        """The route of a request's prompt, where ``policy`` weighs it and the path has one.
+        ``body_size``: the request body's length in bytes, which bounds the prompt's length in
+        characters (its JSON spells out every character of the prompt, and more)."""
+        if body_size < BLOCK_CHARS or parsed is None or policy not in PREFIX_POLICIES:
+            return None  # a body shorter than one block holds no prompt as long as one
+        if not is_prompt_path(path):
             return None
         fp = fingerprint(parsed)
         # A prompt shorter than one block matches no cached block anywhere: every node would

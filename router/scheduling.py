@@ -191,6 +191,9 @@ class Scheduler:
         (a row's weight in [0, 1)): scores within ``ALIKE`` of each other are ordered by them
         instead, the same in every replica (asked only of the rows that may be among the
         best)."""
+        if len(scores) == 1:  # one row: nothing to order (the draw keeps the stream in step)
+            self._np.random(1)
+            return rows[:1] if limit else []
         jitter = self._np.random(len(scores)).tolist()
         keyed = [s * (1.0 + TIE * u) for s, u in zip(scores, jitter, strict=True)]
         if ties is not None and len(scores) > 1:

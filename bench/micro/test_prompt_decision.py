@@ -16,6 +16,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import orjson
 import pytest
 
 from bench.micro import within_budget
@@ -46,7 +47,8 @@ def prompt_roster(n: int, seed: int = 1) -> tuple[Roster, PromptRoute]:
     rng = random.Random(seed)
     registry = Registry("least_loaded", 3)
     earlier = fingerprint(agent_body(PROMPT_CHARS - 2_000))
-    route = PromptRoute.of(agent_body(PROMPT_CHARS), "/v1/chat/completions", "least_loaded")
+    body = agent_body(PROMPT_CHARS)
+    route = PromptRoute.of(body, "/v1/chat/completions", "least_loaded", len(orjson.dumps(body)))
     assert route is not None
     nodes = []
     for i in range(n):

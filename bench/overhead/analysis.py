@@ -23,6 +23,13 @@ RATIO_PAIRS = (
     ("router 16 nodes", "router"),
     ("bare proxy", "direct"),
     ("nginx", "direct"),
+    # Another revision's router in the same run (``--baseline``).
+    ("router", "baseline"),
+    ("router 16 nodes", "baseline 16 nodes"),
+    ("baseline", "bare proxy"),
+    ("baseline 16 nodes", "bare proxy"),
+    ("baseline", "nginx"),
+    ("baseline 16 nodes", "nginx"),
 )
 
 

@@ -57,11 +57,18 @@ def _say(text: str) -> None:
 
 
 async def run_overhead(
-    settings: OverheadSettings, logs: Path, wrapper: RouterWrapper | None = None
+    settings: OverheadSettings,
+    logs: Path,
+    wrapper: RouterWrapper | None = None,
+    baseline: Path | None = None,
 ) -> OverheadResult:
-    """Every path in one run: latency rounds, then throughput slices interleaved by round."""
+    """Every path in one run: latency rounds, then throughput slices interleaved by round.
+    ``baseline``: another revision's tree, whose router runs beside this one's."""
     bodies = settings.bodies()
-    async with node_paths(settings.node, logs, agent=settings.agent, wrapper=wrapper) as topo:
+    paths_cm = node_paths(
+        settings.node, logs, agent=settings.agent, wrapper=wrapper, baseline=baseline
+    )
+    async with paths_cm as topo:
         _say(f"paths: {', '.join(topo.bases)}; generator: {generator_name()}")
         stream = {**bodies["stream16"], "stream_options": {"include_usage": True}}
         raw = await latency_rounds(

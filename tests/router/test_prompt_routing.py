@@ -7,10 +7,12 @@ import random
 from typing import Any
 
 import aiohttp
+import orjson
 
-from node_protocol.prompt_prefix import SCHEME, fingerprint, recorded_hashes
+from node_protocol.prompt_prefix import BLOCK_CHARS, SCHEME, fingerprint, recorded_hashes
 from node_protocol.wire import PrefixSummary
 from router.app import serve
+from router.prompt_routing import PromptRoute
 from router.settings import GroupSettings
 from tests.conftest import router_settings
 from tests.fakes import FakeNode, register, report, running
@@ -126,3 +128,19 @@ async def test_a_group_with_prefix_routing_off_routes_blind(
                 stayed += len(served) == 1
             assert stayed < 6
             assert await _prompt_chars_lines(session, router.url) == []
+
+
+class TestShortPrompts:
+    """A prompt shorter than one block is never fingerprinted: no node holds a block of it."""
+
+    def test_a_body_shorter_than_a_block_has_no_prompt_route(self) -> None:
+        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+        size = len(orjson.dumps(body))
+        assert PromptRoute.of(body, "/v1/chat/completions", "least_loaded", size) is None
+
+    def test_a_long_prompt_in_a_long_body_is_routed(self) -> None:
+        body = {"model": "m", "messages": [{"role": "user", "content": "x" * BLOCK_CHARS}]}
+        size = len(orjson.dumps(body))
+        route = PromptRoute.of(body, "/v1/chat/completions", "least_loaded", size)
+        assert route is not None
+        assert route.fp.chars >= BLOCK_CHARS
