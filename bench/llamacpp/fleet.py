@@ -90,13 +90,24 @@ async def launch_fleet(
 
 
 def llama_fleet_engines(
-    model: Path, servers: int, folder: Path, *, parallel: int = 2, context: int = 8192
+    model: Path,
+    servers: int,
+    folder: Path,
+    *,
+    parallel: int = 2,
+    context: int = 8192,
+    extra: Sequence[str] = (),
 ) -> dict[str, EngineProcess]:
-    """``servers`` llama-servers named ``llama-1``, ``llama-2``..., each logging to ``folder``."""
+    """``servers`` llama-servers named ``llama-1``, ``llama-2``..., each logging to ``folder``
+    (``extra``: more flags for each)."""
     names = [f"llama-{i}" for i in range(1, servers + 1)]
     return {
         name: llama_server(
-            model, parallel=parallel, context=context, log_path=folder / f"{name}.engine.log"
+            model,
+            parallel=parallel,
+            context=context,
+            extra=extra,
+            log_path=folder / f"{name}.engine.log",
         )
         for name in names
     }

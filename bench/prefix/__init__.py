@@ -92,11 +92,26 @@ def _write_router_config(path: Path, policy: str) -> None:
     path.write_text(f'[[groups]]\nname = "{GROUP}"\npolicy = "{policy}"\n', encoding="utf-8")
 
 
-async def measure(policy: str, model: Path, s: Settings, folder: Path) -> list[Turn]:
-    """One run of one policy on a fresh fleet (every cache cold); its turns, also to a file."""
+def engine_flags(cache_ram_mib: int | None) -> tuple[str, ...]:
+    """The servers' flags beyond the fleet's own: ``--cache-ram`` where one is asked for."""
+    return () if cache_ram_mib is None else ("--cache-ram", str(cache_ram_mib))
+
+
+async def measure(
+    policy: str, model: Path, s: Settings, folder: Path, cache_ram_mib: int | None = None
+) -> list[Turn]:
+    """One run of one policy on a fresh fleet (every cache cold); its turns, also to a file.
+    ``cache_ram_mib``: the servers' host-memory prompt cache (None: the server's default)."""
     config = folder / "router.toml"
     await asyncio.to_thread(_write_router_config, config, policy)
-    engines = llama_fleet_engines(model, SERVERS, folder, parallel=PARALLEL, context=CONTEXT)
+    engines = llama_fleet_engines(
+        model,
+        SERVERS,
+        folder,
+        parallel=PARALLEL,
+        context=CONTEXT,
+        extra=engine_flags(cache_ram_mib),
+    )
     agent_args = (*AGENT_ARGS, "--backend-kind", "llamacpp", "--max-parallel", str(PARALLEL))
     router_args = ("--config", str(config))
     async with launch_fleet(
@@ -110,11 +125,15 @@ async def measure(policy: str, model: Path, s: Settings, folder: Path) -> list[T
 
 
 async def run_prefix(
-    policies: tuple[str, ...], s: Settings, runs: int, out: Path
+    policies: tuple[str, ...],
+    s: Settings,
+    runs: int,
+    out: Path,
+    cache_ram_mib: int | None = None,
 ) -> dict[str, Any]:
     """Every policy ``runs`` times, interleaved (each round runs every policy once, on the
     round's own seed, so that the machine's load drifts over all of them alike); the report
-    (also written to ``out/prefix.json``)."""
+    (also written to ``out/prefix.json``). ``cache_ram_mib``: the servers' ``--cache-ram``."""
     await asyncio.to_thread(out.mkdir, parents=True, exist_ok=True)
     model = await asyncio.to_thread(ensure, MODEL)
     load_before = os.getloadavg()[0]
@@ -125,7 +144,9 @@ async def run_prefix(
         round_settings = dataclasses.replace(s, seed=s.seed + r)
         for policy in policies:
             folder = out / policy / f"run-{r + 1}"
-            turns[policy].append(await measure(policy, model, round_settings, folder))
+            turns[policy].append(
+                await measure(policy, model, round_settings, folder, cache_ram_mib)
+            )
     nodes = [f"llama-{i}" for i in range(1, SERVERS + 1)]
     rows = [summarize(policy, turns[policy], nodes) for policy in policies]
     add_ratios(rows)
@@ -142,6 +163,7 @@ async def run_prefix(
         "model": {"layers": MODEL.layers, "width": MODEL.width, "ffn": MODEL.ffn},
         "servers": SERVERS,
         "parallel": PARALLEL,
+        "cache_ram_mib": cache_ram_mib,
         "cold_probe": probe,
         "load_average": [load_before, os.getloadavg()[0]],
         "cpus": os.cpu_count(),
@@ -160,6 +182,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     cmd.add_argument("--turns", type=int, help=f"default {full.turns}")
     cmd.add_argument("--seed", type=int, help=f"default {full.seed}")
     cmd.add_argument("--runs", type=int, help=f"runs per policy (default {RUNS}; --quick: 1)")
+    cmd.add_argument(
+        "--cache-ram",
+        type=int,
+        metavar="MIB",
+        help="each server's host-memory prompt cache (llama-server --cache-ram; 0: none; "
+        "default: the server's own, 8 GiB)",
+    )
     cmd.add_argument("--quick", action="store_true", help="a small run (for a test)")
     cmd.add_argument("--json", action="store_true", help="print the report as JSON")
     cmd.add_argument("--out", type=Path, help=f"default: {RESULTS}")
@@ -190,7 +219,7 @@ async def run_cli(args: argparse.Namespace) -> int:
         say(str(exc))
         return 2
     try:
-        report = await run_prefix(policies, settings, runs, args.out or RESULTS)
+        report = await run_prefix(policies, settings, runs, args.out or RESULTS, args.cache_ram)
     except NotBuiltError as exc:
         say(str(exc))
         return 2
