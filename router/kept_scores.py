@@ -114,6 +114,10 @@ class KeptScores:
                                                     stale_after_s, p)  # fmt: skip
         if not ok:
             return None
+        if len(ok) == 1:  # nothing to compare its score with (the one-row case of the below)
+            if present > 1 and ok_cold[0] > 0.0:
+                return None  # a load may be worth a wait for a full node
+            return scheduler.best_of(ok, [0.0], limit)
         if ok != self._fill_rows:
             self._fill(ok, p)
         kept = self._score if prefill_s is None else self._base
