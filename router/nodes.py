@@ -135,6 +135,10 @@ class Node:
     # model id or alias -> prompt-prefix hashes this router sent there since that report
     routed_prefixes: dict[str, set[int]] = field(default_factory=dict)
     prefill_chars_per_s: float | None = None  # learned prefill rate (router.prefill_rates)
+    # prompt characters this router routed here, and of those the ones on a prefix the node
+    # likely held (router.prompt_routing): the live page's estimated cached share
+    prompt_chars: int = 0
+    prompt_chars_cached: int = 0
     watchers: list[tuple[NodeWatcher, int]] = field(default_factory=list)
     prompt_watchers: list[tuple[PromptWatcher, int]] = field(default_factory=list)
 

@@ -73,6 +73,8 @@ class PromptRoute:
         note_routed(node, roster.names[row], self.fp)
         held = 0 if terms is None else terms.held(row)
         uncached = self.fp.chars - held
+        node.prompt_chars += self.fp.chars
+        node.prompt_chars_cached += held
         self._teacher = (node, uncached) if has_free_slot(roster, row, now) else None
         count(group, node.name, held, uncached)
 

@@ -15,6 +15,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from node_protocol.wire import ModelReport
+from router.nodes import Node
 from router.records import RequestRecord
 from router.registry import Registry
 
@@ -89,10 +91,8 @@ def snapshot(registry: Registry, activity: Activity, now: float) -> dict[str, An
                     "failedChecks": node.failed_checks,
                     "breakerOpen": not node.breaker_allows(now),
                     "gpus": [g.to_json() for g in report.gpus] if report else [],
-                    "models": [
-                        {"id": m.id, "loaded": m.loaded, "slots": m.max_parallel}
-                        for m in (report.models if report else ())
-                    ],
+                    "models": [_model(node, m) for m in (report.models if report else ())],
+                    "promptCachedShare": _cached_share(node),
                 }
             )
         groups.append({"name": group.name, "policy": group.policy, "nodes": nodes})
@@ -102,6 +102,24 @@ def snapshot(registry: Registry, activity: Activity, now: float) -> dict[str, An
         "requests": activity.requests,
         "recentErrors": list(activity.errors),
     }
+
+
+def _model(node: Node, model: ModelReport) -> dict[str, Any]:
+    summary = node.prefix_caches.get(model.id)
+    ratio = None if summary is None else summary.engine_cached_ratio
+    return {
+        "id": model.id,
+        "loaded": model.loaded,
+        "slots": model.max_parallel,
+        "engineCachedRatio": None if ratio is None else round(ratio, 3),
+    }
+
+
+def _cached_share(node: Node) -> float | None:
+    """Of the prompt characters routed to the node, the share it likely held (estimated)."""
+    if not node.prompt_chars:
+        return None
+    return round(node.prompt_chars_cached / node.prompt_chars, 3)
 
 
 class DashboardApi:

@@ -25,8 +25,10 @@ from typing import Any
 import aiohttp
 import orjson
 
-from tests.e2e.conftest import LocalCluster, local_cluster
-from tests.fakes import FakeNode, register, running
+from node_protocol.prompt_prefix import SCHEME
+from node_protocol.wire import PrefixSummary
+from tests.e2e.conftest import GROUP, LocalCluster, local_cluster
+from tests.fakes import FakeNode, register, report, running
 from tests.observability import grafana
 
 SCRAPE_S = 1
@@ -38,6 +40,9 @@ STREAMS_PER_ROUND = 12
 CUT_MODEL = "m-cut"
 RESUME_MODEL = "m-resume"
 FAIL_MODEL = "m-fail"
+CACHE_MODEL = "m-cache"
+# A system prompt of several prompt-cache blocks: the router fingerprints it.
+LONG_SYSTEM = "You are an agent of the fleet. Follow the tools' contracts exactly. " * 40
 
 
 def _free_port() -> int:
@@ -153,14 +158,16 @@ async def run_prometheus(
 
 
 async def _chat(
-    session: aiohttp.ClientSession, cluster: LocalCluster, model: str, tenant: str | None
+    session: aiohttp.ClientSession,
+    cluster: LocalCluster,
+    model: str,
+    tenant: str | None,
+    system: str | None = None,
 ) -> tuple[int, bytes]:
-    body = {
-        "model": model,
-        "stream": True,
-        "max_tokens": 12,
-        "messages": [{"role": "user", "content": "Tell me about GPUs."}],
-    }
+    messages = [{"role": "user", "content": "Tell me about GPUs."}]
+    if system is not None:
+        messages.insert(0, {"role": "system", "content": system})
+    body = {"model": model, "stream": True, "max_tokens": 12, "messages": messages}
     headers = {} if tenant is None else {"X-Octopus-Tenant-Id": tenant}
     async with session.post(
         cluster.base_url + "/chat/completions", json=body, headers=headers
@@ -169,7 +176,8 @@ async def _chat(
 
 
 async def load_round(session: aiohttp.ClientSession, cluster: LocalCluster) -> None:
-    """Streams from three tenants to the three models, and one request for an unknown model."""
+    """Streams from three tenants to the three models, one request for an unknown model, and a
+    conversation long enough for the router to route its prompt on the nodes' caches."""
     streams = await asyncio.gather(
         *(
             _chat(session, cluster, MODELS[i % len(MODELS)], TENANTS[i % len(TENANTS)])
@@ -179,6 +187,23 @@ async def load_round(session: aiohttp.ClientSession, cluster: LocalCluster) -> N
     assert [status for status, _ in streams] == [200] * STREAMS_PER_ROUND, streams
     status, _ = await _chat(session, cluster, "no-such-model", "acme")
     assert status == 404
+    for _ in range(2):  # the second turn finds its prefix where the first went
+        status, _ = await _chat(session, cluster, MODELS[0], "acme", system=LONG_SYSTEM)
+        assert status == 200
+
+
+async def cache_reporter(
+    session: aiohttp.ClientSession, cluster: LocalCluster, node: FakeNode
+) -> None:
+    """``node`` registers as one whose agent says what share of prompt tokens its engine took
+    from its cache (the emulated boxes' engines do not say)."""
+    node_id = await register(session, cluster.router.url, node)
+    body = report(node.models)
+    summary = PrefixSummary(CACHE_MODEL, SCHEME, frozenset({1, 2}), 1 << 20, 4096, 0.75)
+    body["prefixCaches"] = [summary.to_json()]
+    url = f"{cluster.router.url}/api/server-groups/{GROUP}/nodes/{node_id}/report"
+    async with session.put(url, json=body) as resp:
+        assert resp.status in (200, 204), await resp.text()
 
 
 async def faults(session: aiohttp.ClientSession, cluster: LocalCluster) -> None:
@@ -214,9 +239,11 @@ class TestDashboardsAgainstPrometheus:
             local_cluster() as cluster,
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session,
             run_prometheus(prometheus_bin, tmp_path, _config(cluster), session) as prometheus,
+            running(FakeNode("cacher", models=(CACHE_MODEL,))) as cacher,
         ):
             targets = 1 + len(cluster.agents)
             await prometheus.wait_scraped(targets, after=time.time())
+            await cache_reporter(session, cluster, cacher)
             await load_round(session, cluster)
             await faults(session, cluster)
             await prometheus.wait_scraped(targets, after=time.time())

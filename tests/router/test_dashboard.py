@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import aiohttp
 
+from node_protocol.prompt_prefix import SCHEME
+from node_protocol.wire import PrefixSummary
 from router.app import RunningRouter
-from tests.fakes import FakeNode, register, running
+from tests.fakes import FakeNode, register, report, running
 
 
 class TestDashboard:
@@ -39,3 +41,31 @@ class TestDashboard:
         (group,) = data["groups"]
         assert [(n["name"], n["state"]) for n in group["nodes"]] == [("n1", "healthy")]
         assert data["recentErrors"][0]["status"] == 404
+
+    async def test_data_shows_prompt_cache_shares(
+        self, router: RunningRouter, session: aiohttp.ClientSession
+    ) -> None:
+        """A prompt sent again goes onto the prefix the router counts as cached where it sent
+        it first; the engine's own cached share comes from the node's report."""
+        async with running(FakeNode("n1")) as node:
+            node_id = await register(session, router.url, node)
+            body = report(node.models)
+            summary = PrefixSummary(node.models[0], SCHEME, frozenset({7}), 1 << 20, 4096, 0.6)
+            body["prefixCaches"] = [summary.to_json()]
+            put = f"{router.url}/api/server-groups/inference-cluster/nodes/{node_id}/report"
+            async with session.put(put, json=body) as resp:
+                assert resp.status in (200, 204)
+            system = {"role": "system", "content": "Follow the tools' contracts. " * 100}
+            turn = {"model": node.models[0], "messages": [system, {"role": "user", "content": "a"}]}
+            for _ in range(2):
+                async with session.post(
+                    router.url + "/inference-cluster/v1/chat/completions", json=turn
+                ) as resp:
+                    assert resp.status == 200
+                    await resp.read()
+            async with session.get(router.url + "/api/dashboard") as resp:
+                data = await resp.json()
+        (entry,) = data["groups"][0]["nodes"]
+        assert entry["models"][0]["engineCachedRatio"] == 0.6
+        # the same prompt twice: the first found nothing cached there, the second all of it
+        assert entry["promptCachedShare"] == 0.5
