@@ -35,10 +35,11 @@ class TestLocustUser:
     async def test_closed_loop_records(
         self, emulator: RunningEmulator, scenario_file: Path, tmp_path: Path
     ) -> None:
-        """TTFT and TPOT follow the node's settings (never faster than the node makes them; the
-        medians near them), tokens from usage, headers before the first token, no errors. How
-        close the harness gets to the node's figures is the calibration benchmark's business:
-        on a busy machine every figure only grows."""
+        """TTFT and the last token follow the node's settings (never sooner than the node makes
+        them; the medians near them), tokens from usage, headers before the first token, no
+        errors. How close the harness gets to the node's figures is the calibration benchmark's
+        business. On a busy machine TTFT and the last token only come later; TPOT may even
+        shrink (a first token read late, the rest read at once), so it has no lower bound."""
         result = await run_locust(_plan(emulator, scenario_file, tmp_path / "rec"), progress=False)
         assert result.returncodes == (0,)
         records = load_records(tmp_path / "rec")
@@ -52,7 +53,8 @@ class TestLocustUser:
             assert rec.ttft_s is not None
             assert rec.ttft_s >= 0.9 * TTFT_S
             assert rec.tpot_s is not None
-            assert rec.tpot_s >= 0.8 / TOK_S
+            assert rec.t_last_token is not None
+            assert rec.t_last_token - rec.t_send >= 0.9 * TTFT_S + 0.8 * (MAX_TOKENS - 1) / TOK_S
             assert rec.t_headers is not None
             assert rec.t_first_token is not None
             assert rec.t_headers <= rec.t_first_token  # vLLM sends headers before tokens
