@@ -79,8 +79,14 @@ class Reporter:
         self._backend = backend
         self._gpus = gpus
         self._stats = stats
-        self._rate = TokenRate(window_s=max(10.0, 5 * settings.report_interval_s))
-        self._rate.sample(time.monotonic(), stats.output_tokens)  # the baseline
+        window_s = max(10.0, 5 * settings.report_interval_s)
+        self._rate = TokenRate(window_s)
+        # the mean in flight over the same window: the token rate per stream is the one over
+        # the other, whatever the count is at the moment of the report
+        self._busy = TokenRate(window_s)
+        now = time.monotonic()
+        self._rate.sample(now, stats.output_tokens)  # the baselines
+        self._busy.sample(now, stats.busy_seconds(now))
         self._seq = 0
         self._probed: tuple[Health, BackendFacts] | None = None
         self.latest: LoadReport | None = None
@@ -178,7 +184,9 @@ class Reporter:
     async def build(self) -> LoadReport:
         """A fresh report (seq 0 until published)."""
         stats = self._stats
-        tokens_per_s = self._rate.sample(time.monotonic(), stats.output_tokens)
+        now = time.monotonic()
+        tokens_per_s = self._rate.sample(now, stats.output_tokens)
+        mean_in_flight = self._busy.sample(now, stats.busy_seconds(now))
         (health, facts), gpus = await asyncio.gather(self._probe(), self._gpus.read())
         if not gpus:
             gpus = facts.gpus  # no NVML here: the backend's own GPU readings, if it has any
@@ -199,6 +207,7 @@ class Reporter:
             prompt_tokens=facts.prompt_tokens,
             cached_prompt_tokens=facts.cached_prompt_tokens,
             output_tokens_per_s=tokens_per_s,
+            mean_in_flight=mean_in_flight,
             gpus=gpus,
             models=facts.models,
             prefix_caches=prefix_caches,

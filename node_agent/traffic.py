@@ -53,6 +53,8 @@ class TrafficStats:
     'something changed' hint."""
 
     __slots__ = (
+        "_busy_s",
+        "_busy_since",
         "_by_model",
         "_failed",
         "_in_flight",
@@ -65,6 +67,10 @@ class TrafficStats:
 
     def __init__(self) -> None:
         self._in_flight = 0
+        # Request-seconds in flight until _busy_since: over an interval, their growth over its
+        # length is the mean number in flight, which the interval's token rate is divided by.
+        self._busy_s = 0.0
+        self._busy_since = time.monotonic()
         self._by_model: dict[str, int] = {}
         self._keys: dict[str, str] = {}  # every name of a model the backend has -> its id
         self._shared = True  # every request counts under SHARED (until models are known)
@@ -79,6 +85,15 @@ class TrafficStats:
     @property
     def in_flight(self) -> int:
         return self._in_flight
+
+    def busy_seconds(self, now: float) -> float:
+        """Request-seconds spent in flight so far (``now``: monotonic)."""
+        return self._busy_s + self._in_flight * max(0.0, now - self._busy_since)
+
+    def _settle(self) -> None:
+        now = time.monotonic()
+        self._busy_s = self.busy_seconds(now)
+        self._busy_since = now
 
     def in_flight_for(self, key: str) -> int:
         """Requests in flight for the model counted under ``key`` (see :meth:`model_key`):
@@ -108,12 +123,14 @@ class TrafficStats:
         return "" if name is None else self._keys.get(name, name)
 
     def enter(self, key: str) -> None:
+        self._settle()
         self._in_flight += 1
         self._by_model[key] = self._by_model.get(key, 0) + 1
         self.requests_total += 1
 
     def leave(self, key: str) -> None:
         """The end of a request :meth:`enter` counted under ``key``."""
+        self._settle()
         if self._in_flight > 0:
             self._in_flight -= 1
         left = self._by_model.get(key, 0) - 1
@@ -138,15 +155,16 @@ class TrafficStats:
 
 
 class TokenRate:
-    """Output tokens per second over a sliding window of (time, total) samples."""
+    """Output tokens per second over a sliding window of (time, total) samples (or any other
+    running total: request-seconds in flight give the mean number in flight)."""
 
     __slots__ = ("_samples", "_window_s")
 
     def __init__(self, window_s: float = 10.0) -> None:
         self._window_s = window_s
-        self._samples: deque[tuple[float, int]] = deque()
+        self._samples: deque[tuple[float, float]] = deque()
 
-    def sample(self, now: float, total: int) -> float | None:
+    def sample(self, now: float, total: float) -> float | None:
         """Record the running total at ``now`` (monotonic) and return the windowed rate.
 
         None when nothing was generated in the window: an idle node's speed is unknown, not 0.

@@ -281,6 +281,9 @@ class LoadReport:
     queue_running: int | None = None
     kv_cache_usage: float | None = None
     output_tokens_per_s: float | None = None
+    # the mean number of requests in flight over the interval the token rate was measured on
+    # (what that rate is divided by for a per-stream speed); None from older agents
+    mean_in_flight: float | None = None
     prompt_tokens: int | None = None
     cached_prompt_tokens: int | None = None
     draining: bool = False  # the node is being drained (told by any router replica)
@@ -308,6 +311,7 @@ class LoadReport:
             "queueRunning": self.queue_running,
             "kvCacheUsage": self.kv_cache_usage,
             "outputTokensPerS": self.output_tokens_per_s,
+            "meanInFlight": self.mean_in_flight,
             "promptTokens": self.prompt_tokens,
             "cachedPromptTokens": self.cached_prompt_tokens,
             "draining": self.draining,
@@ -346,6 +350,7 @@ class LoadReport:
             queue_running=_opt(obj, "queueRunning", int, "report"),
             kv_cache_usage=_opt(obj, "kvCacheUsage", (int, float), "report"),
             output_tokens_per_s=_opt(obj, "outputTokensPerS", (int, float), "report"),
+            mean_in_flight=_opt(obj, "meanInFlight", (int, float), "report"),
             prompt_tokens=_opt(obj, "promptTokens", int, "report"),
             cached_prompt_tokens=_opt(obj, "cachedPromptTokens", int, "report"),
             draining=bool(_opt(obj, "draining", bool, "report") or False),

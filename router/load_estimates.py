@@ -128,19 +128,21 @@ def slot_check(load: float, slots: float, cap: float, replicas: int, busy: int =
 
 
 def batch_one_speed(
-    output_tokens_per_s: float | None, running: int, p: ScoringParams = DEFAULT_PARAMS
+    output_tokens_per_s: float | None, running: float, p: ScoringParams = DEFAULT_PARAMS
 ) -> float | None:
     """Per-stream decode speed at batch 1, from a node's output rate over ``running`` streams
-    (each extra stream slows every stream by ``batch_decay``); None when nothing ran."""
-    if not output_tokens_per_s or running < 1:
+    (each extra stream slows every stream by ``batch_decay``; a mean under one stream is one
+    stream part of the time); None when nothing ran."""
+    if not output_tokens_per_s or running <= 0:
         return None
-    return output_tokens_per_s / running * (1.0 + p.batch_decay * (running - 1))
+    return output_tokens_per_s / running * (1.0 + p.batch_decay * max(running - 1.0, 0.0))
 
 
 def batch_one_speeds(
     output_tokens_per_s: FloatArray, running: FloatArray, p: ScoringParams = DEFAULT_PARAMS
 ) -> FloatArray:
     """:func:`batch_one_speed` over arrays, NaN where nothing ran."""
-    busy = running >= 1
+    busy = running > 0
     per_stream = output_tokens_per_s / np.where(busy, running, 1.0)
-    return np.where(busy, per_stream * (1.0 + p.batch_decay * (running - 1.0)), math.nan)
+    extra = np.maximum(running - 1.0, 0.0)
+    return np.where(busy, per_stream * (1.0 + p.batch_decay * extra), math.nan)

@@ -108,7 +108,7 @@ class Node:
     own_at_report: int = 0
     # The node's output rate and the streams it ran over, from the last report that saw any
     # running: a node that idles keeps its measured speed until it runs again.
-    speed_sample: tuple[float, int] | None = None
+    speed_sample: tuple[float, float] | None = None
     # Requests other routers (or clients) have on the node, from its reports, smoothed: one
     # snapshot is a second old and noisy, and replicas that all chase it herd.
     others_in_flight: float = 0.0

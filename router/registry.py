@@ -233,8 +233,8 @@ class Registry:
             node.prompts_changed()
         node.report = report
         node.report_received_at = node.load_read_at = now
-        running = report.queue_running or report.in_flight
-        if report.output_tokens_per_s and running >= 1:
+        running = _streams(report)
+        if report.output_tokens_per_s and running > 0:
             node.speed_sample = (report.output_tokens_per_s, running)
         node.busy_others = None
         node.has_agent = node.has_agent or from_agent
@@ -295,3 +295,13 @@ class Registry:
         if node.breaker_trips:
             node.breaker_trips = 0
             node.changed()
+
+
+def _streams(report: LoadReport) -> float:
+    """The number of streams the report's token rate was shared by: the mean in flight over
+    the rate's own window where the agent measured it (the count at the moment of the report
+    credits a node that was busy all window and nearly idle at its end with several times its
+    speed, and every replica would herd onto it), else the count it reports."""
+    if report.mean_in_flight is not None and report.mean_in_flight > 0:
+        return report.mean_in_flight
+    return report.queue_running or report.in_flight

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -12,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from node_agent.app import serve
 from node_agent.reporter import changed
-from node_agent.traffic import TokenRate
+from node_agent.traffic import SHARED, TokenRate, TrafficStats
 from node_protocol.wire import LoadReport
 
 from .conftest import (
@@ -272,6 +273,23 @@ class TestShutdown:
 class TestTokenRate:
     """Output tokens per second come from a sliding window; idle means unknown, not zero."""
 
+    def test_busy_seconds_give_the_mean_in_flight(self) -> None:
+        """Request-seconds in flight over a window, per second, are the mean number in flight:
+        two requests for the whole window are two, whatever is in flight at its end."""
+        stats = TrafficStats()
+        busy = TokenRate(window_s=10.0)
+        start = time.monotonic()
+        assert busy.sample(start, stats.busy_seconds(start)) is None
+        stats.enter(SHARED)
+        stats.enter(SHARED)
+        time.sleep(0.2)
+        stats.leave(SHARED)
+        now = time.monotonic()
+        mean = busy.sample(now, stats.busy_seconds(now))
+        assert mean is not None
+        assert 1.8 < mean <= 2.0
+        assert stats.in_flight == 1
+
     def test_window(self) -> None:
         rate = TokenRate(window_s=10.0)
         assert rate.sample(0.0, 0) is None
@@ -293,3 +311,8 @@ class TestTokenRate:
             await fake.wait_for(
                 lambda: any((rep.output_tokens_per_s or 0) > 0 for _, rep in fake.reports)
             )
+        # the rate comes with the mean number in flight over its window
+        assert any(
+            (rep.output_tokens_per_s or 0) > 0 and (rep.mean_in_flight or 0) > 0
+            for _, rep in fake.reports
+        )

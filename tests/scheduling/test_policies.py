@@ -236,6 +236,31 @@ class TestEstimates:
         assert speed is not None
         assert 40.0 < speed < 50.0
 
+    def test_speed_is_shared_by_the_windows_mean_streams(self) -> None:
+        """A node that streamed four at a time all through its rate's window and has one left
+        at the moment it reports is as fast per stream as its peers, not four times faster
+        (every replica would herd onto it)."""
+        registry = Registry("least_loaded", 3)
+        model = (ModelReport("m", loaded=True, max_parallel=8),)
+        speeds = []
+        for name, in_flight in (("busy-then-quiet", 1), ("steady", 4)):
+            node, _ = registry.register("g", Registration(name=name, base_url="http://x"), 0.0)
+            report = LoadReport(1, 0.0, "vllm", "ok", in_flight, models=model,
+                                output_tokens_per_s=400.0, mean_in_flight=4.0)  # fmt: skip
+            registry.apply_report(node, report, 0.0)
+            assert node.speed_sample is not None
+            speeds.append(batch_one_speed(*node.speed_sample))
+        assert speeds[0] == speeds[1] == pytest.approx(115.0)
+
+    def test_a_report_without_the_mean_divides_by_its_count(self) -> None:
+        """An older agent's report (no mean in flight): the rate over the count it reports."""
+        registry = Registry("least_loaded", 3)
+        node, _ = registry.register("g", Registration(name="n", base_url="http://x"), 0.0)
+        model = (ModelReport("m", loaded=True, max_parallel=8),)
+        report = LoadReport(1, 0.0, "vllm", "ok", 2, models=model, output_tokens_per_s=200.0)
+        registry.apply_report(node, report, 0.0)
+        assert node.speed_sample == (200.0, 2)
+
 
 def _node_with(models: tuple[ModelReport, ...], free_gib: float, total_gib: float) -> Registry:
     registry = Registry("least_loaded", 3)
