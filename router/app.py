@@ -26,6 +26,7 @@ from node_protocol.wire import Registration
 from router.access_log import ACCESS_LOG, AccessLog, close_access_log
 from router.admission import ADMISSION, Admission, AdmissionLimits
 from router.aliases import Aliases
+from router.answer_lengths import AnswerLengths
 from router.anthropic_api import AnthropicApi
 from router.auth import AUTH, Authenticator, HostAllowlist, auth_middleware
 from router.dashboard import ACTIVITY, Activity, DashboardApi
@@ -204,7 +205,9 @@ def make_app(settings: RouterSettings) -> web.Application:
     app[ACTIVITY] = Activity()
     app[ACCESS_LOG] = AccessLog(settings.log_format)
     app.on_cleanup.append(close_access_log)
-    app.router.add_routes(DashboardApi(app[REGISTRY]).routes())
+    # what the router learns of each model's answers (routing and the live page read it)
+    answer_lengths = AnswerLengths(app[SCHEDULER].params.expected_tokens)
+    app.router.add_routes(DashboardApi(app[REGISTRY], answer_lengths).routes())
     app.router.add_get("/health", _health)
     app.router.add_get("/ready", _ready)
     app.router.add_get("/openapi.json", OpenApiDoc().handle)
@@ -220,6 +223,7 @@ def make_app(settings: RouterSettings) -> web.Application:
         app[SCHEDULER],
         app[REGISTRY].aliases,
         TenantRateLimiter(settings.tenant_requests_per_minute, settings.tenant_tokens_per_minute),
+        answer_lengths,
     )
     # OpenAI first: aiohttp tries the "/{group}/..." routes in the order they were added, and
     # the OpenAI ones carry nearly all the traffic (16 failed matches cost ~10 us a request).

@@ -64,6 +64,10 @@ class LruDict(Generic[K, V]):
         """Keys, least recently used first."""
         return iter(self._data)
 
+    def items(self) -> Iterator[tuple[K, V]]:
+        """Entries, least recently used first (reading them makes none more recent)."""
+        return iter(self._data.items())
+
 
 class LabelCap:
     """Metric label values, at most ``limit`` distinct ones; the rest read as ``other``."""

@@ -24,6 +24,7 @@ from aiohttp import web
 from router.access_log import ACCESS_LOG
 from router.admission import ADMISSION, Rejected, Ticket
 from router.aliases import Aliases
+from router.answer_lengths import AnswerLengths
 from router.auth import TENANT
 from router.dashboard import ACTIVITY
 from router.errors import (
@@ -92,6 +93,7 @@ class Dispatcher:
         scheduler: Scheduler,
         aliases: Aliases,
         rate_limiter: TenantRateLimiter,
+        answer_lengths: AnswerLengths,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._rate_limiter = rate_limiter
@@ -106,6 +108,7 @@ class Dispatcher:
         self.aliases = aliases
         self.clock = clock
         self._ids = random.Random()  # correlation ids: unique, not secret (no syscall each)
+        self.answer_lengths = answer_lengths
         self._rosters = Rosters(
             CandidateRules(
                 threshold=registry.threshold,
@@ -181,6 +184,9 @@ class Dispatcher:
             if self._rate_limiter:
                 self._rate_limiter.charge_tokens(record.tenant, record.output_tokens, self.clock())
             metrics.observe(record)
+            if record.status == 200 and record.answer.finished:
+                canonical = self.aliases.canonical(record.model)
+                self.answer_lengths.note(canonical, record.output_tokens)
             request.app[ACTIVITY].note(record)
             request.app[ACCESS_LOG].write(record)
 
@@ -228,7 +234,8 @@ class Dispatch:
         self._admission = request.app[ADMISSION]
         self._model = target.model
         # one queue whatever name the request used
-        self._key = f"{group.name}/{dispatcher.aliases.canonical(target.model)}"
+        self._canonical = dispatcher.aliases.canonical(target.model)
+        self._key = f"{group.name}/{self._canonical}"
         self._session_id = id_header(request.headers, "X-Octopus-Session-Id")
         self._busy = 0  # busy answers to slot checks: the request goes back to its queue's head
         # What the last pick chose: the nodes to try in order, the names they serve the model
@@ -328,6 +335,7 @@ class Dispatch:
         settings = self._settings
         prompt = self._prompt
         terms = None if prompt is None else prompt.terms(roster)
+        roster.expect(self._d.answer_lengths.expected(self._canonical))
         rows = roster.decide(
             self._d.scheduler,
             self._group.policy,

@@ -57,6 +57,11 @@ class KeptScores:
         """The row's node changed (its standing is new)."""
         self._changed.add(row)
 
+    def rescore(self) -> None:
+        """The scoring parameters changed: every row is scored anew."""
+        n = len(self._load)
+        self._base, self._score = [None] * n, [None] * n
+
     def heard(self, row: int) -> None:
         """The row's node reported again, changing nothing else: a stale row is fresh again."""
         if self._stale[row]:
@@ -101,13 +106,15 @@ class KeptScores:
         limit: int,
         prefill_s: Sequence[float] | FloatArray | None = None,
         ties: RowTies | None = None,
+        params: ScoringParams | None = None,
     ) -> list[int] | None:
         """The ``limit`` best rows, best first, or None where the column path must decide.
         ``read_at[i]``: when row ``i``'s node's load was read; ``own[i]``, ``own_model[i]``:
         this router's requests there, and those for the model; ``prefill_s[i]``: the uncached
         prompt's prefill there (None: 0); ``ties``: the order among alike scores
-        (:meth:`router.scheduling.Scheduler.best_of`)."""
-        p = scheduler.params
+        (:meth:`router.scheduling.Scheduler.best_of`); ``params``: those the kept scores are
+        made with (the scheduler's where None; :meth:`rescore` after they change)."""
+        p = params or scheduler.params
         if self._changed or now >= self._recheck_at:
             self._look(standings, read_at, now, stale_after_s, p)
         ok, ok_loads, ok_cold, present = self._open(standings, read_at, own, own_model, now,

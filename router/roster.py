@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -79,6 +79,7 @@ class Roster:
         generation: int = 0,
     ) -> None:
         self.rules = rules
+        self.params = rules.params  # with the model's expected output (:meth:`expect`)
         self.generation = generation
         self.nodes = list(nodes)
         self.ids = [node.node_id for node in self.nodes]
@@ -127,6 +128,14 @@ class Roster:
             self._columns.own[row] += delta
             if same_model:
                 self._columns.own_model[row] += delta
+
+    def expect(self, tokens: float) -> None:
+        """Requests for the model are expected to decode ``tokens`` output tokens (learned:
+        :class:`router.answer_lengths.AnswerLengths`); the scores are made with it from now."""
+        if tokens != self.params.expected_tokens:
+            self.params = replace(self.rules.params, expected_tokens=tokens)
+            if self._kept is not None:
+                self._kept.rescore()
 
     def detach(self) -> None:
         """Stop watching the nodes (the roster is no longer used)."""
@@ -245,7 +254,7 @@ class Roster:
                 row_ties = lambda row: ties.weight(hashes[row], row)  # noqa: E731
             rows = self._kept.choose(
                 scheduler, self.standings, self.read_at, self.own, self.own_model, now,
-                self.rules.stale_after_s, limit, prefill_s, row_ties,
+                self.rules.stale_after_s, limit, prefill_s, row_ties, self.params,
             )  # fmt: skip
             if rows is not None:
                 return rows
@@ -262,7 +271,7 @@ class Roster:
             node_hashes = table.hashes
             column_ties = lambda rows: ties.weights(node_hashes[rows], open_rows[rows])  # noqa: E731
         ranked = scheduler.rank(policy, key, table, limit=limit, affinity=affinity,
-                                waiting=waiting, ties=column_ties)  # fmt: skip
+                                waiting=waiting, ties=column_ties, params=self.params)  # fmt: skip
         picked: list[int] = open_rows[ranked].tolist()
         return picked
 

@@ -213,24 +213,26 @@ class Scheduler:
         affinity: str | None = None,
         waiting: int = 0,
         ties: ColumnTies | None = None,
+        params: ScoringParams | None = None,
     ) -> IndexArray:
         """Row numbers of the ``limit`` best open rows of ``t``, best first (see :func:`room`).
         ``waiting``: requests already queued for this model at this router (admission);
         ``ties``: the weights of rows of ``t``, ``least_loaded``'s order among alike scores
-        (see :meth:`best_of`)."""
+        (see :meth:`best_of`); ``params``: the model's own (its expected output), where not
+        the scheduler's."""
+        p = params or self.params
         room_ = room(t, policy in SLOT_AWARE)
         ok = np.flatnonzero((t.load < room_) & (t.cold_s < math.inf))
         if ok.size == 0:
-            return self._overflow(t, limit, waiting) if policy == "least_loaded" else ok
+            return self._overflow(t, limit, waiting, p) if policy == "least_loaded" else ok
         limit = min(limit, ok.size)
-        p = self.params
         if policy == "least_loaded":
             best = self._best(_scores(t, ok, p), ok, limit, ties)
-            return self._hold_cold(t, ok, room_, best, waiting)
+            return self._hold_cold(t, ok, room_, best, waiting, p)
         if policy == "least_connections":
             return self._best((t.own[ok] + 1.0) * t.penalty[ok] / t.weight[ok], ok, limit)
         if policy in ("power_of_two", "power_of_two_connections"):
-            return self._two_choices(policy, t, ok, limit)
+            return self._two_choices(policy, t, ok, limit, p)
         if policy == "round_robin":
             turn = self._rotation.get(key) or 0
             self._rotation[key] = turn + 1
@@ -241,15 +243,16 @@ class Scheduler:
         if policy == "random":
             return self._np.choice(ok, size=limit, replace=False)
         if policy == "sticky":
-            return self._sticky(t, ok, limit, affinity)
+            return self._sticky(t, ok, limit, affinity, p)
         raise ValueError(f"unknown policy {policy!r}")
 
     def _sticky(
-        self, t: CandidateTable, ok: IndexArray, limit: int, affinity: str | None
-    ) -> IndexArray:
+        self, t: CandidateTable, ok: IndexArray, limit: int, affinity: str | None,
+        p: ScoringParams,
+    ) -> IndexArray:  # fmt: skip
         """The session's (or tenant's) home node first, by rendezvous hashing over the open
         rows, then the ``least_loaded`` order."""
-        best = self._best(_scores(t, ok, self.params), ok, limit)
+        best = self._best(_scores(t, ok, p), ok, limit)
         if affinity is None:
             return best
         if t.hashes is None:
@@ -271,7 +274,9 @@ class Scheduler:
             return rows[top[np.argsort(keyed[top])]]
         return rows[np.argsort(keyed)]
 
-    def _overflow(self, t: CandidateTable, limit: int, waiting: int = 0) -> IndexArray:
+    def _overflow(
+        self, t: CandidateTable, limit: int, waiting: int, p: ScoringParams
+    ) -> IndexArray:
         """Every node's slots are busy: queue at the node that frees one soonest if that is
         sooner than this router's own next completion (which is all it can count on: with
         several router replicas it does not see the others' completions until a report),
@@ -285,7 +290,6 @@ class Scheduler:
         hard = np.flatnonzero((t.load < room(t, False)) & (t.cold_s < math.inf))
         if hard.size == 0:
             return hard
-        p = self.params
         service = service_s(t.slots, fill_speeds(t.tok_s, p), p)
         own_rate = float((np.minimum(t.own, t.slots) / service).sum())
         best = self._best(_scores(t, hard, p), hard, limit)
@@ -297,8 +301,9 @@ class Scheduler:
         return best[:0]
 
     def _hold_cold(
-        self, t: CandidateTable, ok: IndexArray, room_: FloatArray, best: IndexArray, waiting: int
-    ) -> IndexArray:
+        self, t: CandidateTable, ok: IndexArray, room_: FloatArray, best: IndexArray,
+        waiting: int, p: ScoringParams,
+    ) -> IndexArray:  # fmt: skip
         """Nothing (wait) when the best open node must load the model but the full nodes that
         have it loaded would free a slot for this request, behind the ``waiting`` ones, sooner
         than the load takes (so a load starts when the backlog, not one request, needs it)."""
@@ -307,7 +312,6 @@ class Scheduler:
         hot = np.flatnonzero((t.load >= room_) & (t.cold_s <= 0.0))
         if not hot.size:
             return best
-        p = self.params
         service = service_s(t.slots, fill_speeds(t.tok_s, p), p)
         freeing_per_s = float((t.slots[hot] / service[hot]).sum())
         if (waiting + 1) / freeing_per_s < _scores(t, best[:1], p)[0]:
@@ -315,7 +319,7 @@ class Scheduler:
         return best
 
     def _two_choices(
-        self, policy: str, t: CandidateTable, ok: IndexArray, limit: int
+        self, policy: str, t: CandidateTable, ok: IndexArray, limit: int, p: ScoringParams
     ) -> IndexArray:
         """Two random open rows, better first; further failovers are random."""
         want = max(limit, min(2, ok.size))
@@ -325,7 +329,7 @@ class Scheduler:
         picks = ok[drawn[:want]]
         pair = picks[:2]
         if policy == "power_of_two":
-            score_ = _scores(t, pair, self.params)
+            score_ = _scores(t, pair, p)
         else:
             score_ = (t.own[pair] + 1.0) * t.penalty[pair] / t.weight[pair]
         if pair.size == 2 and (score_[1] < score_[0] or (score_[1] == score_[0] and self._coin())):

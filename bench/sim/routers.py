@@ -33,6 +33,7 @@ from bench.sim.prefix import Change, PrefixView
 from bench.sim.workload import Floats, Requests
 from node_protocol.wire import Registration
 from router.admission import AdmissionLimits, FairQueue
+from router.answer_lengths import AnswerLengths
 from router.prompt_prefixes import Rendezvous, chars_per_s
 from router.registry import Registry, Reservation, node_id_for
 from router.roster import CandidateRules, Roster
@@ -163,6 +164,9 @@ class Replica:
             FairQueue(limits.max_queue, limits.tenant_weights) for _ in fleet.models
         ]
         self._model: list[int] = reqs.model.tolist()
+        self._output: list[float] = reqs.output.tolist()
+        # what the router learns of each model's answers, from those this replica relayed
+        self.answer_lengths = AnswerLengths(self.scheduler.params.expected_tokens)
         self._tenant = [str(t) for t in reqs.tenant.tolist()]
         self._affinity = [
             f"s{s}" if s >= 0 else f"t{t}"
@@ -202,6 +206,7 @@ class Replica:
         router does, up to ``PICK_TRIES`` times (the round trip is not modelled)."""
         mi = self._model[rid]
         view = self.views[mi]
+        view.roster.expect(self.answer_lengths.expected(view.model))
         prefix_aware = self.prefix and self.policy in (PREFIX_AFFINITY, "least_loaded")
         cached = self._cached(rid, mi) if prefix_aware else None
         prompt = self._prompt(rid) if prefix_aware and self.policy == "least_loaded" else None
@@ -263,8 +268,9 @@ class Replica:
         self.prefix[mi].take(rows.tolist(), changes, taken_at)
 
     def _free(self, mi: int, rid: int) -> None:
-        """``rid`` (of model ``mi``) ended: its slot is released."""
+        """``rid`` (of model ``mi``) ended: its slot is released, its answer's length noted."""
         self.views[mi].free(rid)
+        self.answer_lengths.note(self.views[mi].model, int(self._output[rid]))
 
     def done(self, rid: int, now: float) -> None:
         mi = self._model[rid]

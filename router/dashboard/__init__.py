@@ -16,6 +16,7 @@ import orjson
 from aiohttp import web
 
 from node_protocol.wire import ModelReport
+from router.answer_lengths import AnswerLengths
 from router.nodes import Node
 from router.records import RequestRecord
 from router.registry import Registry
@@ -68,7 +69,9 @@ def _page() -> bytes:
     return resources.files(__package__).joinpath("page.html").read_bytes()
 
 
-def snapshot(registry: Registry, activity: Activity, now: float) -> dict[str, Any]:
+def snapshot(
+    registry: Registry, activity: Activity, lengths: AnswerLengths, now: float
+) -> dict[str, Any]:
     threshold = registry.threshold
     groups = []
     for group in registry.groups.values():
@@ -101,6 +104,10 @@ def snapshot(registry: Registry, activity: Activity, now: float) -> dict[str, An
         "tokensPerS": round(activity.tokens_per_s(), 2),
         "requests": activity.requests,
         "recentErrors": list(activity.errors),
+        "answerLengths": [
+            {"model": model, "expectedTokens": round(tokens, 1), "answers": answers}
+            for model, tokens, answers in lengths.learned()
+        ],
     }
 
 
@@ -123,8 +130,9 @@ def _cached_share(node: Node) -> float | None:
 
 
 class DashboardApi:
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, lengths: AnswerLengths) -> None:
         self._registry = registry
+        self._lengths = lengths
         self._page = _page()
 
     def routes(self) -> list[web.RouteDef]:
@@ -134,5 +142,6 @@ class DashboardApi:
         return web.Response(body=self._page, content_type="text/html", charset="utf-8")
 
     async def data(self, request: web.Request) -> web.Response:
-        body = snapshot(self._registry, request.app[ACTIVITY], time.monotonic())
+        now = time.monotonic()
+        body = snapshot(self._registry, request.app[ACTIVITY], self._lengths, now)
         return web.Response(body=orjson.dumps(body), content_type="application/json")

@@ -6,6 +6,7 @@ import aiohttp
 
 from node_protocol.prompt_prefix import SCHEME
 from node_protocol.wire import PrefixSummary
+from router.answer_lengths import MIN_ANSWERS, stepped
 from router.app import RunningRouter
 from tests.fakes import FakeNode, register, report, running
 
@@ -69,3 +70,24 @@ class TestDashboard:
         assert entry["models"][0]["engineCachedRatio"] == 0.6
         # the same prompt twice: the first found nothing cached there, the second all of it
         assert entry["promptCachedShare"] == 0.5
+
+    async def test_data_shows_the_answer_lengths_learned_per_model(
+        self, router: RunningRouter, session: aiohttp.ClientSession
+    ) -> None:
+        """Whole answers relayed teach the router each model's answer length (what its scores
+        price a queued request at); the page shows it with the answers counted."""
+        async with running(FakeNode("n1", chunks=20)) as node:
+            await register(session, router.url, node)
+            chat = {"model": node.models[0], "stream": True,
+                    "messages": [{"role": "user", "content": "a"}]}  # fmt: skip
+            for _ in range(MIN_ANSWERS):
+                async with session.post(
+                    router.url + "/inference-cluster/v1/chat/completions", json=chat
+                ) as resp:
+                    assert resp.status == 200
+                    await resp.read()
+            async with session.get(router.url + "/api/dashboard") as resp:
+                data = await resp.json()
+        expected = {"model": node.models[0], "expectedTokens": round(stepped(20), 1),
+                    "answers": MIN_ANSWERS}  # fmt: skip
+        assert data["answerLengths"] == [expected]

@@ -1,5 +1,6 @@
 """Rosters keep candidates between requests: their decisions are those of candidates built
-afresh for each request, under any interleaving of slots, reports, busy answers and breakers."""
+afresh for each request, under any interleaving of slots, reports, busy answers, breakers and
+changes of the model's expected answer length."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from router.candidates import candidate_for
 from router.registry import Node, Registry, Reservation
 from router.roster import CandidateRules, Roster, Rosters
 from router.scheduling import POLICIES, Scheduler
+from router.scoring import DEFAULT_PARAMS
 
 GIB = 2**30
 NAMES = ("a", "b", "c", "d")
@@ -52,6 +54,7 @@ class RosterMachine(RuleBasedStateMachine):
             self._report_to(node, 1, 1, 40.0, True)
         self.nodes = sorted(self.registry.groups["g"].nodes.values(), key=lambda n: n.node_id)
         self.replicas = 1
+        self.expected_tokens = DEFAULT_PARAMS.expected_tokens
         self.rosters: dict[tuple[str, int], Roster] = {}
 
     def _report_to(
@@ -116,6 +119,10 @@ class RosterMachine(RuleBasedStateMachine):
     def replicas_change(self, replicas: int) -> None:
         self.replicas = replicas
 
+    @rule(tokens=st.sampled_from([8.0, 64.0, 256.0]))
+    def answers_change_length(self, tokens: float) -> None:
+        self.expected_tokens = tokens
+
     @invariant()
     def counts_follow_the_nodes(self) -> None:
         for roster in self.rosters.values():
@@ -129,10 +136,12 @@ class RosterMachine(RuleBasedStateMachine):
         prefill = [0.5 * ((self.seed + i) % 3) for i in range(len(self.nodes))]
         for model in MODELS:
             roster = self._roster(model, self.replicas)
+            roster.expect(self.expected_tokens)
+            params = dataclasses.replace(DEFAULT_PARAMS, expected_tokens=self.expected_tokens)
             for policy in POLICIES:
                 for prefill_s in (None, prefill):
                     kept = Scheduler(random.Random(self.seed))
-                    fresh = Scheduler(random.Random(self.seed))
+                    fresh = Scheduler(random.Random(self.seed), params)
                     rows = roster.decide(kept, policy, f"g/{model}", self.now, limit=3,
                                          affinity="s", waiting=1, prefill_s=prefill_s)  # fmt: skip
                     want = self._afresh(fresh, policy, model, prefill_s)
