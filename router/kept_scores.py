@@ -31,7 +31,7 @@ class KeptScores:
     of changes: :meth:`moved` (a row's counts), :meth:`changed` (a row's node), :meth:`heard`
     (a row's node reported again, changing nothing else)."""
 
-    __slots__ = ("_base", "_changed", "_fill_rows", "_limit", "_load", "_penalty", "_plain",
+    __slots__ = ("_base", "_cap", "_changed", "_fill_rows", "_limit", "_load", "_penalty", "_plain",
                  "_recheck_at", "_score", "_speed", "_stale", "_tok_s", "_weight")  # fmt: skip
 
     def __init__(self, n: int) -> None:
@@ -44,6 +44,7 @@ class KeptScores:
         self._weight = [1.0] * n
         self._stale = [False] * n  # the report was stale when the row was last looked at
         self._limit = [math.inf] * n  # room: the cap, and the slots under a cap
+        self._cap = [math.inf] * n  # room: the cap alone
         self._plain = [False] * n  # routable, breaker closed, model loaded: always open
         self._fill_rows: list[int] | None = None  # the open rows the speeds were filled among
         self._changed: set[int] = set(range(n))  # rows to look at again
@@ -92,6 +93,7 @@ class KeptScores:
             self._penalty[i] = penalty_of(s.degraded, stale, p)
             self._weight[i] = s.weight
             self._limit[i] = room_of(s.cap, s.slots, True)
+            self._cap[i] = room_of(s.cap, s.slots, False)
         self._changed = set()
 
     def choose(
@@ -118,7 +120,7 @@ class KeptScores:
         if self._changed or now >= self._recheck_at:
             self._look(standings, read_at, now, stale_after_s, p)
         ok, ok_loads, ok_cold, present = self._open(standings, read_at, own, own_model, now,
-                                                    stale_after_s, p)  # fmt: skip
+                                                    stale_after_s, p, prefill_s)  # fmt: skip
         if not ok:
             return None
         if len(ok) == 1:  # nothing to compare its score with (the one-row case of the below)
@@ -150,11 +152,15 @@ class KeptScores:
     def _open(
         self, standings: Sequence[Standing | None], read_at: Sequence[float | None],
         own: Sequence[int], own_model: Sequence[int], now: float, stale_after_s: float,
-        p: ScoringParams,
+        p: ScoringParams, prefill_s: Sequence[float] | FloatArray | None,
     ) -> tuple[list[int], list[float], list[float], int]:  # fmt: skip
         """The rows that may take a request now and are not full, with their loads and cold
-        costs, and how many may take one (full or not)."""
-        loads, limits, plain = self._load, self._limit, self._plain
+        costs, and how many may take one (full or not). Where the prompt's prefill differs
+        between them, rows whose slots are all busy, under their cap, count as open too while
+        some row has a free slot (:func:`router.scheduling.open_rows`)."""
+        loads, limits, caps, plain = self._load, self._limit, self._cap, self._plain
+        slot_open = 0
+        least, most = math.inf, -math.inf  # the prefill among the rows that may take it
         ok: list[int] = []
         ok_loads: list[float] = []
         ok_cold: list[float] = []
@@ -164,17 +170,28 @@ class KeptScores:
             if cold_s is None:
                 continue
             present += 1
+            if prefill_s is not None:
+                least, most = min(least, prefill_s[i]), max(most, prefill_s[i])
             load = loads[i]
             if load is None:
                 assert s is not None
                 load = s.load_at(own[i], read_at[i], now, stale_after_s, p)
                 if not s.claim_free:  # a claimed share weighs more with time: never kept
                     loads[i] = load
-            if load < limits[i]:
+            if load < caps[i]:
                 ok.append(i)
                 ok_loads.append(load)
                 ok_cold.append(cold_s)
-        return ok, ok_loads, ok_cold, present
+                slot_open += load < limits[i]
+        if slot_open == len(ok) or (slot_open > 0 and least < most):
+            return ok, ok_loads, ok_cold, present
+        keep = [j for j, i in enumerate(ok) if ok_loads[j] < limits[i]]  # free slots only
+        return (
+            [ok[j] for j in keep],
+            [ok_loads[j] for j in keep],
+            [ok_cold[j] for j in keep],
+            present,
+        )
 
     def _scored(
         self, i: int, load: float, cold_s: float, standings: Sequence[Standing | None],

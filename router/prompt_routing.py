@@ -80,9 +80,15 @@ class PromptRoute:
 
     def teach(self, record: RequestRecord) -> None:
         """The answer is in: learn the node's prefill rate from its first token, when the node
-        took the request at once (a free slot, no failover) and the router timed it."""
+        took the request at once (a free slot, no failover) and the router timed it. The part
+        of the prompt the node read is the engine's own count where its answer gave one (its
+        prompt and cached tokens, as a share of the prompt's characters), else the router's
+        estimate: an estimate that missed a cached prefix would teach a rate far too high."""
         sent, first = record.t_upstream_sent, record.t_first_token
         if self._teacher is None or record.attempts != 1 or sent is None or first is None:
             return
         node, uncached = self._teacher
+        prompt, cached = record.prompt_tokens, record.cached_tokens
+        if prompt and cached is not None and 0 <= cached <= prompt:
+            uncached = round(self.fp.chars * (prompt - cached) / prompt)
         learn(node, uncached, first - sent)

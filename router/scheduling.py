@@ -130,6 +130,20 @@ def room_of(cap: float, slots: float, slot_aware: bool) -> float:
     return min(cap, slots) if slot_aware else cap
 
 
+def open_rows(t: CandidateTable, free: IndexArray) -> IndexArray:
+    """With a prompt's prefill to weigh, and ``free`` the rows with a free slot (some): those
+    and the rows whose slots are all busy, under their cap. A node that holds most of a long
+    prompt may serve it sooner after a wait for a slot than a free node reading all of it; the
+    score prices both (the wait, the prefill). With no free slot anywhere the request waits at
+    the router as any other (:meth:`Scheduler._overflow`). Where the prefill is the same at
+    every node, no node holds more of the prompt than another: the choice is as without it."""
+    prefill = t.prefill_s
+    if prefill is None or not prefill.min() < prefill.max():
+        return free
+    capped = np.flatnonzero((t.load < room(t, False)) & (t.cold_s < math.inf))
+    return capped if capped.size > free.size else free
+
+
 def _scores(t: CandidateTable, rows: IndexArray, p: ScoringParams) -> FloatArray:
     """``least_loaded`` scores of the given rows (speeds filled among them)."""
     if rows.size == len(t.ids):  # every row: the columns as they are
@@ -225,6 +239,8 @@ class Scheduler:
         ok = np.flatnonzero((t.load < room_) & (t.cold_s < math.inf))
         if ok.size == 0:
             return self._overflow(t, limit, waiting, p) if policy == "least_loaded" else ok
+        if policy == "least_loaded":
+            ok = open_rows(t, ok)
         limit = min(limit, ok.size)
         if policy == "least_loaded":
             best = self._best(_scores(t, ok, p), ok, limit, ties)

@@ -13,8 +13,11 @@ Where requests are conversation turns, a replica also keeps a map of the nodes' 
 (:class:`bench.sim.prefix.PrefixView`: the agents' reports plus what it routed since), in
 tokens where the router's is in characters (``CHARS_PER_TOKEN`` apart). ``least_loaded`` weighs
 it as the router does: each node's prefill term is its uncached prompt over its prefill rate
-(:func:`router.prompt_prefixes.chars_per_s`), with the prompt's rendezvous order among alike
-scores (:class:`router.prompt_prefixes.Rendezvous`). ``least_loaded_blind`` is ``least_loaded``
+(:func:`router.prompt_prefixes.chars_per_s`), learned as the router learns it (from the first
+token of a prompt a node took at once, and the engine's count of what it read), with the
+prompt's rendezvous order among alike scores (:class:`router.prompt_prefixes.Rendezvous`).
+Each replica also learns each model's answer length from the answers it saw end
+(:class:`router.answer_lengths.AnswerLengths`), as a router does. ``least_loaded_blind`` is ``least_loaded``
 without the term (the router before it), and the simulator's own ``prefix_affinity`` (a
 comparison baseline, not a router policy) takes, among the nodes the roster's ``least_loaded``
 would accept, the one that holds the longest leading part of the prompt.
@@ -34,7 +37,8 @@ from bench.sim.workload import Floats, Requests
 from node_protocol.wire import Registration
 from router.admission import AdmissionLimits, FairQueue
 from router.answer_lengths import AnswerLengths
-from router.prompt_prefixes import Rendezvous, chars_per_s
+from router.prompt_prefixes import Rendezvous, chars_per_s, learn
+from router.prompt_routing import has_free_slot
 from router.registry import Registry, Reservation, node_id_for
 from router.roster import CandidateRules, Roster
 from router.scheduling import Scheduler
@@ -61,6 +65,9 @@ class View:
         self.model = fleet.models[mi]
         self.roster = Roster(nodes, (self.model,), rules, group.generation)
         self._held: dict[int, Reservation] = {}
+        # request -> (row, sent at): its first token teaches the row's node its prefill rate,
+        # as in the router (router.prompt_routing), from the engine's count of what it read
+        self._teachers: dict[int, tuple[int, float]] = {}
         self._reader = Reader(fleet, mi)
 
     def pick(
@@ -98,13 +105,30 @@ class View:
         them."""
         lead, tokens = prompt
         uncached = (tokens - held_tokens) * CHARS_PER_TOKEN
-        rates = np.array([chars_per_s(n) for n in self.roster.nodes])
-        return (uncached / rates).tolist(), Rendezvous(lead)
+        return (uncached / self._prefill_rates()).tolist(), Rendezvous(lead)
 
-    def hold(self, rid: int, row: int) -> None:
+    def _prefill_rates(self) -> Floats:
+        """Each node's prefill rate as the router takes it: learned, or where a node taught
+        none yet, the mean of those its peers taught (:class:`router.prefill_rates.PeerRates`;
+        the simulated nodes are all of one backend kind), or the kind's default."""
+        nodes = self.roster.nodes
+        learned = [node.prefill_chars_per_s for node in nodes]
+        known = [rate for rate in learned if rate is not None]
+        stand_in = sum(known) / len(known) if known else chars_per_s(nodes[0])
+        return np.array([stand_in if rate is None else rate for rate in learned])
+
+    def hold(self, rid: int, row: int, now: float, weighed: bool = False) -> None:
+        """Reserve ``row`` for ``rid`` (``weighed``: the pick weighed its prompt's prefill)."""
+        if weighed and has_free_slot(self.roster, row, now):
+            self._teachers[rid] = (row, now)
         self._held[rid] = Reservation(self.roster.nodes[row], self.model)
 
-    def free(self, rid: int) -> None:
+    def free(self, rid: int, first_token_at: float, uncached_chars: float) -> None:
+        """``rid`` ended; the engine read ``uncached_chars`` of its prompt (its own count)."""
+        taught = self._teachers.pop(rid, None)
+        if taught is not None:
+            row, sent = taught
+            learn(self.roster.nodes[row], int(uncached_chars), first_token_at - sent)
         self._held.pop(rid).release()
 
     def busy(self, row: int, in_flight: float, now: float) -> None:
@@ -226,7 +250,7 @@ class Replica:
                 self.bounced[rid] = busy + 1
                 continue
             self.bounced.pop(rid, None)
-            view.hold(rid, row)
+            view.hold(rid, row, self._now, prompt is not None)
             if self.prefix:
                 self.prefix[mi].route(row, *self.fleet.chain(rid), self._now)
             return eid
@@ -269,7 +293,9 @@ class Replica:
 
     def _free(self, mi: int, rid: int) -> None:
         """``rid`` (of model ``mi``) ended: its slot is released, its answer's length noted."""
-        self.views[mi].free(rid)
+        fleet = self.fleet
+        uncached = (fleet.prompt_tokens(rid) - fleet.cached[rid]) * CHARS_PER_TOKEN
+        self.views[mi].free(rid, fleet.arrival[rid] + fleet.ttft[rid], uncached)
         self.answer_lengths.note(self.views[mi].model, int(self._output[rid]))
 
     def done(self, rid: int, now: float) -> None:

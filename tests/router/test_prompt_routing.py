@@ -3,19 +3,21 @@ turns go where this router sent its earlier ones."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from typing import Any
 
 import aiohttp
 import orjson
+from aiohttp import web
 
 from node_protocol.prompt_prefix import BLOCK_CHARS, SCHEME, fingerprint, recorded_hashes
 from node_protocol.wire import PrefixSummary
-from router.app import serve
+from router.app import REGISTRY, serve
 from router.prompt_routing import PromptRoute
 from router.settings import GroupSettings
 from tests.conftest import router_settings
-from tests.fakes import FakeNode, register, report, running
+from tests.fakes import FakeNode, register, report, running, scripted
 
 CHAT = "/inference-cluster/v1/chat/completions"
 MODEL = "m-small"
@@ -144,3 +146,34 @@ class TestShortPrompts:
         route = PromptRoute.of(body, "/v1/chat/completions", "least_loaded", size)
         assert route is not None
         assert route.fp.chars >= BLOCK_CHARS
+
+
+async def test_a_prefill_rate_is_learned_from_what_the_engine_says_it_read(
+    session: aiohttp.ClientSession,
+) -> None:
+    """The first token of a prompt the node took at once teaches its prefill rate; where the
+    answer says how many prompt tokens came from the engine's cache, only the rest count as
+    read (here a third of the prompt, not all of it as the router's estimate would have it)."""
+    answer_s = 0.2
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(answer_s)
+        usage = {"prompt_tokens": 3000, "completion_tokens": 2, "total_tokens": 3002,
+                 "prompt_tokens_details": {"cached_tokens": 2000}}  # fmt: skip
+        message = {"role": "assistant", "content": "ok"}
+        return web.json_response({"id": "c", "object": "chat.completion", "model": MODEL,
+                                  "choices": [{"index": 0, "message": message,
+                                               "finish_reason": "stop"}],
+                                  "usage": usage})  # fmt: skip
+
+    async with serve(router_settings()) as router, scripted("cacher", answer) as node:
+        await register(session, router.url, node)
+        body = _turns(0, 1)
+        async with session.post(router.url + CHAT, json=body) as resp:
+            assert resp.status == 200
+            await resp.read()
+        (learned,) = router.app[REGISTRY].groups["inference-cluster"].nodes.values()
+    chars = fingerprint(body).chars
+    read = chars / 3  # the 1,000 of 3,000 tokens not cached
+    assert learned.prefill_chars_per_s is not None
+    assert read / (answer_s * 2) < learned.prefill_chars_per_s <= read / answer_s

@@ -110,6 +110,27 @@ class TestCaps:
         slow_hot = cand("hot", load=4, own_in_flight=4, cap=4, tok_s=2.0)
         assert Scheduler(random.Random(7)).order("least_loaded", "k", [slow_hot, cold]) == ["cold"]
 
+    def test_a_full_node_holding_the_prompt_beats_a_free_node_reading_all_of_it(self) -> None:
+        """With a prompt to weigh, a node whose slots are all busy (under its cap) is chosen
+        when its wait costs less than the prefill a free node would spend; not otherwise."""
+        held = cand("held", load=4, cap=8, tok_s=60.0, prefill_s=0.0)
+        free = cand("free", load=0, cap=8, tok_s=60.0, prefill_s=40.0)
+        sched = Scheduler(random.Random(8))
+        assert sched.order("least_loaded", "k", [held, free]) == ["held", "free"]
+        cheap = dataclasses.replace(free, prefill_s=0.5)
+        assert sched.order("least_loaded", "k", [held, cheap])[0] == "free"
+        blind = [dataclasses.replace(c, prefill_s=0.0) for c in (held, free)]
+        assert sched.order("least_loaded", "k", blind) == ["free"]
+
+    def test_with_no_free_slot_anywhere_a_prompt_waits_at_the_router(self) -> None:
+        """Every slot busy: a request with a prompt waits at the router like any other (the
+        wider choice is only among nodes while one has a free slot)."""
+        cands = [
+            cand(f"n{i}", load=4, own_in_flight=4, cap=8, tok_s=60.0, prefill_s=float(i))
+            for i in range(4)
+        ]
+        assert Scheduler(random.Random(9)).order("least_loaded", "k", cands) == []
+
 
 class TestReplicaBacklog:
     """Behind several router replicas a backlog is pooled through the nodes' queues."""
