@@ -17,10 +17,11 @@ it as the router does: each node's prefill term is its uncached prompt over its 
 token of a prompt a node took at once, and the engine's count of what it read), with the
 prompt's rendezvous order among alike scores (:class:`router.prompt_prefixes.Rendezvous`).
 Each replica also learns each model's answer length from the answers it saw end
-(:class:`router.answer_lengths.AnswerLengths`), as a router does. ``least_loaded_blind`` is ``least_loaded``
-without the term (the router before it), and the simulator's own ``prefix_affinity`` (a
-comparison baseline, not a router policy) takes, among the nodes the roster's ``least_loaded``
-would accept, the one that holds the longest leading part of the prompt.
+(:class:`router.answer_lengths.AnswerLengths`), as a router does. ``least_loaded_blind`` is
+``least_loaded`` without the term (the router before it), and the simulator's own
+``prefix_affinity`` (a comparison baseline, not a router policy) takes, among the nodes the
+roster's ``least_loaded`` would accept, the one that holds the longest leading part of the
+prompt.
 """
 
 from __future__ import annotations
