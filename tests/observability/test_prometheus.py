@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import math
 import socket
 import time
@@ -42,6 +43,7 @@ RESUME_MODEL = "m-resume"
 FAIL_MODEL = "m-fail"
 CACHE_MODEL = "m-cache"
 # A system prompt of several prompt-cache blocks: the router fingerprints it.
+REPORT_EVERY_S = 0.2  # the router's report interval in the tests' settings
 LONG_SYSTEM = "You are an agent of the fleet. Follow the tools' contracts exactly. " * 40
 
 
@@ -177,7 +179,8 @@ async def _chat(
 
 async def load_round(session: aiohttp.ClientSession, cluster: LocalCluster) -> None:
     """Streams from three tenants to the three models, one request for an unknown model, and a
-    conversation long enough for the router to route its prompt on the nodes' caches."""
+    conversation long enough for the router to route its prompt on the nodes' caches (to the
+    "cacher" node, registered first)."""
     streams = await asyncio.gather(
         *(
             _chat(session, cluster, MODELS[i % len(MODELS)], TENANTS[i % len(TENANTS)])
@@ -187,23 +190,41 @@ async def load_round(session: aiohttp.ClientSession, cluster: LocalCluster) -> N
     assert [status for status, _ in streams] == [200] * STREAMS_PER_ROUND, streams
     status, _ = await _chat(session, cluster, "no-such-model", "acme")
     assert status == 404
-    for _ in range(2):  # the second turn finds its prefix where the first went
-        status, _ = await _chat(session, cluster, MODELS[0], "acme", system=LONG_SYSTEM)
-        assert status == 200
+    # The second turn finds its prefix where the first went: on the one node serving the model,
+    # so that every round counts a cached prefix whatever the emulated boxes' loads look like
+    # to the router on a busy machine.
+    for _ in range(2):
+        status, body = await _chat(session, cluster, CACHE_MODEL, "acme", system=LONG_SYSTEM)
+        assert status == 200, body
 
 
+@contextlib.asynccontextmanager
 async def cache_reporter(
     session: aiohttp.ClientSession, cluster: LocalCluster, node: FakeNode
-) -> None:
+) -> AsyncIterator[None]:
     """``node`` registers as one whose agent says what share of prompt tokens its engine took
-    from its cache (the emulated boxes' engines do not say)."""
+    from its cache (the emulated boxes' engines do not say), and reports on as an agent does,
+    so that it stays healthy for the whole test."""
     node_id = await register(session, cluster.router.url, node)
     body = report(node.models)
     summary = PrefixSummary(CACHE_MODEL, SCHEME, frozenset({1, 2}), 1 << 20, 4096, 0.75)
     body["prefixCaches"] = [summary.to_json()]
     url = f"{cluster.router.url}/api/server-groups/{GROUP}/nodes/{node_id}/report"
-    async with session.put(url, json=body) as resp:
-        assert resp.status in (200, 204), await resp.text()
+
+    async def reports() -> None:
+        for seq in itertools.count(2):
+            async with session.put(url, json=body) as resp:
+                assert resp.status in (200, 204), await resp.text()
+            body["seq"] = seq
+            await asyncio.sleep(REPORT_EVERY_S)
+
+    task = asyncio.create_task(reports())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def faults(session: aiohttp.ClientSession, cluster: LocalCluster) -> None:
@@ -243,28 +264,28 @@ class TestDashboardsAgainstPrometheus:
         ):
             targets = 1 + len(cluster.agents)
             await prometheus.wait_scraped(targets, after=time.time())
-            await cache_reporter(session, cluster, cacher)
-            await load_round(session, cluster)
-            await faults(session, cluster)
-            await prometheus.wait_scraped(targets, after=time.time())
-            await load_round(session, cluster)
-            await prometheus.wait_scraped(targets, after=time.time())
-            failures = []
-            results = {}
-            for q in grafana.panel_queries():
-                try:
-                    result = await prometheus.query(grafana.substitute(q.expr))
-                except AssertionError as exc:
-                    failures.append(f"{q}: {exc}")
-                    continue
-                results[q.panel] = result
-                values = [float(s["value"][1]) for s in result]
-                if not any(math.isfinite(v) for v in values):
-                    failures.append(f"{q}: no data ({values or 'empty'}) for {q.expr}")
-            for v in grafana.variable_queries():
-                match = None if v.match is None else grafana.substitute(v.match)
-                if not await prometheus.label_values(v.label, match):
-                    failures.append(f"{v.dashboard} / variable {v.name}: no values")
+            async with cache_reporter(session, cluster, cacher):
+                await load_round(session, cluster)
+                await faults(session, cluster)
+                await prometheus.wait_scraped(targets, after=time.time())
+                await load_round(session, cluster)
+                await prometheus.wait_scraped(targets, after=time.time())
+                failures = []
+                results = {}
+                for q in grafana.panel_queries():
+                    try:
+                        result = await prometheus.query(grafana.substitute(q.expr))
+                    except AssertionError as exc:
+                        failures.append(f"{q}: {exc}")
+                        continue
+                    results[q.panel] = result
+                    values = [float(s["value"][1]) for s in result]
+                    if not any(math.isfinite(v) for v in values):
+                        failures.append(f"{q}: no data ({values or 'empty'}) for {q.expr}")
+                for v in grafana.variable_queries():
+                    match = None if v.match is None else grafana.substitute(v.match)
+                    if not await prometheus.label_values(v.label, match):
+                        failures.append(f"{v.dashboard} / variable {v.name}: no values")
         assert not failures, "\n".join(failures)
         # The state panels encode healthy 1, degraded 2, unhealthy 3, draining 4.
         states = {r["metric"]["node"]: float(r["value"][1]) for r in results["Node state now"]}
