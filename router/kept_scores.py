@@ -158,12 +158,13 @@ class KeptScores:
         costs, and how many may take one (full or not). Where the prompt's prefill differs
         between them, rows whose slots are all busy, under their cap, count as open too while
         some row has a free slot (:func:`router.scheduling.open_rows`)."""
-        loads, limits, caps, plain = self._load, self._limit, self._cap, self._plain
-        slot_open = 0
-        least, most = math.inf, -math.inf  # the prefill among the rows that may take it
+        loads, plain = self._load, self._plain
+        wide = prefill_s is not None  # rows under their cap, for now (narrowed below)
+        bound = self._cap if wide else self._limit
         ok: list[int] = []
         ok_loads: list[float] = []
         ok_cold: list[float] = []
+        prefills: list[float] = []  # of the rows that may take it, where wide
         present = 0
         for i, s in enumerate(standings):
             cold_s = 0.0 if plain[i] else cold_now(s, own[i], own_model[i], now)
@@ -171,27 +172,32 @@ class KeptScores:
                 continue
             present += 1
             if prefill_s is not None:
-                least, most = min(least, prefill_s[i]), max(most, prefill_s[i])
+                prefills.append(prefill_s[i])
             load = loads[i]
             if load is None:
                 assert s is not None
                 load = s.load_at(own[i], read_at[i], now, stale_after_s, p)
                 if not s.claim_free:  # a claimed share weighs more with time: never kept
                     loads[i] = load
-            if load < caps[i]:
+            if load < bound[i]:
                 ok.append(i)
                 ok_loads.append(load)
                 ok_cold.append(cold_s)
-                slot_open += load < limits[i]
-        if slot_open == len(ok) or (slot_open > 0 and least < most):
+        if not wide:
             return ok, ok_loads, ok_cold, present
-        keep = [j for j, i in enumerate(ok) if ok_loads[j] < limits[i]]  # free slots only
-        return (
-            [ok[j] for j in keep],
-            [ok_loads[j] for j in keep],
-            [ok_cold[j] for j in keep],
-            present,
-        )
+        differs = bool(prefills) and min(prefills) < max(prefills)
+        return (*self._narrowed(ok, ok_loads, ok_cold, differs), present)
+
+    def _narrowed(
+        self, ok: list[int], loads: list[float], cold: list[float], differs: bool
+    ) -> tuple[list[int], list[float], list[float]]:
+        """Of the rows under their cap, those with a free slot only, unless some row has one
+        and the prompt's prefill differs between the rows (then all of them)."""
+        limits = self._limit
+        free = [j for j, i in enumerate(ok) if loads[j] < limits[i]]
+        if len(free) == len(ok) or (free and differs):
+            return ok, loads, cold
+        return [ok[j] for j in free], [loads[j] for j in free], [cold[j] for j in free]
 
     def _scored(
         self, i: int, load: float, cold_s: float, standings: Sequence[Standing | None],
