@@ -129,6 +129,19 @@ async def run_app(app: web.Application) -> AsyncIterator[str]:
         await runner.cleanup()
 
 
+@contextlib.asynccontextmanager
+async def in_background(work: Callable[[], Awaitable[None]]) -> AsyncIterator[None]:
+    """Run ``work()`` as a task while the block runs; cancelled at its end, where an error it
+    raised (a failed assertion) comes out."""
+    task = asyncio.create_task(work())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 Answer = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 

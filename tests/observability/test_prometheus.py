@@ -29,7 +29,7 @@ import orjson
 from node_protocol.prompt_prefix import SCHEME
 from node_protocol.wire import PrefixSummary
 from tests.e2e.conftest import GROUP, LocalCluster, local_cluster
-from tests.fakes import FakeNode, register, report, running
+from tests.fakes import FakeNode, in_background, register, report, running
 from tests.observability import grafana
 
 SCRAPE_S = 1
@@ -218,13 +218,8 @@ async def cache_reporter(
             body["seq"] = seq
             await asyncio.sleep(REPORT_EVERY_S)
 
-    task = asyncio.create_task(reports())
-    try:
+    async with in_background(reports):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def faults(session: aiohttp.ClientSession, cluster: LocalCluster) -> None:

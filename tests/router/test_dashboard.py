@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import aiohttp
 
 from node_protocol.prompt_prefix import SCHEME
@@ -9,6 +11,20 @@ from node_protocol.wire import PrefixSummary
 from router.answer_lengths import MIN_ANSWERS, stepped
 from router.app import RunningRouter
 from tests.fakes import FakeNode, register, report, running
+
+
+async def _dashboard_after(
+    session: aiohttp.ClientSession, router: RunningRouter, body: dict[str, Any], times: int
+) -> dict[str, Any]:
+    """/api/dashboard after ``body`` was sent as a chat ``times`` times, each answered 200."""
+    for _ in range(times):
+        url = router.url + "/inference-cluster/v1/chat/completions"
+        async with session.post(url, json=body) as resp:
+            assert resp.status == 200
+            await resp.read()
+    async with session.get(router.url + "/api/dashboard") as resp:
+        data: dict[str, Any] = await resp.json()
+    return data
 
 
 class TestDashboard:
@@ -58,14 +74,7 @@ class TestDashboard:
                 assert resp.status in (200, 204)
             system = {"role": "system", "content": "Follow the tools' contracts. " * 100}
             turn = {"model": node.models[0], "messages": [system, {"role": "user", "content": "a"}]}
-            for _ in range(2):
-                async with session.post(
-                    router.url + "/inference-cluster/v1/chat/completions", json=turn
-                ) as resp:
-                    assert resp.status == 200
-                    await resp.read()
-            async with session.get(router.url + "/api/dashboard") as resp:
-                data = await resp.json()
+            data = await _dashboard_after(session, router, turn, 2)
         (entry,) = data["groups"][0]["nodes"]
         assert entry["models"][0]["engineCachedRatio"] == 0.6
         # the same prompt twice: the first found nothing cached there, the second all of it
@@ -80,14 +89,7 @@ class TestDashboard:
             await register(session, router.url, node)
             chat = {"model": node.models[0], "stream": True,
                     "messages": [{"role": "user", "content": "a"}]}  # fmt: skip
-            for _ in range(MIN_ANSWERS):
-                async with session.post(
-                    router.url + "/inference-cluster/v1/chat/completions", json=chat
-                ) as resp:
-                    assert resp.status == 200
-                    await resp.read()
-            async with session.get(router.url + "/api/dashboard") as resp:
-                data = await resp.json()
+            data = await _dashboard_after(session, router, chat, MIN_ANSWERS)
         expected = {"model": node.models[0], "expectedTokens": round(stepped(20), 1),
                     "answers": MIN_ANSWERS}  # fmt: skip
         assert data["answerLengths"] == [expected]

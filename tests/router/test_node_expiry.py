@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from router.app import RunningRouter, serve
 from router.settings import GroupSettings, SettingsError, StaticNode, load_settings
 from tests.conftest import router_settings
-from tests.fakes import FakeNode, register, running, send_report
+from tests.fakes import FakeNode, in_background, register, running, send_report
 
 DEFAULT = "inference-cluster"
 BODY = {"model": "m-small", "messages": [{"role": "user", "content": "x"}]}
@@ -60,13 +60,8 @@ async def _keep_reporting(
             assert await send_report(session, url, node_id, node) == 200
             await asyncio.sleep(0.1)
 
-    task = asyncio.create_task(loop())
-    try:
+    async with in_background(loop):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def _wait_for_groups(
