@@ -34,6 +34,7 @@ from router.dispatch import DISPATCHER, Dispatcher
 from router.errors import error_middleware
 from router.fleet_metrics import FleetMetrics
 from router.groups_api import GroupsApi
+from router.ledger import Ledger
 from router.limits import BodyLimits, TenantRateLimiter
 from router.metrics import ADMISSION_QUEUES, FLEET, METRICS, RouterMetrics, metrics_handler
 from router.monitor import Monitor
@@ -222,8 +223,16 @@ def make_app(settings: RouterSettings) -> web.Application:
         app[REGISTRY],
         app[SCHEDULER],
         app[REGISTRY].aliases,
-        TenantRateLimiter(settings.tenant_requests_per_minute, settings.tenant_tokens_per_minute),
-        answer_lengths,
+        Ledger(
+            app[METRICS],
+            app[ACTIVITY],
+            app[ACCESS_LOG],
+            answer_lengths,
+            TenantRateLimiter(
+                settings.tenant_requests_per_minute, settings.tenant_tokens_per_minute
+            ),
+            app[REGISTRY].aliases.canonical,
+        ),
     )
     # OpenAI first: aiohttp tries the "/{group}/..." routes in the order they were added, and
     # the OpenAI ones carry nearly all the traffic (16 failed matches cost ~10 us a request).

@@ -21,12 +21,9 @@ from typing import Any
 
 from aiohttp import web
 
-from router.access_log import ACCESS_LOG
 from router.admission import ADMISSION, Rejected, Ticket
 from router.aliases import Aliases
-from router.answer_lengths import AnswerLengths
 from router.auth import TENANT
-from router.dashboard import ACTIVITY
 from router.errors import (
     InvalidRequest,
     ModelNotFound,
@@ -38,8 +35,7 @@ from router.errors import (
     RouterError,
     UpstreamError,
 )
-from router.limits import TenantRateLimiter
-from router.metrics import METRICS
+from router.ledger import Ledger
 from router.prompt_routing import PromptRoute
 from router.proxy import FORWARDER, NodeBusy, Outbound
 from router.records import RequestRecord
@@ -92,11 +88,9 @@ class Dispatcher:
         registry: Registry,
         scheduler: Scheduler,
         aliases: Aliases,
-        rate_limiter: TenantRateLimiter,
-        answer_lengths: AnswerLengths,
+        ledger: Ledger,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._rate_limiter = rate_limiter
         self._started = clock()
         # A fresh replica has not heard from every agent yet: an unknown model then means
         # "not yet", so it answers 503 (retry, elsewhere) rather than 404.
@@ -108,7 +102,8 @@ class Dispatcher:
         self.aliases = aliases
         self.clock = clock
         self._ids = random.Random()  # correlation ids: unique, not secret (no syscall each)
-        self.answer_lengths = answer_lengths
+        self.ledger = ledger
+        self._metrics = ledger.metrics
         self._rosters = Rosters(
             CandidateRules(
                 threshold=registry.threshold,
@@ -161,34 +156,22 @@ class Dispatcher:
             tenant=request.get(TENANT) or id_header(headers, "X-Octopus-Tenant-Id"),
             correlation_id=correlation_id or f"{self._ids.getrandbits(128):032x}",
         )
-        metrics = request.app[METRICS]
-        in_progress, by_group = metrics.in_progress, (group.name,)
-        in_progress.add(by_group, 1)
+        ledger = self.ledger
         try:
-            if self._rate_limiter:
-                self._rate_limiter.admit(record.tenant, self.clock())
+            ledger.started(record, self.clock())
             target = build(await self.read_body(request))
             return await Dispatch(self, request, group, target, record).run()
         except RouterError as err:
             record.status = err.status
             record.error = err.code or err.type
-            metrics.rejections.labels(group.name, record.error).inc()
+            self._metrics.rejections.labels(group.name, record.error).inc()
             raise
         except (asyncio.CancelledError, ConnectionResetError):
             record.status = 499
             record.error = record.error or "client_gone"
             raise
         finally:
-            record.close(time.perf_counter())
-            in_progress.add(by_group, -1)
-            if self._rate_limiter:
-                self._rate_limiter.charge_tokens(record.tenant, record.output_tokens, self.clock())
-            metrics.observe(record)
-            if record.status == 200 and record.answer.finished:
-                canonical = self.aliases.canonical(record.model)
-                self.answer_lengths.note(canonical, record.output_tokens)
-            request.app[ACTIVITY].note(record)
-            request.app[ACCESS_LOG].write(record)
+            ledger.ended(record, self.clock())
 
     def unknown_model(self, group: Group, target: Target) -> RouterError:
         """No node of the group serves the model (on a backend that speaks the surface)."""
@@ -335,7 +318,7 @@ class Dispatch:
         settings = self._settings
         prompt = self._prompt
         terms = None if prompt is None else prompt.terms(roster)
-        roster.expect(self._d.answer_lengths.expected(self._canonical))
+        roster.expect(self._d.ledger.answer_lengths.expected(self._canonical))
         rows = roster.decide(
             self._d.scheduler,
             self._group.policy,
@@ -359,7 +342,7 @@ class Dispatch:
         if settings.router_replicas > 1 and node.has_agent:  # may be another's slot by now
             self._slot_check = roster.slot_check(first, self._d.clock(), self._busy)
         if prompt is not None:
-            now, metrics = self._d.clock(), self._request.app[METRICS]
+            now, metrics = self._d.clock(), self._d.ledger.metrics
             prompt.routed(roster, first, terms, now, metrics.prompt_chars, self._group.name)
         return Reservation(node, self._model, self._freed)
 
