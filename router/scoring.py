@@ -2,13 +2,15 @@
 
 For one candidate node::
 
-    (queue wait + model load + uncached prefill + DECODE_WEIGHT * decode time) * penalty / weight
+    (2 * queue wait + model load + uncached prefill + DECODE_WEIGHT * decode time)
+        * penalty / weight
 
-where the queue wait is ``max(0, load + 1 - slots) / slots`` service times, a service time is
+where the queue wait is ``max(0, load + 1 - slots) / slots`` service times (counted twice: the
+wait it makes later requests at the node wait too, :data:`QUEUE_COST`), a service time is
 ``expected_tokens`` at the node's per-stream decode speed with a full batch, and the decode time
 is at the batch the request would join (per-stream speed falls as the batch grows). The
 uncached prefill is the time the node would spend on the part of the prompt it has not cached
-(0 until a prompt cache is modelled). Degraded and stale nodes are penalised.
+(0 where no prompt cache is known). Degraded and stale nodes are penalised.
 
 :func:`score` is written once for a float and for a numpy column alike, so the scheduler's
 per-row path (a handful of candidates) and its column path (a fleet) cannot drift apart, down
@@ -55,6 +57,15 @@ class ScoringParams:
 
 DEFAULT_PARAMS = ScoringParams()
 
+# A request that queues at a full node is not the only one to wait for it: each request that
+# comes to that node while it is queued waits one more turn behind it. A full node takes about
+# one new request per slot it frees, so the delay it passes on is about as long as its own
+# wait, and the score counts both (a delay linear in the queue costs the fleet twice itself at
+# the margin). Counting its own wait only, requests queued behind a node's prompt cache until
+# the conversations whose caches were there found the node busy in turn: in the simulator's
+# ``agentic`` scenario, p99 TTFT 1.92 s against 1.53 s (the clairvoyant: 1.60 s).
+QUEUE_COST = 2.0
+
 
 def positive(x: Num) -> Num:
     """``max(x, 0)`` of a float or of a column."""
@@ -65,11 +76,12 @@ def positive(x: Num) -> Num:
 
 def time_to_serve(load: Num, slots: Num, speed: Num, cold_s: Num, p: ScoringParams) -> Num:
     """The part of :func:`score` a node's load, speed and residency make: seconds of queue
-    wait, model load and (weighted) decode, before the prefill, penalty and weight."""
+    wait (counted twice, see :data:`QUEUE_COST`), model load and (weighted) decode, before
+    the prefill, penalty and weight."""
     joined = load + 1.0
     over = positive(joined - slots)  # requests that would wait ahead of this one, and it
     service_full = p.expected_tokens * (1.0 + p.batch_decay * (slots - 1.0)) / speed
-    wait = over / slots * service_full
+    wait = QUEUE_COST * over / slots * service_full
     decode = p.expected_tokens * (1.0 + p.batch_decay * (joined - over - 1.0)) / speed
     return wait + cold_s + p.decode_weight * decode
 

@@ -122,6 +122,16 @@ class TestCaps:
         blind = [dataclasses.replace(c, prefill_s=0.0) for c in (held, free)]
         assert sched.order("least_loaded", "k", blind) == ["free"]
 
+    def test_a_request_queued_at_a_full_node_counts_the_wait_it_passes_on(self) -> None:
+        """Queueing at the full node costs its own wait (1.23 s here) and as much again for
+        the requests that come to that node after it: a free node is chosen while its prefill
+        is under twice that wait, the full node once the prefill is over it."""
+        held = cand("held", load=4, cap=8, tok_s=60.0, prefill_s=0.0)
+        sched = Scheduler(random.Random(8))
+        for prefill_s, first in ((1.2, "free"), (2.0, "free"), (3.0, "held")):
+            free = cand("free", load=0, cap=8, tok_s=60.0, prefill_s=prefill_s)
+            assert sched.order("least_loaded", "k", [held, free])[0] == first, prefill_s
+
     def test_with_no_free_slot_anywhere_a_prompt_waits_at_the_router(self) -> None:
         """Every slot busy: a request with a prompt waits at the router like any other (the
         wider choice is only among nodes while one has a free slot)."""
