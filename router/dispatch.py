@@ -103,7 +103,6 @@ class Dispatcher:
         self.clock = clock
         self._ids = random.Random()  # correlation ids: unique, not secret (no syscall each)
         self.ledger = ledger
-        self._metrics = ledger.metrics
         self._rosters = Rosters(
             CandidateRules(
                 threshold=registry.threshold,
@@ -164,7 +163,7 @@ class Dispatcher:
         except RouterError as err:
             record.status = err.status
             record.error = err.code or err.type
-            self._metrics.rejections.labels(group.name, record.error).inc()
+            ledger.metrics.rejections.labels(group.name, record.error).inc()
             raise
         except (asyncio.CancelledError, ConnectionResetError):
             record.status = 499
