@@ -5,6 +5,13 @@ successful turns. Later turns: 2 onwards, the ones a conversation's own history 
 from a cache. Busiest node: its request count over the mean of every node's (1.0 is even).
 A policy runs several times (fresh fleets); its turns are pooled, and the spread of each run's
 own later-turn p50 shows how much the machine's load moved the figures.
+
+Cached turns: later turns that found at least ``CACHED_TURN`` of their prompt in the engine's
+cache. Their median TTFT is what a later turn takes when routing has done all it can for it on
+this machine (the rest is the new message's prefill, decoding, and the other slots' work on
+the same cores); as a multiple of round robin's later-turn median it bounds what any router can
+reach on that ratio. Stayed: later turns served by the node that served the conversation's
+previous turn.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import numpy as np
 from .client import Turn
 
 BASELINE = "round_robin"
+CACHED_TURN = 0.9
 
 
 def _ms(values: Sequence[float], q: float) -> float | None:
@@ -38,6 +46,29 @@ def _later(turns: Sequence[Turn]) -> list[float]:
         for t in turns
         if t.turn > 1 and t.record.error is None and t.record.ttft_s is not None
     ]
+
+
+def _cached_later(turns: Sequence[Turn]) -> list[float]:
+    return [
+        t.record.ttft_s
+        for t in turns
+        if t.turn > 1
+        and t.record.error is None
+        and t.record.ttft_s is not None
+        and t.record.prompt_tokens
+        and (t.cached_tokens or 0) >= CACHED_TURN * t.record.prompt_tokens
+    ]
+
+
+def _stayed(run: Sequence[Turn]) -> int:
+    """Later turns served where the conversation's previous turn was (within one run)."""
+    last: dict[int, str | None] = {}
+    stayed = 0
+    for t in sorted(run, key=lambda t: (t.conversation, t.turn)):
+        node = t.record.node if t.record.error is None else None
+        stayed += t.turn > 1 and node is not None and last.get(t.conversation) == node
+        last[t.conversation] = node
+    return stayed
 
 
 def summarize(policy: str, runs: Sequence[Sequence[Turn]], nodes: Sequence[str]) -> dict[str, Any]:
@@ -65,6 +96,9 @@ def summarize(policy: str, runs: Sequence[Sequence[Turn]], nodes: Sequence[str])
         "later_ttft_p50_ms": _ms(later, 50),
         "later_ttft_p99_ms": _ms(later, 99),
         "later_ttft_p50_ms_by_run": [_ms(_later(run), 50) for run in runs],
+        "later_stayed": sum(_stayed(run) for run in runs),
+        "cached_turns": len(_cached_later(turns)),
+        "cached_turn_ttft_p50_ms": _ms(_cached_later(turns), 50),
         "node_requests": {node: served.get(node, 0) for node in nodes},
         "busiest_over_mean": round(sum(imbalances) / len(imbalances), 3) if imbalances else None,
     }
@@ -84,6 +118,9 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
             key: _ratio(row[key], base[key]) if base else None
             for key in ("later_ttft_p50_ms", "later_ttft_p99_ms", "cached_share")
         }
+        # the cached turns' median against round robin's later one: the floor of that ratio
+        floor = _ratio(row["cached_turn_ttft_p50_ms"], base["later_ttft_p50_ms"]) if base else None
+        row["vs_round_robin"]["cached_turn_ttft_p50_ms"] = floor
 
 
 def _cell(value: Any, fmt: str) -> str:
@@ -95,6 +132,7 @@ def _cell(value: Any, fmt: str) -> str:
 HEADER = (
     "policy", "requests", "failed", "cached share", "turn-1 p50 ms", "later p50 ms",
     "later p99 ms", "later p50 by run", "later p50 x rr", "later p99 x rr", "busiest/mean",
+    "stayed", "cached turns", "cached-turn p50 ms", "cached-turn p50 x rr",
 )  # fmt: skip
 
 
@@ -114,6 +152,10 @@ def render(report: dict[str, Any]) -> str:
             _cell(r["vs_round_robin"]["later_ttft_p50_ms"], ".2f"),
             _cell(r["vs_round_robin"]["later_ttft_p99_ms"], ".2f"),
             _cell(r["busiest_over_mean"], ".2f"),
+            str(r["later_stayed"]),
+            str(r["cached_turns"]),
+            _cell(r["cached_turn_ttft_p50_ms"], ".0f"),
+            _cell(r["vs_round_robin"]["cached_turn_ttft_p50_ms"], ".2f"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     w = report["workload"]

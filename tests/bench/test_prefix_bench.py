@@ -23,8 +23,8 @@ NODES = ["llama-1", "llama-2", "llama-3"]
 ROW_KEYS = {
     "policy", "runs", "requests", "failed", "errors", "prompt_tokens", "cached_tokens",
     "cached_share", "missing_cache_counts", "first_turn_ttft_p50_ms", "later_ttft_p50_ms",
-    "later_ttft_p99_ms", "later_ttft_p50_ms_by_run", "node_requests", "busiest_over_mean",
-    "vs_round_robin",
+    "later_ttft_p99_ms", "later_ttft_p50_ms_by_run", "later_stayed", "cached_turns",
+    "cached_turn_ttft_p50_ms", "node_requests", "busiest_over_mean", "vs_round_robin",
 }  # fmt: skip
 
 
@@ -86,13 +86,15 @@ def test_an_unknown_policy_is_refused_before_anything_starts(tmp_path: Path) -> 
     assert not (tmp_path / "out").exists()
 
 
-def _turn(turn: int, node: str | None, ttft_s: float | None, cached: int | None) -> Turn:
+def _turn(
+    turn: int, node: str | None, ttft_s: float | None, cached: int | None, conversation: int = 0
+) -> Turn:
     rec = ClientRecord("tiny", "url", 8, 0.0, 0.0, prompt_tokens=100, node=node)
     if ttft_s is None:
         rec.error = HTTP_5XX
     else:
         rec.t_first_token = ttft_s
-    return Turn(0, 0, turn, rec, cached)
+    return Turn(conversation, 0, turn, rec, cached)
 
 
 def test_the_summary_pools_runs_and_counts_only_served_turns() -> None:
@@ -122,10 +124,31 @@ def test_ratios_are_to_round_robin_and_absent_without_it() -> None:
         "later_ttft_p50_ms": 0.5,
         "later_ttft_p99_ms": 0.5,
         "cached_share": 1.5,
+        "cached_turn_ttft_p50_ms": None,  # no later turn had 90% of its prompt cached
     }
     alone = summarize("least_loaded", [[_turn(2, "llama-2", 0.1, 75)]], NODES)
     add_ratios([alone])
     assert set(alone["vs_round_robin"].values()) == {None}
+
+
+def test_cached_turns_and_turns_that_stayed_are_counted_per_conversation() -> None:
+    """A later turn with 90% of its prompt cached is a cached turn (its median against round
+    robin's later median is the floor of that ratio); a turn stays when its conversation's
+    previous turn, in the same run, was served by the same node."""
+    rr = summarize("round_robin", [[_turn(2, "llama-1", 0.2, 50)]], NODES)
+    run = [
+        _turn(1, "llama-1", 0.5, 0, conversation=1),
+        _turn(2, "llama-1", 0.04, 95, conversation=1),  # stayed, cached
+        _turn(3, "llama-2", 0.3, 30, conversation=1),  # moved
+        _turn(1, "llama-2", 0.5, 0, conversation=2),
+        _turn(2, "llama-2", 0.06, 90, conversation=2),  # stayed, cached
+        _turn(3, None, None, None, conversation=2),  # failed: neither
+        _turn(4, "llama-2", 0.2, 89, conversation=2),  # after a failure: not stayed, not cached
+    ]
+    ll = summarize("least_loaded", [run], NODES)
+    add_ratios([rr, ll])
+    assert (ll["later_stayed"], ll["cached_turns"], ll["cached_turn_ttft_p50_ms"]) == (2, 2, 50.0)
+    assert ll["vs_round_robin"]["cached_turn_ttft_p50_ms"] == 0.25
 
 
 def test_every_policy_replays_the_same_conversations() -> None:
