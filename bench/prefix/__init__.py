@@ -21,6 +21,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import shlex
 import statistics
 import time
 from pathlib import Path
@@ -92,16 +93,24 @@ def _write_router_config(path: Path, policy: str) -> None:
     path.write_text(f'[[groups]]\nname = "{GROUP}"\npolicy = "{policy}"\n', encoding="utf-8")
 
 
-def engine_flags(cache_ram_mib: int | None) -> tuple[str, ...]:
-    """The servers' flags beyond the fleet's own: ``--cache-ram`` where one is asked for."""
-    return () if cache_ram_mib is None else ("--cache-ram", str(cache_ram_mib))
+def engine_flags(cache_ram_mib: int | None, more: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The servers' flags beyond the fleet's own: ``--cache-ram`` where one is asked for, then
+    ``more`` as given."""
+    cache = () if cache_ram_mib is None else ("--cache-ram", str(cache_ram_mib))
+    return (*cache, *more)
 
 
 async def measure(
-    policy: str, model: Path, s: Settings, folder: Path, cache_ram_mib: int | None = None
+    policy: str,
+    model: Path,
+    s: Settings,
+    folder: Path,
+    cache_ram_mib: int | None = None,
+    server_flags: tuple[str, ...] = (),
 ) -> list[Turn]:
     """One run of one policy on a fresh fleet (every cache cold); its turns, also to a file.
-    ``cache_ram_mib``: the servers' host-memory prompt cache (None: the server's default)."""
+    ``cache_ram_mib``: the servers' host-memory prompt cache (None: the server's default);
+    ``server_flags``: more llama-server flags."""
     config = folder / "router.toml"
     await asyncio.to_thread(_write_router_config, config, policy)
     engines = llama_fleet_engines(
@@ -110,7 +119,7 @@ async def measure(
         folder,
         parallel=PARALLEL,
         context=CONTEXT,
-        extra=engine_flags(cache_ram_mib),
+        extra=engine_flags(cache_ram_mib, server_flags),
     )
     agent_args = (*AGENT_ARGS, "--backend-kind", "llamacpp", "--max-parallel", str(PARALLEL))
     router_args = ("--config", str(config))
@@ -130,10 +139,12 @@ async def run_prefix(
     runs: int,
     out: Path,
     cache_ram_mib: int | None = None,
+    server_flags: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Every policy ``runs`` times, interleaved (each round runs every policy once, on the
     round's own seed, so that the machine's load drifts over all of them alike); the report
-    (also written to ``out/prefix.json``). ``cache_ram_mib``: the servers' ``--cache-ram``."""
+    (also written to ``out/prefix.json``). ``cache_ram_mib``: the servers' ``--cache-ram``;
+    ``server_flags``: more llama-server flags."""
     await asyncio.to_thread(out.mkdir, parents=True, exist_ok=True)
     model = await asyncio.to_thread(ensure, MODEL)
     load_before = os.getloadavg()[0]
@@ -145,7 +156,7 @@ async def run_prefix(
         for policy in policies:
             folder = out / policy / f"run-{r + 1}"
             turns[policy].append(
-                await measure(policy, model, round_settings, folder, cache_ram_mib)
+                await measure(policy, model, round_settings, folder, cache_ram_mib, server_flags)
             )
     nodes = [f"llama-{i}" for i in range(1, SERVERS + 1)]
     rows = [summarize(policy, turns[policy], nodes) for policy in policies]
@@ -164,6 +175,7 @@ async def run_prefix(
         "servers": SERVERS,
         "parallel": PARALLEL,
         "cache_ram_mib": cache_ram_mib,
+        "server_flags": list(server_flags),
         "cold_probe": probe,
         "load_average": [load_before, os.getloadavg()[0]],
         "cpus": os.cpu_count(),
@@ -188,6 +200,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         metavar="MIB",
         help="each server's host-memory prompt cache (llama-server --cache-ram; 0: none; "
         "default: the server's own, 8 GiB)",
+    )
+    cmd.add_argument(
+        "--server-flags",
+        default="",
+        metavar="FLAGS",
+        help="more llama-server flags, as one string (e.g. '-sps 0' or '-kvu')",
     )
     cmd.add_argument("--quick", action="store_true", help="a small run (for a test)")
     cmd.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -215,11 +233,14 @@ async def run_cli(args: argparse.Namespace) -> int:
         runs = args.runs or (1 if args.quick else RUNS)
         if runs < 1:
             raise ValueError("--runs must be at least 1")
+        flags = tuple(shlex.split(args.server_flags))
     except ValueError as exc:
         say(str(exc))
         return 2
     try:
-        report = await run_prefix(policies, settings, runs, args.out or RESULTS, args.cache_ram)
+        report = await run_prefix(
+            policies, settings, runs, args.out or RESULTS, args.cache_ram, flags
+        )
     except NotBuiltError as exc:
         say(str(exc))
         return 2

@@ -17,6 +17,7 @@ previous turn.
 from __future__ import annotations
 
 import math
+import shlex
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -136,6 +137,13 @@ HEADER = (
 )  # fmt: skip
 
 
+def _server_flags(report: dict[str, Any]) -> str:
+    """The servers' flags beyond ``--parallel``, as given to them (each after a space)."""
+    cache = report.get("cache_ram_mib")
+    flags = ([] if cache is None else ["--cache-ram", str(cache)]) + report.get("server_flags", [])
+    return "".join(" " + shlex.quote(flag) for flag in flags)
+
+
 def render(report: dict[str, Any]) -> str:
     """The per-policy table (Markdown) and the conditions it was measured under."""
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
@@ -164,7 +172,8 @@ def render(report: dict[str, Any]) -> str:
         f"\nper policy {w['runs']} run(s) of {w['conversations']} conversations x {w['turns']} "
         f"turns, {w['kinds']} system "
         f"prompts, think <= {w['max_think_s']:g} s, max_tokens {w['max_tokens']}, seed "
-        f"{w['seed']}; {report['servers']} llama-servers --parallel {report['parallel']}; "
+        f"{w['seed']}; {report['servers']} llama-servers --parallel {report['parallel']}"
+        f"{_server_flags(report)}; "
         f"cold {probe['prompt_tokens']}-token prompt: first token in {probe['ttft_ms']:.0f} ms; "
         f"load average {report['load_average'][0]:.2f} before, {report['load_average'][1]:.2f} "
         f"after, on {report['cpus']} CPUs"

@@ -40,11 +40,13 @@ def _built() -> None:
 @pytest.mark.slow
 def test_the_quick_run_serves_every_turn_and_reports_each_policy(tmp_path: Path) -> None:
     """Two policies, each on a fresh fleet of three real llama-servers: every turn answered,
-    the engines' cached-token counts read from every answer, the JSON written and printed."""
+    the engines' cached-token counts read from every answer, the JSON written and printed, and
+    the server flags asked for given to every server (here a log level each one logs)."""
     _built()
     started = time.perf_counter()
+    argv = ["prefix", "--quick", "--json", "--server-flags", "-lv 4", "--out", str(tmp_path)]
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "prefix", "--quick", "--json", "--out", str(tmp_path)],
+        [sys.executable, "-m", "bench", *argv],
         capture_output=True,
         text=True,
         timeout=110,
@@ -69,6 +71,28 @@ def test_the_quick_run_serves_every_turn_and_reports_each_policy(tmp_path: Path)
         lines = (tmp_path / row["policy"] / "run-1" / "turns.jsonl").read_text().splitlines()
         assert len(lines) == turns
     assert report["policies"][0]["vs_round_robin"]["later_ttft_p50_ms"] == 1.0
+    assert report["server_flags"] == ["-lv", "4"]
+    logs = sorted(tmp_path.glob("*/run-1/llama-*.engine.log"))
+    assert len(logs) == 2 * len(NODES)
+    assert all("verbosity = 4" in log.read_text(errors="replace") for log in logs)
+
+
+def test_server_flags_that_do_not_parse_are_refused_before_anything_starts(
+    tmp_path: Path,
+) -> None:
+    """An unclosed quote in --server-flags: exit 2 saying why, no fleet started, nothing
+    written."""
+    argv = ["prefix", "--server-flags", "-a 'b", "--out", str(tmp_path / "out")]
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", *argv],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "quotation" in proc.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_an_unknown_policy_is_refused_before_anything_starts(tmp_path: Path) -> None:
