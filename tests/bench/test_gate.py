@@ -1,4 +1,4 @@
-"""The regression gate: ratio thresholds and the rerun-once rule."""
+"""The regression gate: ratio thresholds, the rerun rule, micro-benchmarks measured again."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.ci import _micro_run, measure_again
 from bench.gate import Attempt, GateCheck, GateSpec, Threshold, gate_markdown, run_gate
 from bench.scenario import SCENARIO_DIR
 
@@ -86,3 +87,36 @@ class TestRerun:
         assert len(result.attempts) == 2
         assert result.to_dict()["pass"] is False
         assert gate_markdown(result).startswith("# Performance gate: FAIL")
+
+
+class TestMicroBudgetsMeasuredAgain:
+    """A micro-benchmark over its budget is measured again in fresh processes (real pytest
+    runs here, of a test that fails its first runs as a slow stretch of the machine would)."""
+
+    @staticmethod
+    def _slow_at_first(folder: Path, slow_runs: int) -> str:
+        counter = folder / "runs"
+        test = folder / "test_slow_at_first.py"
+        test.write_text(
+            "from pathlib import Path\n"
+            f"COUNTER = Path({str(counter)!r})\n"
+            "def test_within_budget() -> None:\n"
+            "    runs = int(COUNTER.read_text()) + 1 if COUNTER.exists() else 1\n"
+            "    COUNTER.write_text(str(runs))\n"
+            f"    assert runs > {slow_runs}\n"
+        )
+        return f"{test}::test_within_budget"
+
+    @pytest.mark.parametrize(("slow_runs", "code", "runs"), [(2, 0, 3), (3, 1, 3)])
+    async def test_passes_once_within_budget_and_fails_when_over_every_time(
+        self, tmp_path: Path, slow_runs: int, code: int, runs: int
+    ) -> None:
+        """Over twice then within: passes on the third run; over three times: fails, each run
+        named in the detail."""
+        failed = [self._slow_at_first(tmp_path, slow_runs)]
+        argv = ["-m", "pytest", "bench/micro", "-q", "-rf", "-p", "no:cacheprovider",
+                f"--benchmark-json={tmp_path / 'micro.json'}"]  # fmt: skip
+        result, detail = await measure_again(_micro_run, argv, failed, tmp_path)
+        assert result == code
+        assert (tmp_path / "runs").read_text() == str(runs)
+        assert detail.count("; again (") == runs
