@@ -17,12 +17,12 @@ from typing import Any
 import aiohttp
 import orjson
 
-from node_protocol.wire import LoadReport
+from node_protocol.wire import REJOIN_S, LoadReport
 
 log = logging.getLogger("node_agent.router_link")
 
 BACKOFF_MIN_S = 0.2
-BACKOFF_MAX_S = 1.0  # a router that comes back is re-joined within about a second
+BACKOFF_MAX_S = REJOIN_S  # a router that comes back is re-joined within about this long
 JSON_HEADERS = {"Content-Type": "application/json"}
 
 

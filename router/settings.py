@@ -26,6 +26,7 @@ from node_protocol.settings_schema import (
     merge,
     split_commas,
 )
+from node_protocol.wire import REJOIN_S
 from router.auth import ApiKey, digest, load_key_file
 from router.scheduling import POLICIES
 
@@ -200,7 +201,10 @@ class RouterSettings(Schema):
     router_replicas: AtLeastOne = Field(1, description="how many router replicas share the nodes")
     router_id: str = Field(default_factory=socket.gethostname, description="this replica's name")
     warmup_s: float | None = Field(
-        None, ge=0, description="wait for agents before ready (None: three report intervals)"
+        None,
+        ge=0,
+        description="wait for agents before ready (None: three report intervals, and at least "
+        "as long as an agent takes to try a router again, plus one)",
     )
     upstream_ca_file: str | None = Field(None, description="CA bundle for https nodes")
     tenant_requests_per_minute: int = Field(0, ge=0, description="per tenant; 0: no limit")
@@ -234,7 +238,12 @@ class RouterSettings(Schema):
 
     @property
     def warmup(self) -> float:
-        return 3 * self.report_interval_s if self.warmup_s is None else self.warmup_s
+        """How long after start a model no node has reported is "starting" (503, retry), not
+        unknown (404), and ``/ready`` waits: long enough for every agent's next report, and
+        for an agent that found this router down (it restarted) to try it again."""
+        if self.warmup_s is not None:
+            return self.warmup_s
+        return max(3 * self.report_interval_s, REJOIN_S + self.report_interval_s)
 
     def timeouts_for(self, group: str) -> Timeouts:
         """The group's own timeouts where it sets them, the router-wide ones otherwise."""

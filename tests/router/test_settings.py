@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from node_agent.router_link import BACKOFF_MAX_S
+from node_protocol.wire import REJOIN_S
 from router.settings import SettingsError, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -254,3 +256,17 @@ def test_resume_is_on_by_default_and_a_group_may_turn_it_off(tmp_path: Path) -> 
     assert settings.resume_for("made-by-a-registration")
     off = load_settings(["--config", str(config)], {"ROUTER_RESUME_STREAMS": "false"})
     assert (off.resume_for("plain"), off.resume_for("strict")) == (False, False)
+
+
+@pytest.mark.parametrize(("interval", "warmup"), [(0.3, REJOIN_S + 0.3), (2.0, 6.0)])
+def test_a_restarted_router_waits_for_agents_that_found_it_down(
+    interval: float, warmup: float
+) -> None:
+    """The warmup (a model no node reported is "starting", not unknown) lasts three report
+    intervals, and never less than an agent takes to try a router again after it found it
+    down, plus one report interval: with fast reports, agents still backing off from a
+    restarted router would otherwise get it answering 404 for a model they serve."""
+    settings = load_settings(["--report-interval-s", str(interval)], {})
+    assert settings.warmup == pytest.approx(warmup)
+    assert settings.warmup >= BACKOFF_MAX_S + interval
+    assert load_settings(["--warmup-s", "0"], {}).warmup == 0.0  # as set, when set
