@@ -17,6 +17,10 @@ from .prompt_prefix import SCHEME, Fingerprint, cached_prefix_chars
 
 BACKEND_KINDS = ("ollama", "vllm", "tgi", "triton", "lmstudio", "llamacpp", "openai")
 HEALTH_VALUES = ("ok", "degraded", "unhealthy")
+# An agent that cannot reach a router tries it again at least this often (its backoff's cap), so
+# a router that comes back hears from every agent within about this long: a restarted router
+# waits at least this (plus a report interval) before it says no node serves a model.
+REJOIN_S = 1.0
 # Behind several router replicas a router may believe a node has a free slot that another
 # replica took since the last report. It then sends ``SLOT_CHECK_HEADER: N`` (the model's
 # parallel slots): an agent that already has N or more requests in flight for the request's model
@@ -25,10 +29,6 @@ HEALTH_VALUES = ("ok", "degraded", "unhealthy")
 # once with ``NODE_BUSY_HEADER: <its in-flight count>`` (every model's, as
 # ``LoadReport.in_flight``), and the router, now knowing the node is full, picks again or
 # queues the request.
-# An agent that cannot reach a router tries it again at least this often (its backoff's cap), so
-# a router that comes back hears from every agent within about this long: a restarted router
-# waits at least this (plus a report interval) before it says no node serves a model.
-REJOIN_S = 1.0
 SLOT_CHECK_HEADER = "X-Router-Slot-Check"
 NODE_BUSY_HEADER = "X-Node-Busy"
 # The code (OpenAI ``error.code``, native ``error_type``) of the error an agent ends a stream

@@ -40,7 +40,7 @@ from router.settings import RouterSettings
 
 from .client import MODEL_NAME, Turn, drive, stream_turn
 from .report import add_ratios, render, summarize
-from .workload import KINDS, MODEL, QUICK, Settings, conversations, probe_prompt
+from .workload import KINDS, MODEL, QUICK, Settings, conversations, engine_flags, probe_prompt
 
 SERVERS = 3
 PARALLEL = 2
@@ -91,13 +91,6 @@ async def cold_probe(model: Path, folder: Path, seed: int) -> dict[str, Any]:
 def _write_router_config(path: Path, policy: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f'[[groups]]\nname = "{GROUP}"\npolicy = "{policy}"\n', encoding="utf-8")
-
-
-def engine_flags(cache_ram_mib: int | None, more: tuple[str, ...] = ()) -> tuple[str, ...]:
-    """The servers' flags beyond the fleet's own: ``--cache-ram`` where one is asked for, then
-    ``more`` as given."""
-    cache = () if cache_ram_mib is None else ("--cache-ram", str(cache_ram_mib))
-    return (*cache, *more)
 
 
 async def measure(

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from .client import Turn
+from .workload import engine_flags
 
 BASELINE = "round_robin"
 CACHED_TURN = 0.9
@@ -81,6 +82,7 @@ def summarize(policy: str, runs: Sequence[Sequence[Turn]], nodes: Sequence[str])
     cached = sum(t.cached_tokens or 0 for t in ok)
     first = [t.record.ttft_s for t in ok if t.turn == 1 and t.record.ttft_s is not None]
     later = _later(turns)
+    cached_later = _cached_later(turns)
     served = Counter(t.record.node for t in turns if t.record.node is not None)
     imbalances = [v for v in (_imbalance(run, nodes) for run in runs) if v is not None]
     return {
@@ -98,8 +100,8 @@ def summarize(policy: str, runs: Sequence[Sequence[Turn]], nodes: Sequence[str])
         "later_ttft_p99_ms": _ms(later, 99),
         "later_ttft_p50_ms_by_run": [_ms(_later(run), 50) for run in runs],
         "later_stayed": sum(_stayed(run) for run in runs),
-        "cached_turns": len(_cached_later(turns)),
-        "cached_turn_ttft_p50_ms": _ms(_cached_later(turns), 50),
+        "cached_turns": len(cached_later),
+        "cached_turn_ttft_p50_ms": _ms(cached_later, 50),
         "node_requests": {node: served.get(node, 0) for node in nodes},
         "busiest_over_mean": round(sum(imbalances) / len(imbalances), 3) if imbalances else None,
     }
@@ -139,8 +141,7 @@ HEADER = (
 
 def _server_flags(report: dict[str, Any]) -> str:
     """The servers' flags beyond ``--parallel``, as given to them (each after a space)."""
-    cache = report.get("cache_ram_mib")
-    flags = ([] if cache is None else ["--cache-ram", str(cache)]) + report.get("server_flags", [])
+    flags = engine_flags(report.get("cache_ram_mib"), tuple(report.get("server_flags", ())))
     return "".join(" " + shlex.quote(flag) for flag in flags)
 
 

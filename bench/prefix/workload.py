@@ -84,3 +84,10 @@ def probe_prompt(seed: int, index: int) -> str:
     """A long system prompt no conversation (nor other probe) shares, for timing a cold first
     token."""
     return f"Cold probe {index}. " + _text(random.Random(f"probe-{seed}-{index}"), PROBE_WORDS)
+
+
+def engine_flags(cache_ram_mib: int | None, more: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The servers' flags beyond the fleet's own: ``--cache-ram`` where one is asked for, then
+    ``more`` as given."""
+    cache = () if cache_ram_mib is None else ("--cache-ram", str(cache_ram_mib))
+    return (*cache, *more)
