@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import signal
 import socket
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -168,10 +169,25 @@ async def load_for(replicas: list[str], seconds: float, workers: int) -> LoadRun
     return run
 
 
+async def relearn_s(routers: list[Process], ports: list[int], index: int) -> float:
+    """Kill replica ``index``, start it again on its port a second later: how long until it
+    knows every box again (the agents, backing off from it, come back on their own)."""
+    routers[index].proc.send_signal(signal.SIGKILL)
+    await routers[index].proc.wait()
+    await asyncio.sleep(1.0)
+    routers[index] = await start_router("127.0.0.1", ports[index])
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    await knows_all(routers[index].url)
+    return loop.time() - start
+
+
 async def one_vs_three(workers: int, max_parallel: int | None, seconds: float) -> dict[str, float]:
     """The same load through one replica, then spread over three, alternated three times;
-    the best p99 of each (a CPU hiccup on a small machine is not herding)."""
-    routers = [await start_router("127.0.0.1", free_port()) for _ in range(3)]
+    the best p99 of each (a CPU hiccup on a small machine is not herding); then how long a
+    replica killed and restarted takes to know every box again."""
+    ports = [free_port() for _ in range(3)]
+    routers = [await start_router("127.0.0.1", port) for port in ports]
     replicas = [r.url for r in routers]
     best: dict[int, float] = {}
     failed = 0
@@ -182,15 +198,18 @@ async def one_vs_three(workers: int, max_parallel: int | None, seconds: float) -
                 run = await load_for(replicas[:count], seconds, workers)
                 failed += sum(1 for o in run.outcomes if o.kind != "ok")
                 best[count] = min(run.p99_ttft_s(), best.get(count, float("inf")))
+            relearned = await relearn_s(routers, ports, 1)
     finally:
         for router in routers:
             await router.stop()
     return {"p99_one_s": best[1], "p99_three_s": best[3], "ratio": best[3] / best[1],
-            "not_ok": float(failed)}  # fmt: skip
+            "not_ok": float(failed), "relearned_s": relearned}  # fmt: skip
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    cmd = sub.add_parser("replicas", help="p99 TTFT through 3 router replicas vs 1")
+    cmd = sub.add_parser(
+        "replicas", help="p99 TTFT through 3 router replicas vs 1; a restarted one's relearning"
+    )
     cmd.add_argument("--workers", type=int, default=12)
     cmd.add_argument("--max-parallel", type=int, default=None, help="the boxes' slots")
     cmd.add_argument("--seconds", type=float, default=2.5, help="per round")
@@ -201,6 +220,7 @@ async def run_cli(args: argparse.Namespace) -> int:
     print(
         f"p99 TTFT: 1 replica {figures['p99_one_s'] * 1000:.1f} ms, 3 replicas "
         f"{figures['p99_three_s'] * 1000:.1f} ms, ratio {figures['ratio']:.2f}; "
-        f"requests not served whole: {figures['not_ok']:g}"
+        f"requests not served whole: {figures['not_ok']:g}; a replica restarted knew every "
+        f"box again after {figures['relearned_s']:.2f} s"
     )
     return 0 if figures["not_ok"] == 0 else 1

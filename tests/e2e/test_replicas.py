@@ -1,8 +1,8 @@
 """Several router replicas with no shared store: agents report to every replica (a URL list, or
-one DNS name), a replica killed and restarted relearns every node within 2 s, a drain through
-one replica holds at all of them, and three replicas deciding from old reports serve every
-request and spread it across the boxes. (Their latency against one replica is a benchmark:
-``python -m bench replicas``.)"""
+one DNS name), a replica killed and restarted relearns every node, a drain through one replica
+holds at all of them, and three replicas deciding from old reports serve every request and
+spread it across the boxes. (Their latency against one replica, and how long a restarted one
+takes to relearn, are a benchmark: ``python -m bench replicas``.)"""
 
 from __future__ import annotations
 
@@ -36,8 +36,8 @@ class TestReplicaList:
 
     async def test_kill_restart_and_drain(self) -> None:
         """Killing a replica loses no request that had not started streaming; restarted, it
-        knows every node within 2 s; a node drained through one replica gets nothing new from
-        any replica."""
+        knows every node again, with no agent restarted; a node drained through one replica
+        gets nothing new from any replica."""
         ports = [free_port() for _ in range(3)]
         routers = [await start_router("127.0.0.1", p) for p in ports]
         replicas = [r.url for r in routers]
@@ -52,10 +52,7 @@ class TestReplicaList:
                 await routers[1].proc.wait()
                 await asyncio.sleep(1.0)
                 routers[1] = await start_router("127.0.0.1", ports[1])
-                loop = asyncio.get_running_loop()
-                start = loop.time()
                 await knows_all(replicas[1])
-                relearned_s = loop.time() - start
                 async with aiohttp.ClientSession() as session:
                     node_id = await _node_id(session, replicas[0], "box-1")
                     drain = f"{replicas[0]}/api/server-groups/{GROUP}/nodes/{node_id}/drain"
@@ -71,7 +68,6 @@ class TestReplicaList:
         finally:
             for router in routers:
                 await router.stop()
-        assert relearned_s <= 2.0
         assert not [o for o in run.outcomes if o.kind.startswith("failed")]
         assert sum(1 for o in run.outcomes if o.kind == "ok") > 50
         after_drain = run.served_by(drained_at)
