@@ -19,11 +19,13 @@ Exact counts win over the pieces counted: OpenAI ``usage`` (``completion_tokens`
 An error inside the answer (OpenAI ``{"error": {...}}``, the others' ``{"error": "..."}``) is
 kept, and such an answer is not finished.
 
-Each event is parsed (orjson), not searched for marks, so any JSON whitespace, escaped quotes
-and pretty-printed bodies read alike. A stream is cut into lines however it was split: a partial
-line waits for the rest. SSE lines start ``data:`` with or without the space and may end
-``\\r\\n``; comments and other fields (``event:``) are skipped; an event whose data spans several
-lines is read once its blank line comes. NDJSON is one object a line.
+Each event is parsed, not searched for marks, so any JSON whitespace, escaped quotes and
+pretty-printed bodies read alike: an OpenAI stream's events are decoded into the few fields
+read (:mod:`node_protocol.openai_events`), the others parsed whole (orjson). A stream is cut
+into lines however it was split: a partial line waits for the rest. SSE lines start ``data:``
+with or without the space and may end ``\\r\\n``; comments and other fields (``event:``) are
+skipped; an event whose data spans several lines is read once its blank line comes. NDJSON is
+one object a line.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from typing import Any
 
 import orjson
 
+from node_protocol.openai_events import DECODE, NotJson, Unusual, read_event, read_typed
 from node_protocol.surface_events import read_anthropic, read_responses
 from node_protocol.surface_events import token_count as _count
 
@@ -93,6 +96,7 @@ class AnswerReader:
         "_partial",
         "_read",
         "_skip_line",
+        "_typed",
         "cached_tokens",
         "error",
         "finish_reason",
@@ -108,6 +112,7 @@ class AnswerReader:
     def __init__(self, surface: Surface) -> None:
         self.surface = surface
         self._read = _READERS[surface]
+        self._typed = surface is Surface.CHAT or surface is Surface.COMPLETIONS
         self._partial = bytearray()  # a line still waiting for its end
         self._skip_line = False  # the rest of an overlong line is dropped
         self._data: list[bytes] | None = None  # an SSE event's data lines, until its blank line
@@ -210,6 +215,14 @@ class AnswerReader:
             if len(payload) < 10 and payload.strip() == _DONE:
                 self._done()
                 return 0
+            if self._typed:  # an OpenAI event: decoded into the fields read, the rest skipped
+                try:
+                    return read_typed(self, DECODE(payload))
+                except Unusual:
+                    pass  # fields of other types: parsed and read as they came, below
+                except NotJson:  # the start of data spread over several lines
+                    self._data = [payload]
+                    return 0
             try:
                 event = orjson.loads(payload)
             except orjson.JSONDecodeError:  # the start of data spread over several lines
@@ -268,60 +281,6 @@ class AnswerReader:
             return
         message = error.get("message") if isinstance(error, dict) else error
         self.error = message if isinstance(message, str) else str(error)
-
-
-def _note_usage(reader: AnswerReader, event: dict[str, Any]) -> None:
-    """OpenAI ``usage``, and llama.cpp's ``timings`` where ``usage`` lacks a count."""
-    usage = event.get("usage")
-    if type(usage) is dict:
-        if (completion := _count(usage.get("completion_tokens"))) is not None:
-            reader.usage_tokens = completion
-        if (prompt := _count(usage.get("prompt_tokens"))) is not None:
-            reader.prompt_tokens = prompt
-        details = usage.get("prompt_tokens_details")
-        if type(details) is dict and (cached := _count(details.get("cached_tokens"))) is not None:
-            reader.cached_tokens = cached
-    timings = event.get("timings")
-    if type(timings) is dict:
-        cached = _count(timings.get("cache_n"))
-        if reader.cached_tokens is None:
-            reader.cached_tokens = cached
-        processed = _count(timings.get("prompt_n"))
-        if reader.prompt_tokens is None and processed is not None:
-            reader.prompt_tokens = processed + (cached or 0)
-
-
-def _note_finish(reader: AnswerReader, choice: dict[str, Any]) -> None:
-    reason = choice.get("finish_reason")
-    if reason:
-        reader.finish_reason = reason if isinstance(reason, str) else str(reason)
-
-
-def _read_openai(reader: AnswerReader, event: dict[str, Any]) -> int:
-    """Chat (``delta``, or ``message`` in a body) and completions (``text``) choices."""
-    pieces = 0
-    choices = event.get("choices")
-    if type(choices) is list:
-        for choice in choices:
-            if type(choice) is not dict:
-                continue
-            delta = choice.get("delta") or choice.get("message")
-            if type(delta) is dict:
-                if (
-                    delta.get("content")
-                    or delta.get("tool_calls")
-                    or delta.get("reasoning_content")
-                    or delta.get("reasoning")
-                    or delta.get("refusal")
-                    or delta.get("function_call")
-                ):
-                    pieces += 1
-            elif choice.get("text"):
-                pieces += 1
-            _note_finish(reader, choice)
-    if "usage" in event or "timings" in event:
-        _note_usage(reader, event)
-    return pieces
 
 
 def _ollama_end(reader: AnswerReader, event: dict[str, Any]) -> None:
@@ -386,8 +345,8 @@ def _read_nothing(reader: AnswerReader, event: dict[str, Any]) -> int:
 
 _READERS: dict[Surface, Callable[[AnswerReader, dict[str, Any]], int]] = {
     Surface.NONE: _read_nothing,
-    Surface.CHAT: _read_openai,
-    Surface.COMPLETIONS: _read_openai,
+    Surface.CHAT: read_event,
+    Surface.COMPLETIONS: read_event,
     Surface.OLLAMA_CHAT: _read_ollama_chat,
     Surface.OLLAMA_GENERATE: _read_ollama_generate,
     Surface.TGI: _read_tgi,
