@@ -179,6 +179,16 @@ class AnswerReader:
         self.t_first_token = self.t_last_token = now
         if self.surface is Surface.NONE:
             return
+        if self._typed:
+            try:
+                read_typed(self, DECODE(body))
+            except Unusual:
+                pass  # fields of other types: parsed and read as they came, below
+            except NotJson:
+                return
+            else:
+                self.finished = self.error is None
+                return
         try:
             answer = orjson.loads(body)
         except orjson.JSONDecodeError:

@@ -241,7 +241,13 @@ class KeptScores:
 
 def _best_is_hot(scores: list[float], cold_s: list[float]) -> bool:
     """The best of these rows needs no model load, whatever the random tie-breaks (which move
-    a score by less than ``TIE`` of it)."""
-    hot = min((s for s, c in zip(scores, cold_s, strict=True) if c <= 0.0), default=math.inf)
-    cold = min((s for s, c in zip(scores, cold_s, strict=True) if c > 0.0), default=math.inf)
+    a score by less than ``TIE`` of it). One pass: this runs on most decisions where a node is
+    full or cold."""
+    hot = cold = math.inf
+    for score, cost in zip(scores, cold_s, strict=True):
+        if cost > 0.0:
+            if score < cold:
+                cold = score
+        elif score < hot:
+            hot = score
     return hot * (1.0 + TIE) < cold

@@ -82,11 +82,25 @@ def _read(events: list[bytes], *, decoded: bool) -> tuple[Any, ...]:
     return _state(reader)
 
 
+def _read_body(body: bytes, *, decoded: bool) -> tuple[Any, ...]:
+    reader = AnswerReader(Surface.CHAT)
+    reader._typed = decoded  # the same body, each reading
+    reader.read_body(body, 1.0)
+    return _state(reader)
+
+
 @settings(max_examples=400, deadline=None)
 @given(st.lists(_event, min_size=1, max_size=4))
 def test_decoded_and_parsed_readings_of_a_stream_agree(events: list[dict[str, Any]]) -> None:
     raw = [orjson.dumps(event) for event in events]
     assert _read(raw, decoded=True) == _read(raw, decoded=False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_event)
+def test_decoded_and_parsed_readings_of_a_body_agree(event: dict[str, Any]) -> None:
+    body = orjson.dumps(event)
+    assert _read_body(body, decoded=True) == _read_body(body, decoded=False)
 
 
 def test_usual_events_are_decoded_and_unusual_ones_handed_over() -> None:
