@@ -6,6 +6,7 @@
     python -m bench policies [--duration S] [--policies A,B,...] [--json] [--out DIR]
     python -m bench replicas [--workers N] [--max-parallel N] [--seconds S]
     python -m bench prefix [--policies A,B,...] [--conversations N] [--turns N] [--quick]
+    python -m bench instructions [--seconds N] [--baseline REV] [--out FILE]
 
 ``run`` exits 1 when a target is missed, ``ci`` when the gate fails (after one rerun),
 ``policies`` when the real router orders routing policies unlike the simulator, ``prefix``
@@ -24,6 +25,8 @@ import uvloop
 
 from bench.baseline import BaselineError, baseline_tree
 from bench.ci import ci
+from bench.instructions import add_parser as add_instructions_parser
+from bench.instructions import run_cli as run_instructions
 from bench.overhead.suite import OverheadSettings, run_overhead
 from bench.policy_check import add_parser as add_policies_parser
 from bench.policy_check import run_cli as run_policies
@@ -85,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     add_policies_parser(sub)
     add_replicas_parser(sub)
     add_prefix_parser(sub)
+    add_instructions_parser(sub)
     return p
 
 
@@ -144,6 +148,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             code = uvloop.run(run_replicas(args))
         elif args.command == "prefix":
             code = uvloop.run(run_prefix(args))
+        elif args.command == "instructions":
+            code = uvloop.run(run_instructions(args))
         else:
             out = args.out or RESULTS / "ci"
             code = uvloop.run(ci(args.scenario, out, _wrapper(args), args.workers))

@@ -110,22 +110,24 @@ class Process:
         *,
         log_path: Path | None = None,
         source: Path | None = None,
+        prefix: list[str] | None = None,
+        ready_timeout_s: float = READY_TIMEOUT_S,
     ) -> Process:
         """Start ``python -m module args``; its stderr (its log) goes to ``log_path`` if given.
         ``source``: the folder the module is imported from (another revision's tree), instead
-        of this checkout."""
+        of this checkout; ``prefix``: a program that runs the interpreter (a profiler)."""
         env = None
         if source is not None:
             env = {**os.environ, "PYTHONPATH": str(source)}
         with contextlib.ExitStack() as files:
             log = None if log_path is None else files.enter_context(log_path.open("ab"))
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", module, *args, stdout=asyncio.subprocess.PIPE, stderr=log,
-                cwd=source, env=env,
+                *(prefix or ()), sys.executable, "-m", module, *args,
+                stdout=asyncio.subprocess.PIPE, stderr=log, cwd=source, env=env,
             )  # fmt: skip
         child = cls(label, proc)
         try:
-            child.url = await asyncio.wait_for(child._ready_line(), READY_TIMEOUT_S)
+            child.url = await asyncio.wait_for(child._ready_line(), ready_timeout_s)
         except BaseException:
             await child.stop()
             raise
