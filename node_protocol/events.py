@@ -147,8 +147,17 @@ class AnswerReader:
                 lines[0] = bytes(self._partial)
                 self._partial = bytearray()
         pieces = 0
+        typed = self._typed
         for line in lines:
             if line:
+                # The usual line of an OpenAI stream, a whole event: decoded here, a call less
+                # per event (any other line, or one that does not decode, is read by _line).
+                if typed and self._data is None and line.startswith(b"data: {"):
+                    try:
+                        pieces += read_typed(self, DECODE(line[6:]))
+                        continue
+                    except NotJson:  # Unusual too
+                        pass
                 pieces += self._line(line)
             elif self._data is not None:  # a blank line ends an SSE event
                 pieces += self._flush()
