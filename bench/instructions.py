@@ -35,11 +35,19 @@ from bench.baseline import baseline_tree
 from bench.cluster import Process, wait_until_healthy
 from bench.overhead.suite import OverheadSettings
 from bench.overhead.wrk import lua_script
-from bench.topology import FLEET_GROUP, FLEET_NODES, NODE_NAME, STATIC_GROUP, NodeSettings
+from bench.topology import (
+    FLEET_GROUP,
+    FLEET_NODES,
+    NODE_NAME,
+    STATIC_GROUP,
+    NodeSettings,
+    router_config,
+)
 
 CONNECTIONS = 8
 WARMUP_S = 3
 PATHS = {"1 node": STATIC_GROUP, "16 nodes": FLEET_GROUP}
+HEALTH_INTERVAL_S = 60.0  # background work kept out of the count (see the module doc)
 # Under callgrind a router takes tens of seconds to import and start.
 START_TIMEOUT_S = 180.0
 
@@ -60,21 +68,6 @@ class Count:
         return self.instructions / max(self.requests, 1)
 
 
-def _config(node_url: str, folder: Path) -> Path:
-    path = folder / "router.toml"
-    nodes = "".join(
-        f'[[groups.nodes]]\nname = "{name}"\nbase_url = "{node_url}"\n' for name in FLEET_NODES
-    )
-    path.write_text(
-        "health_interval_s = 60.0\n"
-        f'[[groups]]\nname = "{STATIC_GROUP}"\n'
-        f'[[groups.nodes]]\nname = "{NODE_NAME}"\nbase_url = "{node_url}"\n'
-        f'[[groups]]\nname = "{FLEET_GROUP}"\n{nodes}',
-        encoding="utf-8",
-    )
-    return path
-
-
 def totals(dump: Path) -> int:
     """The instructions a callgrind dump holds: its ``totals:`` line (its ``summary:`` line, at
     the top, may say 0 for a dump taken on request)."""
@@ -85,7 +78,7 @@ def totals(dump: Path) -> int:
             found[key] = int(value.split()[0])
     if not found:
         raise ValueError(f"{dump}: no totals line")
-    return found.get("totals", found.get("summary", 0))
+    return found["totals"] if "totals" in found else found["summary"]
 
 
 class CountedRouter:
@@ -161,7 +154,7 @@ async def measure(seconds: int, baseline: Path | None, folder: Path) -> dict[str
     emulator = await Process.start("emulator", "bench.emulator", node.args())
     counts: dict[str, dict[str, float]] = {}
     try:
-        config = _config(emulator.url, folder)
+        config = router_config(emulator.url, folder, health_interval_s=HEALTH_INTERVAL_S)
         for name, source in trees.items():
             out = folder / f"{name}.callgrind"
             async with CountedRouter.start(name, config, out, source) as router:

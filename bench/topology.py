@@ -106,10 +106,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _router_config(node_url: str, folder: Path) -> Path:
+def router_config(node_url: str, folder: Path, health_interval_s: float = 1.0) -> Path:
+    """The routers' config (``folder/router.toml``): the static group of one node, the agent
+    group, and the fleet group of :data:`FLEET_SIZE` static nodes, all at ``node_url``."""
     path = folder / "router.toml"
     path.write_text(
-        "health_interval_s = 1.0\n"
+        f"health_interval_s = {health_interval_s}\n"
         f'[[groups]]\nname = "{STATIC_GROUP}"\n'
         f'[[groups.nodes]]\nname = "{NODE_NAME}"\nbase_url = "{node_url}"\n'
         f'[[groups]]\nname = "{AGENT_GROUP}"\n'
@@ -225,7 +227,7 @@ async def node_paths(
             with stderr_to(logs / "children.log"):
                 emu = await Process.start("emulator", "bench.emulator", node.args())
                 started.append(emu)
-                config = _router_config(emu.url, logs)
+                config = router_config(emu.url, logs)
                 router = await _router(config, wrapper or RouterWrapper())
                 started.append(router)
                 topo.bases["direct"] = f"{emu.url}/v1"

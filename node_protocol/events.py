@@ -43,6 +43,7 @@ from node_protocol.surface_events import token_count as _count
 # A longer line is dropped unread: a stream's memory stays bounded whatever the backend sends.
 MAX_LINE = 4 * 1024 * 1024
 _DONE = b"[DONE]"
+_EVENT_STARTS = (b"data: {", b"data:{")  # an SSE data line holding a JSON object
 
 
 class Surface(enum.Enum):
@@ -150,11 +151,12 @@ class AnswerReader:
         typed = self._typed
         for line in lines:
             if line:
-                # The usual line of an OpenAI stream, a whole event: decoded here, a call less
-                # per event (any other line, or one that does not decode, is read by _line).
-                if typed and self._data is None and line.startswith(b"data: {"):
+                # The usual line of an OpenAI stream, a whole event: decoded into the fields
+                # read. Any other line, or one that does not decode (fields of unusual types,
+                # data spread over lines), is read by _line.
+                if typed and self._data is None and line.startswith(_EVENT_STARTS):
                     try:
-                        pieces += read_typed(self, DECODE(line[6:]))
+                        pieces += read_typed(self, DECODE(line[5:]))
                         continue
                     except NotJson:  # Unusual too
                         pass
@@ -234,14 +236,6 @@ class AnswerReader:
             if len(payload) < 10 and payload.strip() == _DONE:
                 self._done()
                 return 0
-            if self._typed:  # an OpenAI event: decoded into the fields read, the rest skipped
-                try:
-                    return read_typed(self, DECODE(payload))
-                except Unusual:
-                    pass  # fields of other types: parsed and read as they came, below
-                except NotJson:  # the start of data spread over several lines
-                    self._data = [payload]
-                    return 0
             try:
                 event = orjson.loads(payload)
             except orjson.JSONDecodeError:  # the start of data spread over several lines
