@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Sequence
+from operator import mul
 
 import numpy as np
 import numpy.typing as npt
@@ -57,6 +58,7 @@ from router.scoring import (
     score,
     service_s,
 )
+from router.tie_breaks import TIE, TieDraws, smallest
 
 __all__ = [
     "DEFAULT_LOAD_S",
@@ -97,7 +99,6 @@ POLICIES = (
 )
 SLOT_AWARE = frozenset({"least_loaded", "power_of_two", "sticky"})
 MAX_ROTATIONS = 4096  # round-robin states kept (one per group and model)
-TIE = 1e-9  # relative jitter: breaks exact ties at random, never reorders distinct scores
 # Scores this close (relative) are alike when a request brings its own tie order (a prompt's
 # rendezvous weights: router.prompt_prefixes), so that every replica picks the same node.
 ALIKE = 0.02
@@ -167,7 +168,7 @@ class Scheduler:
         self, rng: random.Random | None = None, params: ScoringParams = DEFAULT_PARAMS
     ) -> None:
         self._rng = rng or random.Random()
-        self._np = np.random.default_rng(self._rng.getrandbits(64))
+        self._draws = TieDraws(np.random.default_rng(self._rng.getrandbits(64)))
         self.params = params
         # Keyed by group and model: a rotation forgotten (least recently used first) restarts.
         self._rotation: LruDict[str, int] = LruDict(MAX_ROTATIONS)
@@ -206,16 +207,15 @@ class Scheduler:
         instead, the same in every replica (asked only of the rows that may be among the
         best)."""
         if len(scores) == 1:  # one row: nothing to order (the draw keeps the stream in step)
-            self._np.random(1)
+            self._draws.skip(1)
             return rows[:1] if limit else []
-        jitter = self._np.random(len(scores)).tolist()
-        keyed = [s * (1.0 + TIE * u) for s, u in zip(scores, jitter, strict=True)]
+        keyed = list(map(mul, scores, self._draws.factors(len(scores))))
         if ties is not None and len(scores) > 1:
             bound = _alike_bound(sorted(scores)[min(limit, len(scores)) - 1])
             for j, s in enumerate(scores):
                 if s <= bound:
                     keyed[j] += s * (ALIKE * ties(rows[j]))
-        return [rows[j] for j in sorted(range(len(keyed)), key=keyed.__getitem__)[:limit]]
+        return [rows[j] for j in smallest(keyed, limit)]
 
     def rank(
         self,
@@ -257,7 +257,7 @@ class Scheduler:
         if policy == "weighted_round_robin":
             return self._smooth_weighted(key, t, ok, limit)
         if policy == "random":
-            return self._np.choice(ok, size=limit, replace=False)
+            return self._draws.generator().choice(ok, size=limit, replace=False)
         if policy == "sticky":
             return self._sticky(t, ok, limit, affinity, p)
         raise ValueError(f"unknown policy {policy!r}")
@@ -279,7 +279,7 @@ class Scheduler:
     def _best(
         self, score_: FloatArray, rows: IndexArray, limit: int, ties: ColumnTies | None = None
     ) -> IndexArray:
-        keyed = score_ * (1.0 + TIE * self._np.random(score_.size))
+        keyed = score_ * self._draws.factor_array(score_.size)
         if ties is not None and score_.size > 1:
             k = min(limit, score_.size) - 1
             near = np.flatnonzero(score_ <= _alike_bound(float(np.partition(score_, k)[k])))
@@ -339,9 +339,10 @@ class Scheduler:
     ) -> IndexArray:
         """Two random open rows, better first; further failovers are random."""
         want = max(limit, min(2, ok.size))
-        drawn = list(dict.fromkeys(self._np.integers(0, ok.size, size=2 * want).tolist()))
+        rng = self._draws.generator()
+        drawn = list(dict.fromkeys(rng.integers(0, ok.size, size=2 * want).tolist()))
         if len(drawn) < want:
-            drawn = self._np.permutation(ok.size).tolist()
+            drawn = rng.permutation(ok.size).tolist()
         picks = ok[drawn[:want]]
         pair = picks[:2]
         if policy == "power_of_two":
