@@ -109,23 +109,3 @@ class RequestRecord:
         self.t_end = now
         if self.stream and self.error is None:
             self.answer.end(now)
-
-    def fields(self) -> dict[str, object]:
-        ttft = self.ttft_s
-        end = self.t_end if self.t_end is not None else time.perf_counter()
-        return {
-            "correlation_id": self.correlation_id,
-            "tenant": self.tenant,
-            "group": self.group,
-            "model": self.model,
-            "endpoint": self.endpoint,
-            "node": self.node,
-            "status": self.status,
-            "stream": self.stream,
-            "attempts": self.attempts,
-            "ttft_ms": None if ttft is None else round(ttft * 1000, 2),
-            "duration_ms": round((end - self.t_start) * 1000, 2),
-            "tokens": self.output_tokens,
-            "error": self.error,
-            "resumed": self.resumed,
-        }

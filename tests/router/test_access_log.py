@@ -50,3 +50,15 @@ def test_text_lines_outside_a_loop_are_written_at_once() -> None:
     out = io.StringIO()
     AccessLog("text", out).write(record(7))
     assert out.getvalue().rstrip().endswith("INFO router.requests: c7 g m -> node-a 200 in 12.5ms")
+
+
+def test_lines_go_to_the_bytes_layer_after_what_the_text_layer_holds() -> None:
+    """stderr is a text stream over a bytes buffer: request lines go to the buffer, after any
+    line another logger left in the text layer (the two never interleave out of order)."""
+    raw = io.BytesIO()
+    out = io.TextIOWrapper(raw, encoding="utf-8", write_through=False)
+    out.write("an earlier line\n")  # still in the text layer's own buffer
+    AccessLog("json", out).write(record(8))  # no loop: written at once
+    lines = raw.getvalue().decode().splitlines()
+    assert lines[0] == "an earlier line"
+    assert orjson.loads(lines[1])["msg"] == "c8 g m -> node-a 200 in 12.5ms"
