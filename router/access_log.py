@@ -9,8 +9,9 @@ the router's other log lines (``ts``, ``level``, ``logger``, ``msg`` and the fie
 text by the same ``--log-format`` rule. Nothing is lost at shutdown: ``close`` writes the rest.
 
 A line is one dict made straight from the record and kept as orjson's bytes, written to the
-stream's bytes layer where it has one: that way was 36,000 instructions a request, about a
-twentieth of a short request's routing, and this one about half.
+stream's bytes layer where it has one. A line made from the record's field dict merged into
+the log line's, kept as text, cost 36,000 instructions, about a twentieth of a short request's
+routing; this way about 27,500.
 """
 
 from __future__ import annotations
