@@ -1,6 +1,6 @@
 """The per-request log line, written in batches.
 
-Every routed request leaves one line (see :meth:`RequestRecord.fields`). Going through
+Every routed request leaves one line (see :func:`_line`). Going through
 :mod:`logging` cost more than the rest of a short request's routing together (a LogRecord, a
 formatter and a flushed write per request), so request lines take this shorter way: formatted
 with orjson, kept in memory and written together at most ``flush_s`` later (or at once when
