@@ -200,18 +200,16 @@ class RouterMetrics:
         group, model = record.group, self._models(record.model)
         by_model = (group, model)
         node = record.node or "none"
-        status = record.status
-        self.requests.inc((group, model, node, str(status)))
+        self.requests.inc((group, model, node, str(record.status)))
         if record.t_end is not None:
             self.duration.observe(by_model, record.t_end - record.t_start)
-        # The answer's times and count, read once (each is a property of the reader's).
-        answer = record.answer
-        first, last, tokens = answer.t_first_token, answer.t_last_token, answer.output_tokens
-        if first is not None:
-            if status < 400:
-                self.ttft.observe(by_model, first - record.t_start)
-            if last is not None and tokens >= 2:  # RequestRecord.tpot_s
-                self.tpot.observe(by_model, (last - first) / (tokens - 1))
+        ttft = record.ttft_s
+        if ttft is not None and record.status < 400:
+            self.ttft.observe(by_model, ttft)
+        tpot = record.tpot_s
+        if tpot is not None:
+            self.tpot.observe(by_model, tpot)
+        tokens = record.output_tokens
         if tokens:
             self.output_tokens.inc((group, model, node), tokens)
         overhead = record.overhead_s

@@ -43,27 +43,27 @@ class TieDraws:
 
     def factors(self, n: int) -> list[float]:
         """The next ``n`` factors, as Python floats."""
-        if self._pos + n > self._array.size:
-            self._refill(n)
+        pos = self._take(n)
         if self._list is None:
             self._list = self._array.tolist()
-        pos = self._pos
-        self._pos = pos + n
         return self._list[pos : pos + n]
 
     def factor_array(self, n: int) -> FloatArray:
         """The next ``n`` factors, as an array (a view of the block: not to be written)."""
-        if self._pos + n > self._array.size:
-            self._refill(n)
-        pos = self._pos
-        self._pos = pos + n
+        pos = self._take(n)
         return self._array[pos : pos + n]
 
     def skip(self, n: int) -> None:
         """Pass over ``n`` draws (a choice of one row draws its one, to keep in step)."""
+        self._take(n)
+
+    def _take(self, n: int) -> int:
+        """Where in the block the next ``n`` factors start (a new block if they are not in it)."""
         if self._pos + n > self._array.size:
             self._refill(n)
-        self._pos += n
+        pos = self._pos
+        self._pos = pos + n
+        return pos
 
     def generator(self) -> np.random.Generator:
         """The generator, put where the factors taken end, for any other draw."""
