@@ -14,8 +14,9 @@ to decide (no open row, or a model to load while other nodes are full) this one 
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections.abc import Sequence
-from typing import cast
+from dataclasses import dataclass
 
 from router.candidates import Standing, cold_now, is_stale, penalty_of
 from router.scheduling import TIE, RowTies, Scheduler, room_of
@@ -26,13 +27,31 @@ from router.scoring import FloatArray, ScoringParams, fill_speed_list, time_to_s
 _EARLY_S = 1e-6
 
 
+@dataclass(slots=True)
+class _View:
+    """What a decision without a prompt term reads (the open rows, their loads, cold costs and
+    scores, and whether the column path must decide instead), kept until something it was made
+    from changes: a row looked at again, the parameters, a breaker's probe time passing. A row
+    whose slot was taken or freed is made again alone (:meth:`KeptScores._patch`)."""
+
+    ok: list[int]
+    loads: list[float]
+    cold: list[float]
+    present: list[int]  # the rows that may take a request (full or not), in order
+    scores: list[float]
+    declines: bool
+    params: ScoringParams
+    until: float  # a breaker's probe time, where one opens a node later
+
+
 class KeptScores:
     """The kept loads and scores of a roster's rows (see the module doc). The roster tells it
     of changes: :meth:`moved` (a row's counts), :meth:`changed` (a row's node), :meth:`heard`
     (a row's node reported again, changing nothing else)."""
 
-    __slots__ = ("_base", "_cap", "_changed", "_fill_rows", "_limit", "_load", "_penalty", "_plain",
-                 "_recheck_at", "_score", "_speed", "_stale", "_tok_s", "_weight")  # fmt: skip
+    __slots__ = ("_base", "_cap", "_changed", "_fill_rows", "_limit", "_load", "_moved",
+                 "_penalty", "_plain", "_recheck_at", "_score", "_speed", "_stale", "_tok_s",
+                 "_view", "_weight")  # fmt: skip
 
     def __init__(self, n: int) -> None:
         self._load: list[float | None] = [None] * n
@@ -49,10 +68,13 @@ class KeptScores:
         self._fill_rows: list[int] | None = None  # the open rows the speeds were filled among
         self._changed: set[int] = set(range(n))  # rows to look at again
         self._recheck_at = math.inf  # when a fresh report may turn stale
+        self._view: _View | None = None
+        self._moved: set[int] = set()  # rows whose slots moved since the view was made
 
     def moved(self, row: int) -> None:
         """A slot on the row's node was taken or freed."""
         self._load[row] = self._base[row] = self._score[row] = None
+        self._moved.add(row)
 
     def changed(self, row: int) -> None:
         """The row's node changed (its standing is new)."""
@@ -62,6 +84,7 @@ class KeptScores:
         """The scoring parameters changed: every row is scored anew."""
         n = len(self._load)
         self._base, self._score = [None] * n, [None] * n
+        self._view = None
 
     def heard(self, row: int) -> None:
         """The row's node reported again, changing nothing else: a stale row is fresh again."""
@@ -77,6 +100,7 @@ class KeptScores:
         rows = self._changed
         if now >= self._recheck_at:
             rows, self._recheck_at = set(range(len(standings))), math.inf
+        self._view = None
         for i in rows:
             self._load[i] = self._base[i] = self._score[i] = None
             s, last = standings[i], read_at[i]
@@ -119,6 +143,13 @@ class KeptScores:
         p = params or scheduler.params
         if self._changed or now >= self._recheck_at:
             self._look(standings, read_at, now, stale_after_s, p)
+        if prefill_s is None:
+            view = self._kept_view(standings, read_at, own, own_model, now, stale_after_s, p)
+            if view.declines or not view.ok:
+                return None
+            if len(view.ok) == 1:
+                return scheduler.best_of(view.ok, [0.0], limit)
+            return scheduler.best_of(view.ok, view.scores, limit, ties)
         ok, ok_loads, ok_cold, present = self._open(standings, read_at, own, own_model, now,
                                                     stale_after_s, p, prefill_s)  # fmt: skip
         if not ok:
@@ -129,35 +160,114 @@ class KeptScores:
             return scheduler.best_of(ok, [0.0], limit)
         if ok != self._fill_rows:
             self._fill(ok, p)
-        kept = self._score if prefill_s is None else self._base
-        scores = [kept[i] for i in ok]
-        if None in scores:  # most often one row, whose slot was taken or freed since
-            for j, score in enumerate(scores):
-                if score is None:
-                    i = ok[j]
-                    if prefill_s is None:
-                        scores[j] = self._scored(i, ok_loads[j], ok_cold[j], standings, p)
-                    else:
-                        scores[j] = self._time_to_serve(i, ok_loads[j], ok_cold[j], standings, p)
-        if prefill_s is None:
-            chosen = cast(list[float], scores)
-        else:  # times to serve: add this request's prefill
-            penalty, weight = self._penalty, self._weight
-            chosen = [(base + prefill_s[i]) * penalty[i] / weight[i]
-                      for i, base in zip(ok, cast(list[float], scores), strict=True)]  # fmt: skip
+        # Times to serve, to which this request's prefill is added.
+        bases = [self._time_to_serve(i, load, cold, standings, p)
+                 for i, load, cold in zip(ok, ok_loads, ok_cold, strict=True)]  # fmt: skip
+        penalty, weight = self._penalty, self._weight
+        chosen = [(base + prefill_s[i]) * penalty[i] / weight[i]
+                  for i, base in zip(ok, bases, strict=True)]  # fmt: skip
         if len(ok) < present and any(ok_cold) and not _best_is_hot(chosen, ok_cold):
             return None  # a load may be worth a wait for a full node: the column path weighs it
         return scheduler.best_of(ok, chosen, limit, ties)
+
+    def _kept_view(
+        self, standings: Sequence[Standing | None], read_at: Sequence[float | None],
+        own: Sequence[int], own_model: Sequence[int], now: float, stale_after_s: float,
+        p: ScoringParams,
+    ) -> _View:  # fmt: skip
+        """The view a decision without a prompt term reads: the kept one where it still holds
+        (its moved rows made again), else one made anew."""
+        view = self._view
+        moved = self._moved
+        if view is not None and view.params is p and now < view.until:
+            if not moved:
+                return view
+            if self._patch(view, standings, read_at, own, own_model, now, stale_after_s, p):
+                moved.clear()
+                return view
+        moved.clear()
+        view = self._view = self._made_view(
+            standings, read_at, own, own_model, now, stale_after_s, p
+        )
+        return view
+
+    def _made_view(
+        self, standings: Sequence[Standing | None], read_at: Sequence[float | None],
+        own: Sequence[int], own_model: Sequence[int], now: float, stale_after_s: float,
+        p: ScoringParams,
+    ) -> _View:  # fmt: skip
+        present: list[int] = []
+        ok, loads, cold, _ = self._open(standings, read_at, own, own_model, now, stale_after_s,
+                                        p, None, present)  # fmt: skip
+        until = math.inf
+        for s in standings:
+            if s is None:
+                continue
+            if s.claim_free:  # a claimed share weighs more with time: made again each time
+                until = now
+            elif s.probe_at is not None and s.probe_at > now:  # a node opens for a probe then
+                until = min(until, s.probe_at)
+        view = _View(ok, loads, cold, present, [], False, p, until)
+        if len(ok) > 1:
+            if ok != self._fill_rows:
+                self._fill(ok, p)
+            view.scores = [self._scored(i, load, cold_s, standings, p)
+                           for i, load, cold_s in zip(ok, loads, cold, strict=True)]  # fmt: skip
+        view.declines = _declines(view)
+        return view
+
+    def _patch(
+        self, view: _View, standings: Sequence[Standing | None], read_at: Sequence[float | None],
+        own: Sequence[int], own_model: Sequence[int], now: float, stale_after_s: float,
+        p: ScoringParams,
+    ) -> bool:  # fmt: skip
+        """Make the rows whose slots moved again in ``view``; False where one of them joined or
+        left the open rows (or those that may take a request): the view is made anew."""
+        ok, present = view.ok, view.present
+        if len(ok) > 1 and ok is not self._fill_rows and ok != self._fill_rows:
+            self._fill(ok, p)  # a decision with a prompt term filled them among other rows
+        for i in self._moved:
+            s = standings[i]
+            cold_s = 0.0 if self._plain[i] else cold_now(s, own[i], own_model[i], now)
+            j = bisect_left(present, i)
+            if (cold_s is not None) != (j < len(present) and present[j] == i):
+                return False
+            if cold_s is None or s is None:
+                continue
+            load = self._row_load(i, s, own[i], read_at[i], now, stale_after_s, p)
+            j = bisect_left(ok, i)
+            if (load < self._limit[i]) != (j < len(ok) and ok[j] == i):
+                return False
+            if j < len(ok) and ok[j] == i:
+                view.loads[j], view.cold[j] = load, cold_s
+                if len(ok) > 1:
+                    view.scores[j] = self._scored(i, load, cold_s, standings, p)
+        view.declines = _declines(view)
+        return True
+
+    def _row_load(
+        self, i: int, s: Standing, own: int, read_at: float | None, now: float,
+        stale_after_s: float, p: ScoringParams,
+    ) -> float:  # fmt: skip
+        """Row ``i``'s load now, kept where it does not change with time."""
+        load = self._load[i]
+        if load is None:
+            load = s.load_at(own, read_at, now, stale_after_s, p)
+            if not s.claim_free:  # a claimed share weighs more with time: never kept
+                self._load[i] = load
+        return load
 
     def _open(
         self, standings: Sequence[Standing | None], read_at: Sequence[float | None],
         own: Sequence[int], own_model: Sequence[int], now: float, stale_after_s: float,
         p: ScoringParams, prefill_s: Sequence[float] | FloatArray | None,
+        present_rows: list[int] | None = None,
     ) -> tuple[list[int], list[float], list[float], int]:  # fmt: skip
         """The rows that may take a request now and are not full, with their loads and cold
-        costs, and how many may take one (full or not). Where the prompt's prefill differs
-        between them, rows whose slots are all busy, under their cap, count as open too while
-        some row has a free slot (:func:`router.scheduling.open_rows`)."""
+        costs, and how many may take one (full or not; their rows added to ``present_rows``,
+        where given). Where the prompt's prefill differs between them, rows whose slots are all
+        busy, under their cap, count as open too while some row has a free slot
+        (:func:`router.scheduling.open_rows`)."""
         loads, plain = self._load, self._plain
         wide = prefill_s is not None  # rows under their cap, for now (narrowed below)
         bound = self._cap if wide else self._limit
@@ -171,14 +281,14 @@ class KeptScores:
             if cold_s is None:
                 continue
             present += 1
+            if present_rows is not None:
+                present_rows.append(i)
             if prefill_s is not None:
                 prefills.append(prefill_s[i])
             load = loads[i]
             if load is None:
                 assert s is not None
-                load = s.load_at(own[i], read_at[i], now, stale_after_s, p)
-                if not s.claim_free:  # a claimed share weighs more with time: never kept
-                    loads[i] = load
+                load = self._row_load(i, s, own[i], read_at[i], now, stale_after_s, p)
             if load < bound[i]:
                 ok.append(i)
                 ok_loads.append(load)
@@ -237,6 +347,15 @@ class KeptScores:
                 self._speed[i] = speed
                 self._base[i] = self._score[i] = None
         self._fill_rows = ok
+
+
+def _declines(view: _View) -> bool:
+    """The column path must decide: some node is full and the best open one must load the
+    model, where a wait for the full one may be sooner."""
+    ok, cold = view.ok, view.cold
+    if len(ok) == 1:
+        return len(view.present) > 1 and cold[0] > 0.0
+    return len(ok) < len(view.present) and any(cold) and not _best_is_hot(view.scores, cold)
 
 
 def _best_is_hot(scores: list[float], cold_s: list[float]) -> bool:

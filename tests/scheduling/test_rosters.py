@@ -223,3 +223,27 @@ class TestRostersFollowTheGroups:
         assert rosters.get(group, "m1", ("m1",), kinds).nodes == [node]
         registry.apply_report(node, _report(2, 0, 0, 0.0, True), 1.0)
         assert rosters.get(group, "m1", ("m1",), kinds, bare).nodes == [node]
+
+
+def test_a_decision_with_a_prompt_term_leaves_the_kept_choice_right() -> None:
+    """Speeds are filled among the open rows: a decision with a prompt term fills them among
+    its wider set (a full node under its cap too), which changes them; the next decision
+    without one, after a slot moved, still scores as if afresh."""
+    machine = RosterMachine()
+    try:
+        for node, (in_flight, running, rate) in enumerate(
+            [(0, 1, 20.0), (0, 1, 30.0), (6, 3, 270.0), (0, 1, 40.0)]
+        ):
+            machine.report(node, in_flight, running, rate, True, False)
+        for _ in range(6):  # the reported loads of nodes 0, 1 and 3 fall towards none
+            for node in (0, 1, 3):
+                machine.report(node, 0, 0, 0.0, True, False)
+        machine.reserve(1, "m1")
+        machine.reserve(3, "m1")
+        for _ in range(6):  # node 0's slot taken and freed: its score alone is made again
+            machine.decides_as_afresh()  # without, then with, the prompt term: each policy
+            machine.reserve(0, "m1")
+            machine.decides_as_afresh()
+            machine.release(len(machine.held) - 1)
+    finally:
+        machine.teardown()
