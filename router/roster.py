@@ -34,6 +34,7 @@ from router.candidates import (
     penalty_of,
     standing_for,
 )
+from router.kept_columns import KeptColumns
 from router.kept_scores import KeptScores
 from router.load_estimates import claimed_loads, slot_check
 from router.nodes import Node
@@ -65,6 +66,7 @@ class CandidateRules:
     replicas: int = 1
     replica_salt: str = ""
     params: ScoringParams = DEFAULT_PARAMS
+    max_rows: int = MAX_ROWS  # past this many nodes, columns
 
 
 class Roster:
@@ -87,8 +89,9 @@ class Roster:
         self._renamed: dict[str, Mapping[str, str]] = {}
         n = len(self.nodes)
         self.standings: list[Standing | None] = [None] * n
-        self._columns = RosterColumns(n, rules.params) if n > MAX_ROWS else None
-        self._kept = KeptScores(n) if n <= MAX_ROWS else None
+        self._columns = RosterColumns(n, rules.params) if n > rules.max_rows else None
+        self._kept = KeptScores(n) if n <= rules.max_rows else None
+        self._kept_columns = KeptColumns()  # used with the columns
         self._hashes: HashArray | None = None
         self._hash_list: list[int] | None = None
         self._prompts: PromptIndex | None = None  # made at the first request with a prompt
@@ -114,6 +117,7 @@ class Roster:
         read_at = self.read_at[row] = self.nodes[row].load_read_at
         if self._columns is not None:
             self._columns.read_at[row] = math.nan if read_at is None else read_at
+            self._kept_columns.changed()
         if self._kept is not None:
             self._kept.heard(row)
 
@@ -128,6 +132,7 @@ class Roster:
             self._columns.own[row] += delta
             if same_model:
                 self._columns.own_model[row] += delta
+            self._kept_columns.moved(row)
 
     def expect(self, tokens: float) -> None:
         """Requests for the model are expected to decode ``tokens`` output tokens (learned:
@@ -258,6 +263,13 @@ class Roster:
             )  # fmt: skip
             if rows is not None:
                 return rows
+        c = self._columns
+        if c is not None and policy == "least_loaded" and prefill_s is None and ties is None:
+            claims = self.rules.replicas > 1 and bool(c.claim_free.any())
+            return self._kept_columns.choose(
+                scheduler, self.table, c, now, self.rules.stale_after_s, claims, limit,
+                waiting, self.params,
+            )  # fmt: skip
         if policy == "sticky" or ties is not None:
             self.hashes()
         open_rows, table = self.table(now) if self._columns is not None else self.rows(now)

@@ -141,22 +141,34 @@ def open_rows(t: CandidateTable, free: IndexArray) -> IndexArray:
     prefill = t.prefill_s
     if prefill is None or not prefill.min() < prefill.max():
         return free
-    capped = np.flatnonzero((t.load < room(t, False)) & (t.cold_s < math.inf))
+    capped = under_room(t, room(t, False))
     return capped if capped.size > free.size else free
+
+
+def under_room(t: CandidateTable, room_: FloatArray) -> IndexArray:
+    """The rows under their room (:func:`room`) whose node can take the model."""
+    return np.flatnonzero((t.load < room_) & (t.cold_s < math.inf))
 
 
 def _scores(t: CandidateTable, rows: IndexArray, p: ScoringParams) -> FloatArray:
     """``least_loaded`` scores of the given rows (speeds filled among them)."""
+    return scores_and_speeds(t, rows, p)[0]
+
+
+def scores_and_speeds(
+    t: CandidateTable, rows: IndexArray, p: ScoringParams
+) -> tuple[FloatArray, FloatArray]:
+    """:func:`_scores`, and the filled speeds they were made with."""
     if rows.size == len(t.ids):  # every row: the columns as they are
         prefill = 0.0 if t.prefill_s is None else t.prefill_s
         speed = fill_speeds(t.tok_s, p)
-        return score(t.load, t.slots, speed, t.cold_s, t.penalty, t.weight, prefill, p)
+        return score(t.load, t.slots, speed, t.cold_s, t.penalty, t.weight, prefill, p), speed
     prefill = 0.0 if t.prefill_s is None else t.prefill_s[rows]
     speed = fill_speeds(t.tok_s[rows], p)
     return score(
         t.load[rows], t.slots[rows], speed, t.cold_s[rows], t.penalty[rows], t.weight[rows],
         prefill, p,
-    )  # fmt: skip
+    ), speed  # fmt: skip
 
 
 class Scheduler:
@@ -236,7 +248,7 @@ class Scheduler:
         the scheduler's."""
         p = params or self.params
         room_ = room(t, policy in SLOT_AWARE)
-        ok = np.flatnonzero((t.load < room_) & (t.cold_s < math.inf))
+        ok = under_room(t, room_)
         if ok.size == 0:
             return self._overflow(t, limit, waiting, p) if policy == "least_loaded" else ok
         if policy == "least_loaded":
@@ -276,6 +288,11 @@ class Scheduler:
         home = ok[int(np.argmax(_mix(t.hashes[ok] ^ np.uint64(affinity_hash(affinity)))))]
         return np.concatenate(([home], best[best != home]))[:limit]
 
+    def best_rows(self, score_: FloatArray, rows: IndexArray, limit: int) -> IndexArray:
+        """The ``limit`` best of ``rows`` by ``score_`` (lower first): :meth:`rank`'s choice
+        among scored rows, with the same random draws."""
+        return self._best(score_, rows, limit)
+
     def _best(
         self, score_: FloatArray, rows: IndexArray, limit: int, ties: ColumnTies | None = None
     ) -> IndexArray:
@@ -303,7 +320,7 @@ class Scheduler:
         completions there: with ``waiting`` requests queued here, the head goes to the node
         when that wait is under ``pool_share`` of this queue's own drain time. Without this,
         one replica's backlog stays its own while the others' slots turn over."""
-        hard = np.flatnonzero((t.load < room(t, False)) & (t.cold_s < math.inf))
+        hard = under_room(t, room(t, False))
         if hard.size == 0:
             return hard
         service = service_s(t.slots, fill_speeds(t.tok_s, p), p)

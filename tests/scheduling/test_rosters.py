@@ -14,7 +14,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from node_protocol.wire import GpuReport, LoadReport, ModelReport, Registration
 from router.candidates import candidate_for
 from router.registry import Node, Registry, Reservation
-from router.roster import CandidateRules, Roster, Rosters
+from router.roster import MAX_ROWS, CandidateRules, Roster, Rosters
 from router.scheduling import POLICIES, Scheduler
 from router.scoring import DEFAULT_PARAMS
 
@@ -40,6 +40,8 @@ class RosterMachine(RuleBasedStateMachine):
     """Reserve, release, report (the same report again, too), busy answers, failed
     connections, drains and time going by; after each step, every policy's decision from the
     roster equals the decision from candidates made afresh with the same random state."""
+
+    max_rows = MAX_ROWS  # the rosters keep lists (a few nodes)
 
     def __init__(self) -> None:
         super().__init__()
@@ -67,7 +69,8 @@ class RosterMachine(RuleBasedStateMachine):
     def _roster(self, model: str, replicas: int) -> Roster:
         roster = self.rosters.get((model, replicas))
         if roster is None:
-            rules = CandidateRules(3, STALE_AFTER_S, cap_factor=2.0, replicas=replicas)
+            rules = CandidateRules(3, STALE_AFTER_S, cap_factor=2.0, replicas=replicas,
+                                   max_rows=self.max_rows)  # fmt: skip
             roster = self.rosters[model, replicas] = Roster(self.nodes, (model,), rules)
         return roster
 
@@ -173,6 +176,18 @@ class RosterMachine(RuleBasedStateMachine):
 
 TestRosterMachine = RosterMachine.TestCase
 TestRosterMachine.settings = settings(max_examples=120, stateful_step_count=30, deadline=None)
+
+
+class ColumnRosterMachine(RosterMachine):
+    """The same with the rosters kept as numpy columns, as over a fleet, however few the
+    nodes: a kept view of the columns (:class:`router.kept_columns.KeptColumns`) decides as
+    columns made afresh."""
+
+    max_rows = 0
+
+
+TestColumnRosterMachine = ColumnRosterMachine.TestCase
+TestColumnRosterMachine.settings = settings(max_examples=120, stateful_step_count=30, deadline=None)
 
 
 def _served(registry: Registry, group: str, name: str) -> Node:
