@@ -2,10 +2,10 @@
 
 The router keeps its nodes as candidates (:mod:`router.candidates`, :mod:`router.roster`) and
 asks a :class:`Scheduler` to order them (:meth:`Scheduler.rank`, on numpy columns): the first is
-the choice, the rest are failovers. One decision over 1,000 nodes costs tens of microseconds
-because nothing is sorted beyond the ``limit`` best. A roster of a few nodes keeps their
-``least_loaded`` scores up to date itself and only asks for the choice among them
-(:meth:`Scheduler.best_of`, the same random tie-breaks).
+the choice, the rest are failovers: nothing is sorted beyond the ``limit`` best. A roster keeps
+its open nodes' ``least_loaded`` scores up to date itself and only asks for the choice among
+them (:meth:`Scheduler.best_of` for a few nodes, :meth:`Scheduler.best_rows` for a fleet's
+columns: the same random tie-breaks).
 
 ``least_loaded`` (the default) orders by :func:`router.scoring.score`; exact ties are broken at
 random. Admission (:mod:`router.admission`) works with *full* nodes: a node at its concurrency
@@ -150,15 +150,11 @@ def under_room(t: CandidateTable, room_: FloatArray) -> IndexArray:
     return np.flatnonzero((t.load < room_) & (t.cold_s < math.inf))
 
 
-def _scores(t: CandidateTable, rows: IndexArray, p: ScoringParams) -> FloatArray:
-    """``least_loaded`` scores of the given rows (speeds filled among them)."""
-    return scores_and_speeds(t, rows, p)[0]
-
-
 def scores_and_speeds(
     t: CandidateTable, rows: IndexArray, p: ScoringParams
 ) -> tuple[FloatArray, FloatArray]:
-    """:func:`_scores`, and the filled speeds they were made with."""
+    """``least_loaded`` scores of the given rows, and the speeds they were made with (filled
+    among those rows)."""
     if rows.size == len(t.ids):  # every row: the columns as they are
         prefill = 0.0 if t.prefill_s is None else t.prefill_s
         speed = fill_speeds(t.tok_s, p)
@@ -255,7 +251,7 @@ class Scheduler:
             ok = open_rows(t, ok)
         limit = min(limit, ok.size)
         if policy == "least_loaded":
-            best = self._best(_scores(t, ok, p), ok, limit, ties)
+            best = self._best(scores_and_speeds(t, ok, p)[0], ok, limit, ties)
             return self._hold_cold(t, ok, room_, best, waiting, p)
         if policy == "least_connections":
             return self._best((t.own[ok] + 1.0) * t.penalty[ok] / t.weight[ok], ok, limit)
@@ -280,7 +276,7 @@ class Scheduler:
     ) -> IndexArray:  # fmt: skip
         """The session's (or tenant's) home node first, by rendezvous hashing over the open
         rows, then the ``least_loaded`` order."""
-        best = self._best(_scores(t, ok, p), ok, limit)
+        best = self._best(scores_and_speeds(t, ok, p)[0], ok, limit)
         if affinity is None:
             return best
         if t.hashes is None:
@@ -325,7 +321,7 @@ class Scheduler:
             return hard
         service = service_s(t.slots, fill_speeds(t.tok_s, p), p)
         own_rate = float((np.minimum(t.own, t.slots) / service).sum())
-        best = self._best(_scores(t, hard, p), hard, limit)
+        best = self._best(scores_and_speeds(t, hard, p)[0], hard, limit)
         first = best[0]
         wait = (t.load[first] + 1.0 - t.slots[first]) / t.slots[first] * service[first]
         drain = max(waiting, 1) * p.pool_share if t.replicas > 1 else 1.0
@@ -347,7 +343,7 @@ class Scheduler:
             return best
         service = service_s(t.slots, fill_speeds(t.tok_s, p), p)
         freeing_per_s = float((t.slots[hot] / service[hot]).sum())
-        if (waiting + 1) / freeing_per_s < _scores(t, best[:1], p)[0]:
+        if (waiting + 1) / freeing_per_s < scores_and_speeds(t, best[:1], p)[0][0]:
             return best[:0]
         return best
 
@@ -363,7 +359,7 @@ class Scheduler:
         picks = ok[drawn[:want]]
         pair = picks[:2]
         if policy == "power_of_two":
-            score_ = _scores(t, pair, p)
+            score_ = scores_and_speeds(t, pair, p)[0]
         else:
             score_ = (t.own[pair] + 1.0) * t.penalty[pair] / t.weight[pair]
         if pair.size == 2 and (score_[1] < score_[0] or (score_[1] == score_[0] and self._coin())):

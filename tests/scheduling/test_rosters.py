@@ -262,3 +262,26 @@ def test_a_decision_with_a_prompt_term_leaves_the_kept_choice_right() -> None:
             machine.release(len(machine.held) - 1)
     finally:
         machine.teardown()
+
+
+def test_a_kept_fleet_view_defers_to_the_columns_once_the_best_open_node_is_cold() -> None:
+    """A slot taken on the best open node makes a node that must load the model the best,
+    while full nodes have it loaded: the kept view of the columns leaves the choice to the
+    column path, which waits for a full node, as columns made afresh do."""
+    machine = ColumnRosterMachine()
+    try:
+        reports = [(6, 3, 120.0, True), (0, 1, 40.0, False), (0, 1, 7.0, True), (6, 3, 120.0, True)]
+        for node, (in_flight, running, rate, loaded) in enumerate(reports):
+            machine.report(node, in_flight, running, rate, loaded, False)
+        for _ in range(6):  # the reported loads of nodes 1 and 2 fall towards none
+            machine.report(1, 0, 0, 0.0, False, False)
+            machine.report(2, 0, 0, 0.0, True, False)
+        machine.decides_as_afresh()
+        machine.reserve(2, "m1")
+        machine.decides_as_afresh()
+        rows = machine._roster("m1", 1).decide(
+            Scheduler(random.Random(1)), "least_loaded", "g/m1", machine.now, limit=3, waiting=1
+        )
+        assert rows == []  # the case this pins down: a wait for a full node that has it loaded
+    finally:
+        machine.teardown()
