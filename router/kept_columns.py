@@ -9,9 +9,11 @@ slots moved again, through the same column functions, so that a pick is the draw
 partial sort. It is made anew when anything else may have changed it: a node's standing or
 report, the scoring parameters, a fresh report turning stale with time; and it is not kept at
 all while a breaker waits for its probe or router replicas share claims on free slots (both
-change with time). Where the column path has more to weigh (no open row, or a node to load a
-model while full nodes have it loaded) the kept table goes through :meth:`Scheduler.rank` as
-it would have. The choice is the column path's to the bit, draws included.
+change with time). A decision that follows a change goes the column path without a view
+(:meth:`KeptColumns.wanted`). Where the column path has more to weigh (no open row, or a node
+to load a model while full nodes have it loaded) the kept table goes through
+:meth:`Scheduler.rank` as it would have. The choice is the column path's to the bit, draws
+included.
 """
 
 from __future__ import annotations
@@ -53,11 +55,12 @@ class KeptColumns:
     """The kept view of a roster's columns (see the module doc). The roster tells it of
     changes: :meth:`moved` (a row's counts), :meth:`changed` (anything else)."""
 
-    __slots__ = ("_moved", "_view")
+    __slots__ = ("_moved", "_quiet", "_view")
 
     def __init__(self) -> None:
         self._view: _View | None = None
         self._moved: set[int] = set()
+        self._quiet = False  # nothing changed since the last decision
 
     def moved(self, row: int) -> None:
         """A slot on the row's node was taken or freed."""
@@ -66,6 +69,18 @@ class KeptColumns:
     def changed(self) -> None:
         """A node's standing or report changed."""
         self._view = None
+        self._quiet = False
+
+    def wanted(self) -> bool:
+        """Whether this decision goes through the kept view. One that follows a change does
+        not: over a large fleet reports may come as often as requests, and a view made for one
+        decision costs more than the columns alone; the next decision, if nothing changed in
+        between, makes one."""
+        if self._view is not None or self._quiet:
+            return True
+        self._quiet = True
+        self._moved.clear()
+        return False
 
     def choose(
         self, scheduler: Scheduler, make_table: TableMaker, c: RosterColumns, now: float,

@@ -17,6 +17,7 @@ import math
 from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 from router.candidates import Standing, cold_now, is_stale, penalty_of
 from router.scheduling import TIE, RowTies, Scheduler, room_of
@@ -50,8 +51,8 @@ class KeptScores:
     (a row's node reported again, changing nothing else)."""
 
     __slots__ = ("_base", "_cap", "_changed", "_fill_rows", "_limit", "_load", "_moved",
-                 "_penalty", "_plain", "_recheck_at", "_score", "_speed", "_stale", "_tok_s",
-                 "_view", "_weight")  # fmt: skip
+                 "_penalty", "_plain", "_quiet", "_recheck_at", "_score", "_speed", "_stale",
+                 "_tok_s", "_view", "_weight")  # fmt: skip
 
     def __init__(self, n: int) -> None:
         self._load: list[float | None] = [None] * n
@@ -70,6 +71,7 @@ class KeptScores:
         self._recheck_at = math.inf  # when a fresh report may turn stale
         self._view: _View | None = None
         self._moved: set[int] = set()  # rows whose slots moved since the view was made
+        self._quiet = False  # nothing changed since the last decision
 
     def moved(self, row: int) -> None:
         """A slot on the row's node was taken or freed."""
@@ -84,7 +86,7 @@ class KeptScores:
         """The scoring parameters changed: every row is scored anew."""
         n = len(self._load)
         self._base, self._score = [None] * n, [None] * n
-        self._view = None
+        self._view, self._quiet = None, False
 
     def heard(self, row: int) -> None:
         """The row's node reported again, changing nothing else: a stale row is fresh again."""
@@ -100,7 +102,7 @@ class KeptScores:
         rows = self._changed
         if now >= self._recheck_at:
             rows, self._recheck_at = set(range(len(standings))), math.inf
-        self._view = None
+        self._view, self._quiet = None, False
         for i in rows:
             self._load[i] = self._base[i] = self._score[i] = None
             s, last = standings[i], read_at[i]
@@ -144,12 +146,18 @@ class KeptScores:
         if self._changed or now >= self._recheck_at:
             self._look(standings, read_at, now, stale_after_s, p)
         if prefill_s is None:
-            view = self._kept_view(standings, read_at, own, own_model, now, stale_after_s, p)
-            if view.declines or not view.ok:
-                return None
-            if len(view.ok) == 1:
-                return scheduler.best_of(view.ok, [0.0], limit)
-            return scheduler.best_of(view.ok, view.scores, limit, ties)
+            # A decision that follows a change reads the rows as they are, and the next one, if
+            # nothing changed in between, makes the view: one made for a single decision costs
+            # more than the rows alone.
+            if self._view is not None or self._quiet:
+                view = self._kept_view(standings, read_at, own, own_model, now, stale_after_s, p)
+                if view.declines or not view.ok:
+                    return None
+                if len(view.ok) == 1:
+                    return scheduler.best_of(view.ok, [0.0], limit)
+                return scheduler.best_of(view.ok, view.scores, limit, ties)
+            self._quiet = True
+            self._moved.clear()
         ok, ok_loads, ok_cold, present = self._open(standings, read_at, own, own_model, now,
                                                     stale_after_s, p, prefill_s)  # fmt: skip
         if not ok:
@@ -160,12 +168,19 @@ class KeptScores:
             return scheduler.best_of(ok, [0.0], limit)
         if ok != self._fill_rows:
             self._fill(ok, p)
-        # Times to serve, to which this request's prefill is added.
-        bases = [self._time_to_serve(i, load, cold, standings, p)
-                 for i, load, cold in zip(ok, ok_loads, ok_cold, strict=True)]  # fmt: skip
-        penalty, weight = self._penalty, self._weight
-        chosen = [(base + prefill_s[i]) * penalty[i] / weight[i]
-                  for i, base in zip(ok, bases, strict=True)]  # fmt: skip
+        if prefill_s is None:
+            kept = self._score
+            chosen = cast(list[float], [kept[i] for i in ok])
+            if None in chosen:  # most often one row, whose slot was taken or freed since
+                for j, i in enumerate(ok):
+                    if kept[i] is None:
+                        chosen[j] = self._scored(i, ok_loads[j], ok_cold[j], standings, p)
+        else:  # times to serve, to which this request's prefill is added
+            bases = [self._time_to_serve(i, load, cold, standings, p)
+                     for i, load, cold in zip(ok, ok_loads, ok_cold, strict=True)]  # fmt: skip
+            penalty, weight = self._penalty, self._weight
+            chosen = [(base + prefill_s[i]) * penalty[i] / weight[i]
+                      for i, base in zip(ok, bases, strict=True)]  # fmt: skip
         if len(ok) < present and any(ok_cold) and not _best_is_hot(chosen, ok_cold):
             return None  # a load may be worth a wait for a full node: the column path weighs it
         return scheduler.best_of(ok, chosen, limit, ties)

@@ -264,12 +264,11 @@ class Roster:
             if rows is not None:
                 return rows
         c = self._columns
-        if c is not None and policy == "least_loaded" and prefill_s is None and ties is None:
-            claims = self.rules.replicas > 1 and bool(c.claim_free.any())
-            return self._kept_columns.choose(
-                scheduler, self.table, c, now, self.rules.stale_after_s, claims, limit,
-                waiting, self.params,
-            )  # fmt: skip
+        kept = policy == "least_loaded" and prefill_s is None and ties is None
+        if c is not None and kept and self._kept_columns.wanted():
+            claims, r = self.rules.replicas > 1 and bool(c.claim_free.any()), self.rules
+            return self._kept_columns.choose(scheduler, self.table, c, now, r.stale_after_s,
+                                             claims, limit, waiting, self.params)  # fmt: skip
         if policy == "sticky" or ties is not None:
             self.hashes()
         open_rows, table = self.table(now) if self._columns is not None else self.rows(now)

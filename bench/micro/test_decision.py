@@ -2,10 +2,13 @@
 
 A decision is what the router does per request with the roster it keeps of the model's nodes
 (:class:`router.roster.Roster`, standings from the nodes' last reports and its own counts):
-estimate each node's load now, score, and return the ``max_attempts`` (3) best. Measured at
-16, 64 and 1,000 candidates, with and without the prefix term (each candidate's uncached
-prefill seconds); alone, and with the slot it reserves and a slot released, as each request
-moves the counts; and, at 1,000, every policy on the column path. Run::
+estimate each node's load now, score, and return the ``max_attempts`` (3) best. Without a
+prefix term the roster keeps the open nodes' scores between decisions and makes again only
+those of the nodes whose slots moved (:mod:`router.kept_scores`, :mod:`router.kept_columns`):
+a decision alone reads them, a decision with its slot (reserved, and another released) makes
+two rows again, as each request does. Measured at 16, 64 and 1,000 candidates, with and
+without the prefix term (each candidate's uncached prefill seconds); alone, and with its slot;
+and, at 1,000, every policy on the column path. Run::
 
     pytest bench/micro --benchmark-warmup=on --benchmark-disable-gc --benchmark-min-rounds=20 \\
         --benchmark-json=results/micro.json
