@@ -64,7 +64,8 @@ class KeptColumns:
 
     def moved(self, row: int) -> None:
         """A slot on the row's node was taken or freed."""
-        self._moved.add(row)
+        if self._view is not None:  # else the next view is made whole
+            self._moved.add(row)
 
     def changed(self) -> None:
         """A node's standing or report changed."""

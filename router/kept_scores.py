@@ -80,7 +80,8 @@ class KeptScores:
     def moved(self, row: int) -> None:
         """A slot on the row's node was taken or freed."""
         self._load[row] = self._base[row] = self._score[row] = None
-        self._moved.add(row)
+        if self._view is not None:
+            self._moved.add(row)
 
     def changed(self, row: int) -> None:
         """The row's node changed (its standing is new)."""
