@@ -9,6 +9,8 @@ mostly reads what is kept: which rows are open now, then the choice among them
 (:meth:`router.scheduling.Scheduler.best_of`). The result is the column path's
 (:meth:`router.scheduling.Scheduler.rank`) to the bit, draws included; where that path has more
 to decide (no open row, or a model to load while other nodes are full) this one declines.
+Between two changes of the roster a decision reads a kept :class:`router.row_views.RowView`
+instead of the rows, made again only for the rows whose slots moved.
 """
 
 from __future__ import annotations
@@ -16,11 +18,17 @@ from __future__ import annotations
 import math
 from bisect import bisect_left
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import cast
 
 from router.candidates import Standing, cold_now, is_stale, penalty_of
-from router.scheduling import TIE, RowTies, Scheduler, room_of
+from router.row_views import (
+    RowView,
+    best_is_hot,
+    choose_plain,
+    choose_with_prefill,
+    needs_free_slot,
+)
+from router.scheduling import RowTies, Scheduler, room_of
 from router.scoring import FloatArray, ScoringParams, fill_speed_list, time_to_serve
 
 # A report this close to its stale moment is looked at again (the moment is a sum of floats,
@@ -32,31 +40,14 @@ _EARLY_S = 1e-6
 MIN_VIEW_ROWS = 2
 
 
-@dataclass(slots=True)
-class _View:
-    """What a decision without a prompt term reads (the open rows, their loads, cold costs and
-    scores, and whether the column path must decide instead), kept until something it was made
-    from changes: a row looked at again, the parameters, a breaker's probe time passing. A row
-    whose slot was taken or freed is made again alone (:meth:`KeptScores._patch`)."""
-
-    ok: list[int]
-    loads: list[float]
-    cold: list[float]
-    present: list[int]  # the rows that may take a request (full or not), in order
-    scores: list[float]
-    declines: bool
-    params: ScoringParams
-    until: float  # a breaker's probe time, where one opens a node later
-
-
 class KeptScores:
     """The kept loads and scores of a roster's rows (see the module doc). The roster tells it
     of changes: :meth:`moved` (a row's counts), :meth:`changed` (a row's node), :meth:`heard`
     (a row's node reported again, changing nothing else)."""
 
-    __slots__ = ("_base", "_cap", "_changed", "_fill_rows", "_limit", "_load", "_moved",
+    __slots__ = ("_base", "_cap", "_changed", "_fill_rows", "_limit", "_load", "_narrow",
                  "_penalty", "_plain", "_quiet", "_recheck_at", "_score", "_speed", "_stale",
-                 "_tok_s", "_view", "_weight")  # fmt: skip
+                 "_tok_s", "_weight", "_wide")  # fmt: skip
 
     def __init__(self, n: int) -> None:
         self._load: list[float | None] = [None] * n
@@ -73,15 +64,17 @@ class KeptScores:
         self._fill_rows: list[int] | None = None  # the open rows the speeds were filled among
         self._changed: set[int] = set(range(n))  # rows to look at again
         self._recheck_at = math.inf  # when a fresh report may turn stale
-        self._view: _View | None = None
-        self._moved: set[int] = set()  # rows whose slots moved since the view was made
+        self._narrow: RowView | None = None  # rows with a free slot
+        self._wide: RowView | None = None  # rows under their cap (a decision with prefill)
         self._quiet = False  # nothing changed since the last decision
 
     def moved(self, row: int) -> None:
         """A slot on the row's node was taken or freed."""
         self._load[row] = self._base[row] = self._score[row] = None
-        if self._view is not None:
-            self._moved.add(row)
+        if self._narrow is not None:
+            self._narrow.moved.add(row)
+        if self._wide is not None:
+            self._wide.moved.add(row)
 
     def changed(self, row: int) -> None:
         """The row's node changed (its standing is new)."""
@@ -91,7 +84,8 @@ class KeptScores:
         """The scoring parameters changed: every row is scored anew."""
         n = len(self._load)
         self._base, self._score = [None] * n, [None] * n
-        self._view, self._quiet = None, False
+        self._narrow = self._wide = None
+        self._quiet = False
 
     def heard(self, row: int) -> None:
         """The row's node reported again, changing nothing else: a stale row is fresh again."""
@@ -107,7 +101,8 @@ class KeptScores:
         rows = self._changed
         if now >= self._recheck_at:
             rows, self._recheck_at = set(range(len(standings))), math.inf
-        self._view, self._quiet = None, False
+        self._narrow = self._wide = None
+        self._quiet = False
         for i in rows:
             self._load[i] = self._base[i] = self._score[i] = None
             s, last = standings[i], read_at[i]
@@ -150,25 +145,39 @@ class KeptScores:
         p = params or scheduler.params
         if self._changed or now >= self._recheck_at:
             self._look(standings, read_at, now, stale_after_s, p)
-        if prefill_s is None:
+        if len(standings) >= MIN_VIEW_ROWS:
             # A decision that follows a change reads the rows as they are, and the next one, if
             # nothing changed in between, makes the view: one made for a single decision costs
             # more than the rows alone.
-            if (self._view is not None or self._quiet) and len(standings) >= MIN_VIEW_ROWS:
-                view = self._kept_view(standings, read_at, own, own_model, now, stale_after_s, p)
-                if view.declines or not view.ok:
-                    return None
-                if len(view.ok) == 1:
-                    return scheduler.best_of(view.ok, [0.0], limit)
-                return scheduler.best_of(view.ok, view.scores, limit, ties)
+            if self._quiet:
+                rows = (standings, read_at, own, own_model, now, stale_after_s, p)
+                if prefill_s is None:
+                    return choose_plain(scheduler, self._kept_view(False, *rows), limit, ties)
+                view = self._kept_view(True, *rows)
+                if needs_free_slot(view, prefill_s, len(standings)):
+                    view = self._kept_view(False, *rows)
+                return choose_with_prefill(scheduler, view, prefill_s, limit, ties)
             self._quiet = True
-            self._moved.clear()
-        ok, ok_loads, ok_cold, present = self._open(standings, read_at, own, own_model, now,
-                                                    stale_after_s, p, prefill_s)  # fmt: skip
+        return self._choose_in_rows(scheduler, standings, read_at, own, own_model, now,
+                                    stale_after_s, limit, prefill_s, ties, p)  # fmt: skip
+
+    def _choose_in_rows(
+        self, scheduler: Scheduler, standings: Sequence[Standing | None],
+        read_at: Sequence[float | None], own: Sequence[int], own_model: Sequence[int],
+        now: float, stale_after_s: float, limit: int,
+        prefill_s: Sequence[float] | FloatArray | None, ties: RowTies | None, p: ScoringParams,
+    ) -> list[int] | None:  # fmt: skip
+        """:meth:`choose`, reading the rows themselves."""
+        present: list[int] = []
+        wide = prefill_s is not None  # rows under their cap, for now (narrowed below)
+        ok, ok_loads, ok_cold = self._open(standings, read_at, own, own_model, now,
+                                           stale_after_s, p, wide, present)  # fmt: skip
+        if prefill_s is not None:
+            ok, ok_loads, ok_cold = self._narrowed(ok, ok_loads, ok_cold, prefill_s, present)
         if not ok:
             return None
         if len(ok) == 1:  # nothing to compare its score with (the one-row case of the below)
-            if present > 1 and ok_cold[0] > 0.0:
+            if len(present) > 1 and ok_cold[0] > 0.0:
                 return None  # a load may be worth a wait for a full node
             return scheduler.best_of(ok, [0.0], limit)
         if ok != self._fill_rows:
@@ -186,39 +195,39 @@ class KeptScores:
             penalty, weight = self._penalty, self._weight
             chosen = [(base + prefill_s[i]) * penalty[i] / weight[i]
                       for i, base in zip(ok, bases, strict=True)]  # fmt: skip
-        if len(ok) < present and any(ok_cold) and not _best_is_hot(chosen, ok_cold):
+        if len(ok) < len(present) and any(ok_cold) and not best_is_hot(chosen, ok_cold):
             return None  # a load may be worth a wait for a full node: the column path weighs it
         return scheduler.best_of(ok, chosen, limit, ties)
 
     def _kept_view(
-        self, standings: Sequence[Standing | None], read_at: Sequence[float | None],
+        self, wide: bool, standings: Sequence[Standing | None], read_at: Sequence[float | None],
         own: Sequence[int], own_model: Sequence[int], now: float, stale_after_s: float,
         p: ScoringParams,
-    ) -> _View:  # fmt: skip
-        """The view a decision without a prompt term reads: the kept one where it still holds
-        (its moved rows made again), else one made anew."""
-        view = self._view
-        moved = self._moved
+    ) -> RowView:  # fmt: skip
+        """The kept view of the rows with a free slot, or of those under their cap (``wide``),
+        its moved rows made again, or one made anew."""
+        view = self._wide if wide else self._narrow
         if view is not None and view.params is p and now < view.until:
-            if not moved:
+            if not view.moved:
                 return view
             if self._patch(view, standings, read_at, own, own_model, now, stale_after_s, p):
-                moved.clear()
+                view.moved.clear()
                 return view
-        moved.clear()
-        view = self._view = self._made_view(
-            standings, read_at, own, own_model, now, stale_after_s, p
-        )
+        view = self._made_view(wide, standings, read_at, own, own_model, now, stale_after_s, p)
+        if wide:
+            self._wide = view
+        else:
+            self._narrow = view
         return view
 
     def _made_view(
-        self, standings: Sequence[Standing | None], read_at: Sequence[float | None],
+        self, wide: bool, standings: Sequence[Standing | None], read_at: Sequence[float | None],
         own: Sequence[int], own_model: Sequence[int], now: float, stale_after_s: float,
         p: ScoringParams,
-    ) -> _View:  # fmt: skip
+    ) -> RowView:  # fmt: skip
         present: list[int] = []
-        ok, loads, cold, _ = self._open(standings, read_at, own, own_model, now, stale_after_s,
-                                        p, None, present)  # fmt: skip
+        ok, loads, cold = self._open(standings, read_at, own, own_model, now, stale_after_s, p,
+                                     wide, present)  # fmt: skip
         until = math.inf
         for s in standings:
             if s is None:
@@ -227,26 +236,32 @@ class KeptScores:
                 until = now
             elif s.probe_at is not None and s.probe_at > now:  # a node opens for a probe then
                 until = min(until, s.probe_at)
-        view = _View(ok, loads, cold, present, [], False, p, until)
+        view = RowView(wide, ok, loads, cold, present, p, until)
         if len(ok) > 1:
             if ok != self._fill_rows:
                 self._fill(ok, p)
-            view.scores = [self._scored(i, load, cold_s, standings, p)
-                           for i, load, cold_s in zip(ok, loads, cold, strict=True)]  # fmt: skip
-        view.declines = _declines(view)
+            view.bases = [self._time_to_serve(i, load, cold_s, standings, p)
+                          for i, load, cold_s in zip(ok, loads, cold, strict=True)]  # fmt: skip
+            view.penalties = [self._penalty[i] for i in ok]
+            view.weights = [self._weight[i] for i in ok]
+            if not wide:
+                view.scores = view.plain_scores()
+        view.settle(self._limit)
         return view
 
     def _patch(
-        self, view: _View, standings: Sequence[Standing | None], read_at: Sequence[float | None],
-        own: Sequence[int], own_model: Sequence[int], now: float, stale_after_s: float,
-        p: ScoringParams,
+        self, view: RowView, standings: Sequence[Standing | None],
+        read_at: Sequence[float | None], own: Sequence[int], own_model: Sequence[int],
+        now: float, stale_after_s: float, p: ScoringParams,
     ) -> bool:  # fmt: skip
         """Make the rows whose slots moved again in ``view``; False where one of them joined or
         left the open rows (or those that may take a request): the view is made anew."""
         ok, present = view.ok, view.present
-        if len(ok) > 1 and ok is not self._fill_rows and ok != self._fill_rows:
-            self._fill(ok, p)  # a decision with a prompt term filled them among other rows
-        for i in self._moved:
+        many = len(ok) > 1
+        if many and ok is not self._fill_rows and ok != self._fill_rows:
+            self._fill(ok, p)  # another view's decisions filled them among other rows
+        bound = self._cap if view.wide else self._limit
+        for i in view.moved:
             s = standings[i]
             cold_s = 0.0 if self._plain[i] else cold_now(s, own[i], own_model[i], now)
             j = bisect_left(present, i)
@@ -256,13 +271,12 @@ class KeptScores:
                 continue
             load = self._row_load(i, s, own[i], read_at[i], now, stale_after_s, p)
             j = bisect_left(ok, i)
-            if (load < self._limit[i]) != (j < len(ok) and ok[j] == i):
+            if (load < bound[i]) != (j < len(ok) and ok[j] == i):
                 return False
             if j < len(ok) and ok[j] == i:
-                view.loads[j], view.cold[j] = load, cold_s
-                if len(ok) > 1:
-                    view.scores[j] = self._scored(i, load, cold_s, standings, p)
-        view.declines = _declines(view)
+                base = self._time_to_serve(i, load, cold_s, standings, p) if many else None
+                view.set_row(j, load, cold_s, base)
+        view.settle(self._limit)
         return True
 
     def _row_load(
@@ -280,31 +294,21 @@ class KeptScores:
     def _open(
         self, standings: Sequence[Standing | None], read_at: Sequence[float | None],
         own: Sequence[int], own_model: Sequence[int], now: float, stale_after_s: float,
-        p: ScoringParams, prefill_s: Sequence[float] | FloatArray | None,
-        present_rows: list[int] | None = None,
-    ) -> tuple[list[int], list[float], list[float], int]:  # fmt: skip
-        """The rows that may take a request now and are not full, with their loads and cold
-        costs, and how many may take one (full or not; their rows added to ``present_rows``,
-        where given). Where the prompt's prefill differs between them, rows whose slots are all
-        busy, under their cap, count as open too while some row has a free slot
-        (:func:`router.scheduling.open_rows`)."""
+        p: ScoringParams, wide: bool, present: list[int],
+    ) -> tuple[list[int], list[float], list[float]]:  # fmt: skip
+        """The rows that may take a request now and have a free slot (``wide``: room under
+        their cap), with their loads and cold costs; the rows that may take one, full or not,
+        are added to ``present``."""
         loads, plain = self._load, self._plain
-        wide = prefill_s is not None  # rows under their cap, for now (narrowed below)
         bound = self._cap if wide else self._limit
         ok: list[int] = []
         ok_loads: list[float] = []
         ok_cold: list[float] = []
-        prefills: list[float] = []  # of the rows that may take it, where wide
-        present = 0
         for i, s in enumerate(standings):
             cold_s = 0.0 if plain[i] else cold_now(s, own[i], own_model[i], now)
             if cold_s is None:
                 continue
-            present += 1
-            if present_rows is not None:
-                present_rows.append(i)
-            if prefill_s is not None:
-                prefills.append(prefill_s[i])
+            present.append(i)
             load = loads[i]
             if load is None:
                 assert s is not None
@@ -313,20 +317,23 @@ class KeptScores:
                 ok.append(i)
                 ok_loads.append(load)
                 ok_cold.append(cold_s)
-        if not wide:
-            return ok, ok_loads, ok_cold, present
-        differs = bool(prefills) and min(prefills) < max(prefills)
-        return (*self._narrowed(ok, ok_loads, ok_cold, differs), present)
+        return ok, ok_loads, ok_cold
 
     def _narrowed(
-        self, ok: list[int], loads: list[float], cold: list[float], differs: bool
-    ) -> tuple[list[int], list[float], list[float]]:
+        self, ok: list[int], loads: list[float], cold: list[float],
+        prefill_s: Sequence[float] | FloatArray, present: list[int],
+    ) -> tuple[list[int], list[float], list[float]]:  # fmt: skip
         """Of the rows under their cap, those with a free slot only, unless some row has one
-        and the prompt's prefill differs between the rows (then all of them)."""
+        and the prompt's prefill differs between the rows that may take it (then all of them:
+        :func:`router.scheduling.open_rows`)."""
         limits = self._limit
         free = [j for j, i in enumerate(ok) if loads[j] < limits[i]]
-        if len(free) == len(ok) or (free and differs):
+        if len(free) == len(ok):
             return ok, loads, cold
+        if free:
+            prefills = [prefill_s[i] for i in present]
+            if min(prefills) < max(prefills):
+                return ok, loads, cold
         return [ok[j] for j in free], [loads[j] for j in free], [cold[j] for j in free]
 
     def _scored(
@@ -367,26 +374,3 @@ class KeptScores:
                 self._speed[i] = speed
                 self._base[i] = self._score[i] = None
         self._fill_rows = ok
-
-
-def _declines(view: _View) -> bool:
-    """The column path must decide: some node is full and the best open one must load the
-    model, where a wait for the full one may be sooner."""
-    ok, cold = view.ok, view.cold
-    if len(ok) == 1:
-        return len(view.present) > 1 and cold[0] > 0.0
-    return len(ok) < len(view.present) and any(cold) and not _best_is_hot(view.scores, cold)
-
-
-def _best_is_hot(scores: list[float], cold_s: list[float]) -> bool:
-    """The best of these rows needs no model load, whatever the random tie-breaks (which move
-    a score by less than ``TIE`` of it). One pass: this runs on most decisions where a node is
-    full or cold."""
-    hot = cold = math.inf
-    for score, cost in zip(scores, cold_s, strict=True):
-        if cost > 0.0:
-            if score < cold:
-                cold = score
-        elif score < hot:
-            hot = score
-    return hot * (1.0 + TIE) < cold

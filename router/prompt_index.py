@@ -120,17 +120,21 @@ class PromptIndex:
         # of a run of points the same rows hold)
         levels: list[tuple[_Rows, int]] = []
         before: _Rows | None = None
+        deepest = 0  # the deepest point ``before`` holds so far
         for position in ladder(last):
             rows = get(blocks[position])
             if rows is None:
                 break
             if rows == before:
-                levels[-1] = (rows, (position + 1) * BLOCK_CHARS)
+                deepest = position
             elif n == (1 if isinstance(rows, int) else len(rows)):
                 base = (position + 1) * BLOCK_CHARS
             else:
-                levels.append((rows, (position + 1) * BLOCK_CHARS))
-                before = rows
+                if before is not None:
+                    levels.append((before, (deepest + 1) * BLOCK_CHARS))
+                before, deepest = rows, position
+        if before is not None:
+            levels.append((before, (deepest + 1) * BLOCK_CHARS))
         rows = get(blocks[last])
         if rows is not None:
             if n == (1 if isinstance(rows, int) else len(rows)):

@@ -64,7 +64,9 @@ def cached_chars(node: Node, name: str, fp: Fingerprint) -> int | None:
     return held
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: both are made for every request with a prompt, and a frozen one takes twice as
+# long to make (its fields are set through object.__setattr__).
+@dataclass(slots=True)
 class Rendezvous:
     """A prompt's order among alike scores: each node's weight in [0, 1) from its
     :func:`router.candidates.node_hashes` hash and the prompt's leading block, the same in
@@ -119,7 +121,7 @@ _MASK = (1 << 64) - 1
 _UNIT = float(1 << 53)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PrefixTerms:
     """One prompt over a roster's rows: the seconds each would spend on its uncached part, the
     characters every row holds (``base``) and those of the rows that hold more (``more``), and
