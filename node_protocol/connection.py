@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import math
 import select
 from collections import deque
 from collections.abc import Callable
@@ -70,6 +71,7 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.state = CLOSED  # until connected
         self.idle_since = 0.0
+        self.lost_at = math.inf  # when the connection was lost
         self._parser = httptools.HttpResponseParser(self)
         self._pending: select.poll | None = None  # asks the socket, not the loop, what came
         self._head_only = False
@@ -176,6 +178,7 @@ class Connection(asyncio.Protocol):
         state = self.state
         self.state = CLOSED
         self.transport = None
+        self.lost_at = self.loop.time()
         if state is BODY and exc is None and self._ends_with_close():
             self._end(keep_alive=False)  # a body that ends when the connection does
         elif state is SENT:

@@ -19,7 +19,9 @@ be sent to that node twice once the node may have started on it):
   zero-timeout poll of the socket catches what the event loop has not read yet), and idle for
   less than ``keep_idle_s``, shorter than the usual servers' own keep-alive timeouts, so the
   node does not close it as the request goes out. One that fails is closed and the next one
-  tried: the request was never written on it.
+  tried: the request was never written on it. After a streamed answer a connection is kept only
+  once its node is known to keep those (:mod:`node_protocol.stream_keeping`): some close them
+  as the stream ends, whatever their headers say.
 - Once written, a request is written again only when (1) it went out on a kept connection,
   (2) the node closed that connection before any byte of an answer, and (3) its method is one
   that HTTP defines as idempotent (GET, HEAD, OPTIONS, TRACE, PUT, DELETE), where a second run
@@ -48,6 +50,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from .connection import HIGH_WATER, ClosedBeforeAnswer, Connection, State, UpstreamBroken
+from .stream_keeping import StreamKeeping
 
 __all__ = [
     "HIGH_WATER",
@@ -224,6 +227,9 @@ class UpstreamPool:
         self._ssl = ssl_context
         self._keep_idle_s = keep_idle_s
         self._expiry_timer: asyncio.TimerHandle | None = None
+        self._streams: StreamKeeping[_Origin] = StreamKeeping(
+            MAX_IDLE_PER_NODE, keep_idle_s, self._keep
+        )
         self._closed = False
 
     def origin(self, base_url: str) -> _Origin:
@@ -321,16 +327,27 @@ class UpstreamPool:
         return conn
 
     def give_back(self, origin: _Origin, conn: Connection) -> None:
-        """Keep ``conn`` for the next request to ``origin`` if it can carry one."""
+        """Keep ``conn`` for the next request to ``origin`` if it can carry one (after a
+        streamed answer, only once the node is known to keep such connections)."""
         idle = self._idle.get(origin)
-        if idle is None:
-            idle = self._idle[origin] = []
-        if self._closed or not conn.reusable or len(idle) >= MAX_IDLE_PER_NODE:
+        full = idle is not None and len(idle) >= MAX_IDLE_PER_NODE
+        if self._closed or not conn.reusable or full:
             conn.close()
             return
         conn.park(conn.loop.time())
-        idle.append(conn)
-        if self._expiry_timer is None:
+        if "chunked" in conn.headers.get("transfer-encoding", ""):
+            keeps = self._streams.keeps(origin)
+            if not keeps:
+                if keeps is None:
+                    self._streams.watch(origin, conn)
+                else:
+                    conn.close()
+                return
+        self._keep(origin, conn)
+
+    def _keep(self, origin: _Origin, conn: Connection) -> None:
+        self._idle.setdefault(origin, []).append(conn)
+        if self._expiry_timer is None and not self._closed:
             self._expiry_timer = conn.loop.call_later(self._keep_idle_s / 2, self._close_expired)
 
     def _close_expired(self) -> None:
@@ -358,6 +375,7 @@ class UpstreamPool:
         pool knew of it (a connection still carrying an answer closes when it expires)."""
         origin = self._origins.pop(base_url, None)
         if origin is not None:
+            self._streams.forget(origin)
             for conn in self._idle.pop(origin, ()):
                 conn.close()
 
@@ -366,6 +384,7 @@ class UpstreamPool:
         if self._expiry_timer is not None:
             self._expiry_timer.cancel()
             self._expiry_timer = None
+        self._streams.close()
         for idle in self._idle.values():
             for conn in idle:
                 conn.close()

@@ -55,6 +55,15 @@ async def read_request(reader: asyncio.StreamReader) -> bytes:
     return head + await reader.readexactly(length)
 
 
+async def wait_until(cond: Callable[[], bool], within_s: float = 3.0) -> None:
+    """Until a condition on the client's own state holds (nothing to wait on from outside)."""
+    deadline = asyncio.get_running_loop().time() + within_s
+    while not cond():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
 def request_line(request: bytes) -> bytes:
     return request.split(b"\r\n", 1)[0]
 

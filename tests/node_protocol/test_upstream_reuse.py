@@ -9,7 +9,15 @@ import pytest
 
 from node_protocol.upstream import CallLimits, ClosedBeforeAnswer, UpstreamPool
 
-from .raw_node import NodeLog, logging_node, ok, raw_server, read_request, request_line
+from .raw_node import (
+    NodeLog,
+    logging_node,
+    ok,
+    raw_server,
+    read_request,
+    request_line,
+    wait_until,
+)
 
 LIMITS = CallLimits(connect_s=2.0, idle_s=2.0, total_s=10.0)
 
@@ -161,3 +169,75 @@ class TestOneAnswerPerRequest:
             assert await second.read() == b"answer 1"
             second.close()
         assert log.connections == 1
+
+
+STREAM = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\ntoken\r\n0\r\n\r\n"
+CLOSE_LAG_S = 0.05  # after its stream's end, before a node that closes such connections does
+
+
+async def known(pool: UpstreamPool, url: str, keeps: bool) -> None:
+    """Until the pool knows whether the node keeps connections after streams."""
+    await wait_until(lambda: pool._streams.keeps(pool.origin(url)) is keeps)
+
+
+class TestAfterStreams:
+    async def test_a_post_right_after_a_stream_the_node_will_close_goes_on_a_new_connection(
+        self, pool: UpstreamPool
+    ) -> None:
+        """A node that closes each connection a moment after a streamed answer, its headers
+        saying it is kept alive (llama.cpp's server does): a POST sent at once after the
+        stream never goes on that connection; once the node is known, the client closes such
+        connections itself. Every request is answered, and read once."""
+        log = NodeLog()
+        after_stream: list[str] = []
+
+        async def closing_after_streams(
+            reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        ) -> None:
+            number = len(log.closed)
+            log.closed.append(asyncio.Event())
+            while True:
+                line = request_line(await read_request(reader))
+                log.reads.append((number, line))
+                if not line.startswith(b"POST /s"):
+                    writer.write(ok(b"answer"))
+                    continue
+                writer.write(STREAM)
+                try:
+                    got = await asyncio.wait_for(reader.read(1), CLOSE_LAG_S)
+                    after_stream.append("request" if got else "closed by the client")
+                except TimeoutError:
+                    after_stream.append("closed by the node")
+                writer.close()
+                return
+
+        async with raw_server(closing_after_streams) as url:
+            for i in range(3):
+                assert await call(pool, url, f"/s{i}") == b"token"
+                assert await call(pool, url, f"/p{i}") == b"answer"
+                if i == 0:
+                    await known(pool, url, keeps=False)
+            await asyncio.sleep(CLOSE_LAG_S * 2)
+        assert after_stream == ["closed by the node"] + ["closed by the client"] * 2
+        assert sorted(line for _, line in log.reads) == sorted(
+            f"POST /{p}{i} HTTP/1.1".encode() for p in "sp" for i in range(3)
+        )
+
+    async def test_a_node_seen_to_keep_connections_after_streams_has_them_reused(
+        self, pool: UpstreamPool
+    ) -> None:
+        """After a first stream the connection is watched, not reused; once the node is seen
+        to keep it open it carries requests, streams or not, like any kept connection."""
+        log = NodeLog()
+
+        async def answer(conn: int, index: int, request: bytes) -> bytes:
+            return STREAM if request_line(request).startswith(b"POST /s") else ok(b"answer")
+
+        async with raw_server(logging_node(log, answer)) as url:
+            assert await call(pool, url, "/s0") == b"token"
+            assert await call(pool, url, "/p0") == b"answer"  # a new connection
+            await known(pool, url, keeps=True)
+            for i in range(1, 4):
+                assert await call(pool, url, f"/s{i}") == b"token"
+                assert await call(pool, url, f"/p{i}") == b"answer"
+        assert log.connections == 2
