@@ -7,12 +7,13 @@ parses it); logs go to stderr.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 import signal
 import sys
 from collections.abc import Sequence
+
+from node_protocol.collector import settle_for_serving
 
 from .app import serve
 from .settings import AgentSettings, SettingsError, load_settings
@@ -28,8 +29,7 @@ async def run(settings: AgentSettings) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         async with serve(settings) as agent:
-            # Start-up's objects live as long as the process: out of the collector's scans.
-            gc.freeze()
+            settle_for_serving()
             sys.stdout.write(f"AGENT READY {agent.url}\n")
             sys.stdout.flush()
             await stop.wait()

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 import signal
 import sys
 
+from node_protocol.collector import settle_for_serving
 from router.app import serve
 from router.logs import configure_logging
 from router.settings import RouterSettings, SettingsError, load_settings
@@ -22,9 +22,7 @@ async def _main(settings: RouterSettings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with serve(settings) as running:
-        # What start-up made (settings, modules, tables) lives as long as the process: keep it
-        # out of the collector's scans, which otherwise grow with it on every full collection.
-        gc.freeze()
+        settle_for_serving()
         print(f"ROUTER READY {running.url}", flush=True)
         log.info("router serving on %s (default group %s)", running.url, settings.default_group)
         await stop.wait()
