@@ -60,11 +60,13 @@ class Pair:
 @contextlib.asynccontextmanager
 async def pair(kind: str) -> AsyncIterator[Pair]:
     # Slow enough (2.4 s an answer) that the clients' streams overlap however busy the machine
-    # is, so the scheduler spreads them over both nodes rather than sending one after another
-    # to the node that has answered well so far.
+    # is. Round robin sends every other one to the dying node: least_loaded sent all four to
+    # the other one on a busy machine (both nodes had free slots, and the dying one's report
+    # was late), and nothing was cut.
     config = EmulatorConfig(kind=kind, models=(MODEL,), tok_s=5.0, ttft_s=0.01, slots=8)
     async with contextlib.AsyncExitStack() as stack, aiohttp.ClientSession() as session:
-        router = await stack.enter_async_context(serve_router(router_settings()))
+        settings = router_settings(default_policy="round_robin")
+        router = await stack.enter_async_context(serve_router(settings))
         urls = {}
         for name in ("dying", "well"):
             emu = await stack.enter_async_context(serve_emulator(config))
