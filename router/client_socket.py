@@ -1,6 +1,6 @@
 """The client's connection: the one module that reaches into aiohttp's private parts.
 
-Three things the router needs are not in aiohttp's public API:
+Four things the router needs are not in aiohttp's public API:
 
 * **Headers sent with the first piece.** A stream's status line and headers wait until its first
   token is in hand (a node may still fail before it) and then go out with it in one write
@@ -11,12 +11,19 @@ Three things the router needs are not in aiohttp's public API:
   switch in between (:func:`piece_writer`): the relay's cost is per piece, and aiohttp's writer
   costs a coroutine per piece. This relies on the headers having gone out (with the first
   write) and on the chunked framing the response announced.
+* **A whole answer in one write.** A non-streamed answer's status line, headers and body go to
+  the client's socket in one write from :meth:`WholeAnswer.prepare`, made as aiohttp makes them
+  (its own header serialiser, the same defaults and ``Connection`` rules), without the writer's
+  chain of coroutines: measured in a bare aiohttp server, 209,000 instructions a short request
+  against 179,000. Whatever that way does not cover (HEAD, a status without a body, cookies,
+  compression, a response-prepare signal, a client that has not taken what was sent before)
+  goes aiohttp's way.
 * **A specialised connection handler.** aiohttp answers requests it cannot parse itself, in
   plain text, before any middleware runs, and has no bound on the time a client may take to send
   its headers. :class:`HookedRunner` makes its server build a subclass of aiohttp's private
   ``RequestHandler`` that asks a :class:`ConnectionPolicy` for both.
 
-Both were written against aiohttp ``>=3.14,<3.15`` (:data:`TESTED_AIOHTTP`, the range
+All were written against aiohttp ``>=3.14,<3.15`` (:data:`TESTED_AIOHTTP`, the range
 ``pyproject.toml`` pins). Importing this module checks the version and every private name it
 uses, and raises :class:`UnsupportedAiohttp` naming the range, rather than misbehave quietly.
 """
@@ -26,11 +33,16 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import aiohttp
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.helpers import rfc822_formatted_time
+from aiohttp.http import SERVER_SOFTWARE, HttpVersion10, HttpVersion11
+from aiohttp.http_writer import _serialize_headers
 from aiohttp.web_protocol import RequestHandler
+from multidict import CIMultiDict
 
 TESTED_AIOHTTP = ((3, 14), (3, 15))  # >= first, < second (major, minor)
 TESTED_RANGE = "aiohttp>={}.{},<{}.{}".format(*TESTED_AIOHTTP[0], *TESTED_AIOHTTP[1])
@@ -47,6 +59,22 @@ def _version(text: str) -> tuple[int, int]:
 
 def _parameters(function: Callable[..., Any]) -> list[str]:
     return list(inspect.signature(function).parameters)
+
+
+# What WholeAnswer reads and sets of a response, as aiohttp's own prepare does.
+_RESPONSE_STATE = (
+    "_body", "_status", "_reason", "_headers", "_keep_alive", "_chunked", "_compression",
+    "_cookies", "_eof_sent", "_payload_writer", "_body_length",
+)  # fmt: skip
+_PROBE = web.Response(body=b"")
+
+
+def _serializes() -> bool:
+    try:
+        got = _serialize_headers("HTTP/1.1 200 OK", CIMultiDict({"A": "b"}))
+    except Exception:
+        return False
+    return bool(got == b"HTTP/1.1 200 OK\r\nA: b\r\n\r\n")
 
 
 def missing_internals() -> list[str]:
@@ -77,6 +105,13 @@ def missing_internals() -> list[str]:
             web.StreamResponse, "_send_headers_immediately", None
         )
         is True,
+        "http_writer._serialize_headers(status_line, headers)": _serializes(),
+        "web.Response keeps " + ", ".join(_RESPONSE_STATE): all(
+            hasattr(_PROBE, name) for name in _RESPONSE_STATE
+        ),
+        "web.Response.prepare/write_eof return at once once _eof_sent": "if self._eof_sent:"
+        in inspect.getsource(web.StreamResponse.prepare)
+        and "if self._eof_sent:" in inspect.getsource(web.Response.write_eof),
     }
     return [name for name, present in needs.items() if not present]
 
@@ -106,6 +141,67 @@ class HeldResponse(web.StreamResponse):
     """A stream response whose status line and headers go out with its first write."""
 
     _send_headers_immediately = False
+
+
+class WholeAnswer(web.Response):
+    """A whole answer (bytes) written in one piece when prepared (see the module doc);
+    ``written_directly`` says whether it went that way."""
+
+    written_directly = False
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        if self._eof_sent:
+            return None
+        if self._payload_writer is not None or not self._direct(request):
+            return await super().prepare(request)
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("Cannot write to closing transport")
+        body = cast(bytes, self._body)
+        headers = self._headers
+        # Response._start, then StreamResponse._prepare_headers, for a body of bytes
+        if hdrs.CONTENT_LENGTH not in headers:
+            headers[hdrs.CONTENT_LENGTH] = str(len(body))
+        keep_alive = self._keep_alive
+        if keep_alive is None:
+            keep_alive = self._keep_alive = request.keep_alive
+        if body:
+            headers.setdefault(hdrs.CONTENT_TYPE, "application/octet-stream")
+        if hdrs.DATE not in headers:
+            headers[hdrs.DATE] = rfc822_formatted_time()
+        headers.setdefault(hdrs.SERVER, SERVER_SOFTWARE)
+        version = request.version
+        if hdrs.CONNECTION not in headers:
+            if keep_alive:
+                if version == HttpVersion10:
+                    headers[hdrs.CONNECTION] = "keep-alive"
+            elif version == HttpVersion11:
+                headers[hdrs.CONNECTION] = "close"
+        status_line = f"HTTP/{version[0]}.{version[1]} {self._status} {self._reason}"
+        data = _serialize_headers(status_line, headers) + body
+        transport.write(data)
+        request.writer.output_size += len(data)  # what aiohttp reads to know an answer began
+        self._eof_sent, self._body_length, self.written_directly = True, len(body), True
+        return None
+
+    def _direct(self, request: web.BaseRequest) -> bool:
+        """Whether this answer can go in one write: a body of bytes that is sent, nothing that
+        aiohttp's way adds, and a client that has taken what was sent before (else aiohttp's
+        way waits for it)."""
+        status = self._status
+        if (
+            request.method == hdrs.METH_HEAD
+            or status < 200
+            or status in (204, 304)
+            or not isinstance(self._body, bytes)
+            or self._chunked
+            or self._compression
+            or self._cookies
+            or has_backlog(request)
+        ):
+            return False
+        apps = request.match_info.apps if isinstance(request, web.Request) else ()
+        return not any(app.on_response_prepare for app in apps)
 
 
 def piece_writer(

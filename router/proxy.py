@@ -26,6 +26,7 @@ from aiohttp import web
 from node_protocol.events import AnswerReader
 from node_protocol.upstream import UpstreamPool, UpstreamResponse
 from router.aliases import apply_renaming
+from router.client_socket import WholeAnswer
 from router.continuation import CONTINUING_KINDS, Transcript
 from router.errors import UpstreamError, envelope
 from router.failover import (
@@ -265,7 +266,7 @@ class Forwarder:
             body = orjson.dumps(envelope(text or upstream.reason or "error", "upstream_error"))
             headers["Content-Type"] = "application/json"
         node.served += 1
-        return web.Response(status=upstream.status, body=body, headers=headers)
+        return WholeAnswer(status=upstream.status, body=body, headers=headers)
 
     def _answer_error(
         self, node: Node, out: Outbound, record: RequestRecord, answer: ErrorAnswer
