@@ -66,7 +66,6 @@ _RESPONSE_STATE = (
     "_body", "_status", "_reason", "_headers", "_keep_alive", "_chunked", "_compression",
     "_cookies", "_eof_sent", "_payload_writer", "_body_length",
 )  # fmt: skip
-_PROBE = web.Response(body=b"")
 
 
 def _serializes() -> bool:
@@ -79,6 +78,7 @@ def _serializes() -> bool:
 
 def missing_internals() -> list[str]:
     """The private aiohttp names and behaviours this module relies on that are not there."""
+    probe = web.Response(body=b"")
     needs = {
         "RequestHandler.handle_error(self, request, status, exc, message)": _parameters(
             RequestHandler.handle_error
@@ -107,7 +107,7 @@ def missing_internals() -> list[str]:
         is True,
         "http_writer._serialize_headers(status_line, headers)": _serializes(),
         "web.Response keeps " + ", ".join(_RESPONSE_STATE): all(
-            hasattr(_PROBE, name) for name in _RESPONSE_STATE
+            hasattr(probe, name) for name in _RESPONSE_STATE
         ),
         "web.Response.prepare/write_eof return at once once _eof_sent": "if self._eof_sent:"
         in inspect.getsource(web.StreamResponse.prepare)
@@ -150,10 +150,8 @@ class WholeAnswer(web.Response):
     written_directly = False
 
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
-        if self._eof_sent:
-            return None
-        if self._payload_writer is not None or not self._direct(request):
-            return await super().prepare(request)
+        if self._eof_sent or self._payload_writer is not None or not self._direct(request):
+            return await super().prepare(request)  # which returns at once if already sent
         transport = request.transport
         if transport is None or transport.is_closing():
             raise ConnectionResetError("Cannot write to closing transport")
