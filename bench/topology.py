@@ -109,7 +109,8 @@ def free_port() -> int:
 def router_config(node_url: str, folder: Path, health_interval_s: float = 1.0) -> Path:
     """The routers' config (``folder/router.toml``): the static group of one node, the agent
     group, and the fleet group of :data:`FLEET_SIZE` static nodes, all at ``node_url``."""
-    path = folder / "router.toml"
+    # Absolute: a baseline router runs in its own tree, not in this working directory.
+    path = folder.resolve() / "router.toml"
     path.write_text(
         f"health_interval_s = {health_interval_s}\n"
         f'[[groups]]\nname = "{STATIC_GROUP}"\n'

@@ -31,6 +31,7 @@ one object a line.
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -49,6 +50,11 @@ _EVENT_STARTS = (b"data: {", b"data:{")  # an SSE data line holding a JSON objec
 class Surface(enum.Enum):
     """The API an answer speaks, which says where its tokens, counts and end are."""
 
+    # Each member is one object, equal only to itself: hashed by identity, in C, rather than by
+    # Enum's hash of its name, a Python call (a reader is made, and a surface looked up, on
+    # every request).
+    __hash__ = object.__hash__
+
     NONE = "none"  # nothing to read: embeddings, tensors, listings
     CHAT = "chat"  # OpenAI chat completions
     COMPLETIONS = "completions"  # OpenAI (legacy) completions
@@ -60,6 +66,7 @@ class Surface(enum.Enum):
     RESPONSES = "responses"  # OpenAI Responses
 
 
+@functools.lru_cache(maxsize=256)  # a few paths, on every request: looked up in C
 def surface_of(path: str) -> Surface:
     """The surface of an answer to ``path``: a node's path (``/v1/chat/completions``,
     ``/api/generate``, ``/generate_stream``, ``/v2/models/m/generate``) or the router's

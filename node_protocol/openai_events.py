@@ -82,12 +82,12 @@ def read_typed(reader: AnswerReader, event: Event) -> int:
     if event.choices:
         for choice in event.choices:
             delta = choice.delta
-            # Most pieces are a delta's content: checked first, inline.
+            # Most pieces are a delta's content (chat) or a text (completions): checked first,
+            # inline; the other fields only where there is a delta or message.
             if (
-                (delta is not None and delta.content)
-                or _is_piece(delta)
-                or _is_piece(choice.message)
+                (delta is not None and (delta.content or _is_piece(delta)))
                 or choice.text
+                or (choice.message is not None and _is_piece(choice.message))
             ):
                 pieces += 1
             if choice.finish_reason:

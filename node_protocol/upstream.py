@@ -83,7 +83,9 @@ class CallLimits:
     total_s: float
 
 
-@dataclass(frozen=True, slots=True)
+# Equal only to itself, hashed by identity (in C: kept connections are looked up by origin on
+# every request): the pool makes one per base URL, and forgets it with its URL.
+@dataclass(frozen=True, slots=True, eq=False)
 class _Origin:
     scheme: str
     host: str
@@ -231,6 +233,8 @@ class UpstreamPool:
             MAX_IDLE_PER_NODE, keep_idle_s, self._keep
         )
         self._closed = False
+        # The pool's loop, looked up once: asyncio.get_running_loop() makes a system call.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def origin(self, base_url: str) -> _Origin:
         found = self._origins.get(base_url)
@@ -263,7 +267,10 @@ class UpstreamPool:
         """
         origin = self.origin(base_url)
         message = origin.message(method, path, body, headers)
-        now = asyncio.get_running_loop().time()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        now = loop.time()
         deadline = now + limits.total_s  # the whole call, headers and body
         conn = self._kept(origin, now)
         if conn is not None:

@@ -51,7 +51,7 @@ class BodyLimits:
 
 
 def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return type(value) is int  # JSON's integers: not True or False
 
 
 class _Bucket:

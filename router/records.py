@@ -81,18 +81,30 @@ class RequestRecord:
 
     @property
     def output_tokens(self) -> int:
-        return self.answer.output_tokens
+        """The backend's exact count when it sent one, else the pieces counted (the answer's
+        :attr:`~node_protocol.events.AnswerReader.output_tokens`, read here in one step: a
+        request's end reads it five times)."""
+        answer = self.answer
+        usage = answer.usage_tokens
+        return answer.tokens if usage is None else usage
 
+    # The two below read the answer's fields straight: each is read at every request's end.
     @property
     def ttft_s(self) -> float | None:
-        return None if self.t_first_token is None else self.t_first_token - self.t_start
+        first = self.answer.t_first_token
+        return None if first is None else first - self.t_start
 
     @property
     def tpot_s(self) -> float | None:
-        n = self.output_tokens
-        if self.t_first_token is None or self.t_last_token is None or n < 2:
+        """Time per output token after the first: only a stream's tokens come one by one (a
+        whole answer's come at once, which says nothing of the time each took)."""
+        if not self.stream:
             return None
-        return (self.t_last_token - self.t_first_token) / (n - 1)
+        answer = self.answer
+        first, last, n = answer.t_first_token, answer.t_last_token, answer.output_tokens
+        if first is None or last is None or n < 2:
+            return None
+        return (last - first) / (n - 1)
 
     def watch(self, chunk: bytes, now: float) -> None:
         """Account one relayed stream chunk."""

@@ -51,14 +51,18 @@ class TestSource:
 
 
 class TestBaselinePaths:
-    async def test_both_routers_answer_on_their_own_paths(self, tmp_path: Path) -> None:
+    async def test_both_routers_answer_on_their_own_paths(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The logs folder (where the routers' config is written) given relative to the working
+        directory, as ``python -m bench overhead`` gives it: the baseline, started in its own
+        tree, still finds its config."""
         tree = unpack("HEAD", tmp_path / "tree")
+        monkeypatch.chdir(tmp_path)
         node = NodeSettings(tok_s=2000.0, slots=16)
         body = {"model": node.model, "prompt": "hi", "max_tokens": 4}
         async with (
-            node_paths(
-                node, tmp_path / "logs", agent=False, references=False, baseline=tree
-            ) as topo,
+            node_paths(node, Path("logs"), agent=False, references=False, baseline=tree) as topo,
             aiohttp.ClientSession() as session,
         ):
             assert topo.bases["baseline"] != topo.bases["router"]

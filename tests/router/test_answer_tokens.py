@@ -41,7 +41,16 @@ def _sse(obj: dict[str, Any]) -> bytes:
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
-    """llama.cpp's Python server: OpenAI chat chunks written by json.dumps."""
+    """llama.cpp's Python server: OpenAI chat chunks written by json.dumps; a whole answer with
+    its usage where the request did not ask for a stream."""
+    if not (await request.json()).get("stream"):
+        message = {"role": "assistant", "content": "".join(PIECES)}
+        usage = {"prompt_tokens": 3, "completion_tokens": len(PIECES), "total_tokens": 7}
+        choice = {"index": 0, "message": message, "finish_reason": "stop"}
+        return web.Response(
+            text=json.dumps({"id": "chatcmpl-1", "choices": [choice], "usage": usage}),
+            content_type="application/json",
+        )
     resp = await _stream(request, "text/event-stream")
     for piece in PIECES:
         delta = {"role": "assistant", "content": piece}
@@ -245,6 +254,23 @@ async def test_ttft_tpot_and_tokens_are_read_from_every_surface(
     assert got["router_tpot_seconds_count"] == 1
     assert got["router_tpot_seconds_sum"] > 0
     assert got["router_output_tokens_total"] == surface.tokens
+
+
+async def test_a_whole_answer_shows_its_tokens_and_ttft_but_no_time_per_token(
+    node_url: str, session: aiohttp.ClientSession
+) -> None:
+    """A non-streamed answer's tokens all come at once: its output count and time to the answer
+    are recorded, and it puts nothing (not a zero) in the time-per-token histogram."""
+    whole = Surface(
+        "vllm", "/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user"}]}, 4
+    )
+    async with serve(router_settings()) as router:
+        await register(session, router.url, node_url, whole.kind)
+        assert await ask(session, router.url, whole) == 200
+        got = await samples(session, router.url)
+    assert got["router_output_tokens_total"] == len(PIECES)
+    assert got["router_ttft_seconds_count"] == 1
+    assert got.get("router_tpot_seconds_count", 0) == 0
 
 
 @pytest.mark.parametrize("name", SURFACES)
