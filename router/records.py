@@ -81,12 +81,7 @@ class RequestRecord:
 
     @property
     def output_tokens(self) -> int:
-        """The backend's exact count when it sent one, else the pieces counted (the answer's
-        :attr:`~node_protocol.events.AnswerReader.output_tokens`, read here in one step: a
-        request's end reads it five times)."""
-        answer = self.answer
-        usage = answer.usage_tokens
-        return answer.tokens if usage is None else usage
+        return self.answer.output_tokens
 
     # The two below read the answer's fields straight: each is read at every request's end.
     @property
