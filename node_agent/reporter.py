@@ -9,9 +9,8 @@ every link deregisters. Each report carries the summary of the node's prompt cac
 (:mod:`node_agent.prompt_caches`), sized from the facts of the same collection. Every loop (the
 collector, each link, the DNS follower) runs supervised on its own
 (:class:`~node_protocol.supervision.Supervised`): one that fails is logged and restarted, and
-the others go on. A backend that a probe would disturb (one with a
-:attr:`~node_agent.backends.base.Backend.concurrency_limit`) is probed only in a free turn of
-its :class:`~node_agent.gate.BackendGate`; while every turn is taken the last answer stands.
+the others go on. What a report says of the backend and the GPUs is read in the background
+(:mod:`node_agent.node_probe`): a backend that stops answering delays no report.
 """
 
 from __future__ import annotations
@@ -30,9 +29,10 @@ from prometheus_client import Counter
 from node_protocol.supervision import Supervised
 from node_protocol.wire import LoadReport, PrefixSummary, Registration
 
-from .backends.base import Backend, BackendFacts, Health
+from .backends.base import Backend
 from .gate import BackendGate
 from .gpu import GpuSource
+from .node_probe import NodeProbe
 from .prompt_caches import PromptCaches
 from .router_directory import Resolver, RouterDirectory, dns_resolver
 from .router_link import RouterLink
@@ -75,9 +75,10 @@ class Reporter:
         self._settings = settings
         self._prompts = prompts
         self._restarts = restarts
-        self._gate = gate or BackendGate(lambda: None)
         self._backend = backend
-        self._gpus = gpus
+        self._probe = NodeProbe(
+            backend, gpus, gate or BackendGate(lambda: None), settings.report_interval_s
+        )
         self._stats = stats
         window_s = max(10.0, 5 * settings.report_interval_s)
         self._rate = TokenRate(window_s)
@@ -88,7 +89,6 @@ class Reporter:
         self._rate.sample(now, stats.output_tokens)  # the baselines
         self._busy.sample(now, stats.busy_seconds(now))
         self._seq = 0
-        self._probed: tuple[Health, BackendFacts] | None = None
         self.latest: LoadReport | None = None
         self.advertise_url: str | None = None
         self._advertised = asyncio.Event()
@@ -172,6 +172,7 @@ class Reporter:
         if self._follower is not None:  # first: it starts links
             await self._follower.stop()
         await asyncio.gather(*(task.stop() for task in self.tasks))
+        await self._probe.stop()
         await asyncio.gather(*(link.deregister() for link in self.links))
 
     async def current(self) -> LoadReport:
@@ -187,7 +188,8 @@ class Reporter:
         now = time.monotonic()
         tokens_per_s = self._rate.sample(now, stats.output_tokens)
         mean_in_flight = self._busy.sample(now, stats.busy_seconds(now))
-        (health, facts), gpus = await asyncio.gather(self._probe(), self._gpus.read())
+        reading = await self._probe.read()
+        health, facts, gpus = reading.health, reading.facts, reading.gpus
         if not gpus:
             gpus = facts.gpus  # no NVML here: the backend's own GPU readings, if it has any
         prefix_caches: tuple[PrefixSummary, ...] = ()
@@ -212,19 +214,6 @@ class Reporter:
             models=facts.models,
             prefix_caches=prefix_caches,
         )
-
-    async def _probe(self) -> tuple[Health, BackendFacts]:
-        """The backend's health and facts: asked in a free turn of the gate, else the last
-        answer (the first probe waits for a turn)."""
-        turn = self._gate.spare()
-        if turn is None:
-            if self._probed is not None:
-                return self._probed
-            turn = self._gate.hold()
-        async with turn:
-            health, facts = await asyncio.gather(self._backend.health(), self._backend.collect())
-        self._probed = (health, facts)
-        return self._probed
 
     def _publish(self, report: LoadReport) -> LoadReport:
         self._seq += 1

@@ -130,7 +130,9 @@ class AgentSettings(Schema):
     first_byte_timeout_s: Seconds = Field(300.0, description="bound on the backend's first byte")
     idle_timeout_s: Seconds = Field(60.0, description="bound on a silence between chunks")
     total_timeout_s: Seconds = Field(1800.0, description="bound on a whole backend call")
-    control_timeout_s: Seconds = Field(2.0, description="bound on calls to the routers")
+    control_timeout_s: Seconds = Field(
+        2.0, description="bound on each call to the routers and each probe of the backend"
+    )
     shutdown_timeout_s: Seconds = Field(30.0, description="how long in-flight calls may finish")
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="largest request body")
     log_level: Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR"], BeforeValidator(_upper)] = (

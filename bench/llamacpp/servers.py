@@ -73,6 +73,7 @@ class EngineProcess:
         self.env = env
         self.log_path = log_path or Path(os.devnull)
         self.proc: asyncio.subprocess.Process | None = None
+        self.frozen = False  # stopped by freeze(), not since started again
 
     @property
     def url(self) -> str:
@@ -84,6 +85,7 @@ class EngineProcess:
 
     async def start(self, timeout_s: float = START_TIMEOUT_S) -> None:
         """Spawn the process and wait until its health path answers 200."""
+        self.frozen = False
         with self.log_path.open("ab") as log:
             self.proc = await asyncio.create_subprocess_exec(
                 *self.argv,
@@ -133,6 +135,7 @@ class EngineProcess:
         """SIGSTOP: the engine accepts connections (the kernel does) but answers nothing."""
         if self.proc is not None and self.proc.returncode is None:
             self.proc.send_signal(signal.SIGSTOP)
+            self.frozen = True
 
     async def restart(self) -> None:
         await self.stop()

@@ -32,12 +32,13 @@ SLOT_FREED_S = 1.0
 
 @contextlib.asynccontextmanager
 async def engine_restored(fleet: Fleet, http: aiohttp.ClientSession) -> AsyncIterator[None]:
-    """Whatever the block does to the engines, each is running and its node healthy after."""
+    """Whatever the block does to the engines, each is running (not frozen) and its node
+    healthy after."""
     try:
         yield
     finally:
         for node, engine in fleet.engines.items():
-            if not engine.running:
+            if engine.frozen or not engine.running:
                 await fleet.restart_engine(http, node)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from aiohttp.typedefs import Handler
 from multidict import CIMultiDict
 
 from node_agent.settings import AgentSettings
@@ -116,6 +117,11 @@ class BackendState:
     models_asked: int = 0  # GET /v1/models answered (the generic kind's probe)
     streaming: int = 0  # streams being written now
     most_streaming: int = 0  # the most at once
+    # Cleared: the backend takes requests and answers none, as a stopped process does, until set.
+    answering: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.answering.set()
 
 
 class FakeBackend:
@@ -123,7 +129,7 @@ class FakeBackend:
 
     def __init__(self, kind: str) -> None:
         self.state = BackendState(kind=kind)
-        self.app = web.Application()
+        self.app = web.Application(middlewares=[self._answering])
         r = self.app.router
         r.add_post("/v1/chat/completions", self.chat)
         r.add_post("/v1/completions", self.chat)
@@ -142,6 +148,11 @@ class FakeBackend:
             r.add_post("/api/chat", self.ollama_native)
             r.add_post("/api/generate", self.ollama_native)
             r.add_post("/api/embed", self.ollama_embed)
+
+    @web.middleware
+    async def _answering(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        await self.state.answering.wait()
+        return await handler(request)
 
     async def health(self, request: web.Request) -> web.Response:
         return web.Response(status=self.state.health_status)

@@ -7,7 +7,8 @@ test set what the real one cannot be made to show on demand (loading, no ``--met
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -42,12 +43,18 @@ class LlamaCppControls:
     deferred: int = 0
     prompt_tokens: int = 35
     cached_tokens: int = 29
+    # Cleared: the server takes requests and answers none, as a stopped process does, until set.
+    answering: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.answering.set()
 
 
 class FakeLlamaCpp:
     def __init__(self) -> None:
         self.ctl = LlamaCppControls()
         self.peers: set[object] = set()  # the client ends of every connection that asked
+        self.unanswered: list[str] = []  # the paths asked while it answered nothing
         self.app = web.Application(middlewares=[self._server_header])
         r = self.app.router
         r.add_get("/health", self.health)
@@ -61,6 +68,9 @@ class FakeLlamaCpp:
         header = {"Server": "llama.cpp"} if self.ctl.server_header else {}
         if request.transport is not None:
             self.peers.add(request.transport.get_extra_info("peername"))
+        if not self.ctl.answering.is_set():
+            self.unanswered.append(request.path)
+            await self.ctl.answering.wait()
         try:
             resp = await handler(request)
         except web.HTTPException as exc:  # unknown paths too answer with the header

@@ -11,7 +11,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from node_agent.app import serve
+from node_agent.app import RunningAgent, serve
 from node_agent.reporter import changed
 from node_agent.traffic import SHARED, TokenRate, TrafficStats
 from node_protocol.wire import LoadReport
@@ -19,6 +19,7 @@ from node_protocol.wire import LoadReport
 from .conftest import (
     OLLAMA_TAG_DETAILS,
     FakeBackend,
+    FakeLlamaCpp,
     FakeRouter,
     agent_settings,
     free_port,
@@ -237,6 +238,52 @@ class TestChanges:
         assert changed(None, base)
         assert not changed(base, LoadReport(2, 1.0, "vllm", "ok", 5))
         assert changed(base, LoadReport(2, 1.0, "vllm", "degraded", 0))
+
+
+class TestSilentBackend:
+    """A backend that stops answering (a stopped process) holds up no report."""
+
+    async def test_reports_count_the_requests_held_at_a_backend_that_answers_nothing(
+        self, vllm: tuple[FakeBackend, str]
+    ) -> None:
+        fake, backend = vllm
+        # Probes time out after 5 s: a report that waited for one would show nothing new for
+        # that long, while reports are due every 0.05 s.
+        async with (
+            serve(agent_settings(backend, control_timeout_s=5.0)) as agent,
+            aiohttp.ClientSession() as client,
+        ):
+            await wait_until(lambda: agent.reporter.latest is not None)
+            fake.state.answering.clear()
+            body = {"model": "m", "messages": [], "stream": True}
+            sent = asyncio.create_task(client.post(f"{agent.url}/v1/chat/completions", json=body))
+            try:
+                await wait_until(lambda: _latest(agent).in_flight == 1, within=2.5)
+            finally:
+                fake.state.answering.set()
+            (await sent).release()
+
+    async def test_a_backend_that_answers_nothing_is_unhealthy_after_one_probe_timeout(
+        self, llamacpp: tuple[FakeLlamaCpp, str]
+    ) -> None:
+        fake, backend = llamacpp
+        async with serve(agent_settings(backend, control_timeout_s=1.0)) as agent:
+            await wait_until(lambda: agent.reporter.latest is not None)
+            fake.ctl.answering.clear()
+            try:
+                await wait_until(lambda: _latest(agent).backend_health == "unhealthy")
+                # llama.cpp's facts are read one call after another, each with the probe's
+                # timeout: the health shows before the last of them is even asked.
+                assert "/metrics" not in fake.unanswered, fake.unanswered
+            finally:
+                fake.ctl.answering.set()
+            await wait_until(lambda: _latest(agent).backend_health == "ok")
+
+
+def _latest(agent: RunningAgent) -> LoadReport:
+    report = agent.reporter.latest
+    assert report is not None
+    return report
 
 
 class TestShutdown:
