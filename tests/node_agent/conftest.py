@@ -23,7 +23,7 @@ from node_agent.settings import AgentSettings
 from node_protocol.wire import LoadReport, Registration
 
 from .fake_llamacpp import FakeLlamaCpp
-from .fake_streams import ollama_embed, ollama_native
+from .fake_streams import answering, ollama_embed, ollama_native
 from .fakes import FakeLmStudio, FakeTgi, FakeTriton
 
 VLLM_METRICS = """\
@@ -117,11 +117,7 @@ class BackendState:
     models_asked: int = 0  # GET /v1/models answered (the generic kind's probe)
     streaming: int = 0  # streams being written now
     most_streaming: int = 0  # the most at once
-    # Cleared: the backend takes requests and answers none, as a stopped process does, until set.
-    answering: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def __post_init__(self) -> None:
-        self.answering.set()
+    answering: asyncio.Event = field(default_factory=answering)  # cleared: answers nothing
 
 
 class FakeBackend:

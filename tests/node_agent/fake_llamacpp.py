@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from .fake_streams import answering
+
 METRICS = """\
 # HELP llamacpp:prompt_tokens_total Number of prompt tokens processed, excluding cached tokens
 # TYPE llamacpp:prompt_tokens_total counter
@@ -43,11 +45,7 @@ class LlamaCppControls:
     deferred: int = 0
     prompt_tokens: int = 35
     cached_tokens: int = 29
-    # Cleared: the server takes requests and answers none, as a stopped process does, until set.
-    answering: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def __post_init__(self) -> None:
-        self.answering.set()
+    answering: asyncio.Event = field(default_factory=answering)  # cleared: answers nothing
 
 
 class FakeLlamaCpp:

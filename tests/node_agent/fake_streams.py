@@ -18,6 +18,14 @@ from multidict import CIMultiDict
 TOKENS = ("Hel", "lo", " world")
 
 
+def answering() -> asyncio.Event:
+    """A fake's switch, set: it answers. Cleared, it takes requests and answers none, as a
+    stopped process does, until set again."""
+    event = asyncio.Event()
+    event.set()
+    return event
+
+
 class StreamControls(Protocol):
     """The knobs and witnesses a test uses on a fake's streams."""
 
