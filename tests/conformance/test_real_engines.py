@@ -24,19 +24,36 @@ async def _model_report(fleet: Fleet, http: aiohttp.ClientSession, node: str) ->
     return status | {"model": model}
 
 
+async def _until_idle(fleet: Fleet, http: aiohttp.ClientSession, node: str) -> None:
+    """Wait until the node's agent reports no request running or waiting at its engine."""
+    seen: list[tuple[int, int]] = []
+
+    async def idle() -> bool:
+        report = await fleet.agent_status(http, node)
+        seen.append((report["queueRunning"], report["queueWaiting"]))
+        return seen[-1] == (0, 0)
+
+    try:
+        await until(idle, 10.0)
+    except TimeoutError:
+        pytest.fail(f"{node}: (running, waiting) seen: {sorted(set(seen))}")
+
+
 @pytest.mark.parametrize("fleet", LLAMA_SERVER, indirect=True)
 async def test_agent_reports_llama_server_slots_context_and_version(
     fleet: Fleet, http: aiohttp.ClientSession
 ) -> None:
     """The agent detects llama-server and reports its slots as the model's parallel requests,
-    one slot's context as the context length, its build and an idle queue."""
+    one slot's context as the context length, its build and, once the engine is idle, an idle
+    queue. (A report carries the engine's state as the agent last read it, which may be from
+    the previous test's stream, so the queue is waited for.)"""
     for node in fleet.engines:
         report = await _model_report(fleet, http, node)
         assert report["backendKind"] == "llamacpp"
         assert str(report["backendVersion"]).startswith("b")
         model = report["model"]
         assert (model["id"], model["maxParallel"], model["contextLength"]) == ("tiny", 2, 4096)
-        assert (report["queueRunning"], report["queueWaiting"]) == (0, 0)
+        await _until_idle(fleet, http, node)
 
 
 @pytest.mark.parametrize("fleet", LLAMA_SERVER, indirect=True)
