@@ -24,17 +24,20 @@ async def _model_report(fleet: Fleet, http: aiohttp.ClientSession, node: str) ->
     return status | {"model": model}
 
 
-async def _until_idle(fleet: Fleet, http: aiohttp.ClientSession, node: str) -> None:
-    """Wait until the node's agent reports no request running or waiting at its engine."""
+async def _until_queue(
+    fleet: Fleet, http: aiohttp.ClientSession, node: str, wanted: tuple[int, int]
+) -> None:
+    """Wait until the node's agent reports ``wanted`` (running, waiting) at its engine: a
+    report carries the queue as the agent last read it."""
     seen: list[tuple[int, int]] = []
 
-    async def idle() -> bool:
+    async def reported() -> bool:
         report = await fleet.agent_status(http, node)
         seen.append((report["queueRunning"], report["queueWaiting"]))
-        return seen[-1] == (0, 0)
+        return seen[-1] == wanted
 
     try:
-        await until(idle, 10.0)
+        await until(reported, 10.0)
     except TimeoutError:
         pytest.fail(f"{node}: (running, waiting) seen: {sorted(set(seen))}")
 
@@ -53,7 +56,7 @@ async def test_agent_reports_llama_server_slots_context_and_version(
         assert str(report["backendVersion"]).startswith("b")
         model = report["model"]
         assert (model["id"], model["maxParallel"], model["contextLength"]) == ("tiny", 2, 4096)
-        await _until_idle(fleet, http, node)
+        await _until_queue(fleet, http, node, (0, 0))
 
 
 @pytest.mark.parametrize("fleet", LLAMA_SERVER, indirect=True)
@@ -68,18 +71,8 @@ async def test_agent_reports_llama_server_queue_while_requests_wait_inside_it(
         asyncio.create_task(http.post(url, json=chat(fleet.model, 3000, stream=True)))
         for _ in range(3)
     ]
-    seen: list[tuple[int, int]] = []
     try:
-
-        async def queued() -> bool:
-            report = await fleet.agent_status(http, node)
-            seen.append((report["queueRunning"], report["queueWaiting"]))
-            return seen[-1] == (2, 1)
-
-        try:
-            await until(queued, 10.0)
-        except TimeoutError:
-            pytest.fail(f"(running, waiting) seen: {sorted(set(seen))}")
+        await _until_queue(fleet, http, node, (2, 1))
     finally:
         for task in sent:
             task.cancel()
